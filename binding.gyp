@@ -1,0 +1,48 @@
+{
+  "variables": {
+    # MDEVKIT_SANITIZE=1 builds the addon with ASan + UBSan (see native/sanitize.sh).
+    "mdevkit_sanitize%": "<!(echo ${MDEVKIT_SANITIZE:-0})"
+  },
+  "targets": [
+    {
+      "target_name": "mdevkit_native",
+      "sources": [
+        "native/src/addon.cc",
+        "native/src/errors.cc",
+        "native/src/fd_ops.cc",
+        "native/src/mmap.cc",
+        "native/src/unix_socket.cc",
+        "native/src/ioctl.cc",
+        "native/src/fd_watcher.cc",
+        "native/src/dirty_bitmap.cc",
+        "native/src/masked_storage.cc"
+      ],
+      "include_dirs": [
+        "<!(node -p \"require('node-addon-api').include_dir\")",
+        "native/src"
+      ],
+      "defines": [
+        "NAPI_VERSION=8",
+        "NODE_ADDON_API_DISABLE_DEPRECATED",
+        "_GNU_SOURCE"
+      ],
+      "cflags!": ["-fno-exceptions"],
+      "cflags_cc!": ["-fno-exceptions", "-std=gnu++17", "-std=gnu++1y"],
+      "cflags_cc": [
+        "-std=c++17",
+        "-fexceptions",
+        "-Wall",
+        "-Wextra",
+        "-Werror",
+        "-Wno-unused-parameter",
+        "-Wno-missing-field-initializers"
+      ],
+      "conditions": [
+        ["mdevkit_sanitize==1", {
+          "cflags_cc": ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer", "-O1", "-g"],
+          "ldflags": ["-fsanitize=address,undefined"]
+        }]
+      ]
+    }
+  ]
+}

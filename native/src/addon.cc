@@ -1,0 +1,21 @@
+// The mdevkit native core: one addon shared by the device model and both adapters.
+#include <napi.h>
+
+#include "modules.h"
+
+namespace {
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  mdevkit::InitFdOps(env, exports);
+  mdevkit::InitMmap(env, exports);
+  mdevkit::InitUnixSocket(env, exports);
+  mdevkit::InitIoctl(env, exports);
+  mdevkit::InitFdWatcher(env, exports);
+  mdevkit::InitDirtyBitmap(env, exports);
+  mdevkit::InitMaskedStorage(env, exports);
+  return exports;
+}
+
+}  // namespace
+
+NODE_API_MODULE(mdevkit_native, Init)

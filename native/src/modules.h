@@ -1,0 +1,16 @@
+// Each native module registers its exports here; addon.cc calls them all.
+#pragma once
+
+#include <napi.h>
+
+namespace mdevkit {
+
+void InitFdOps(Napi::Env env, Napi::Object exports);         // fd_ops.cc: memfd, eventfd, pread/pwrite, close
+void InitMmap(Napi::Env env, Napi::Object exports);          // mmap.cc: mmap an fd into an ArrayBuffer
+void InitUnixSocket(Napi::Env env, Napi::Object exports);    // unix_socket.cc: AF_UNIX + SCM_RIGHTS
+void InitIoctl(Napi::Env env, Napi::Object exports);         // ioctl.cc: generic ioctl with pointer marshaling
+void InitFdWatcher(Napi::Env env, Napi::Object exports);     // fd_watcher.cc: fd readiness on the libuv loop
+void InitDirtyBitmap(Napi::Env env, Napi::Object exports);   // dirty_bitmap.cc: the dirty-tracking core
+void InitMaskedStorage(Napi::Env env, Napi::Object exports); // masked_storage.cc: register/config byte semantics
+
+}  // namespace mdevkit
