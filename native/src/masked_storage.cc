@@ -1,8 +1,79 @@
+#include "masked_storage.h"
+
 #include "errors.h"
 #include "modules.h"
 
 namespace mdevkit {
 
-void InitMaskedStorage(Napi::Env env, Napi::Object exports) {}
+void MaskedRead(uint8_t* planes, size_t n, size_t offset, uint8_t* out, size_t len) {
+  uint8_t* value = planes + kPlaneValue * n + offset;
+  const uint8_t* rc = planes + kPlaneReadClear * n + offset;
+  for (size_t i = 0; i < len; i++) {
+    out[i] = value[i];
+    value[i] = static_cast<uint8_t>(value[i] & ~rc[i]);
+  }
+}
+
+void MaskedWrite(uint8_t* planes, size_t n, size_t offset, const uint8_t* data, size_t len) {
+  uint8_t* value = planes + kPlaneValue * n + offset;
+  const uint8_t* rw = planes + kPlaneWritable * n + offset;
+  const uint8_t* w1c = planes + kPlaneW1c * n + offset;
+  const uint8_t* w1s = planes + kPlaneW1s * n + offset;
+  for (size_t i = 0; i < len; i++) {
+    uint8_t v = static_cast<uint8_t>((value[i] & ~rw[i]) | (data[i] & rw[i]));
+    v = static_cast<uint8_t>(v & ~(data[i] & w1c[i]));
+    v = static_cast<uint8_t>(v | (data[i] & w1s[i]));
+    value[i] = v;
+  }
+}
+
+uint8_t MaskedFlags(const uint8_t* planes, size_t n, size_t offset, size_t len) {
+  const uint8_t* flags = planes + kPlaneFlags * n + offset;
+  uint8_t acc = 0;
+  for (size_t i = 0; i < len; i++) acc = static_cast<uint8_t>(acc | flags[i]);
+  return acc;
+}
+
+namespace {
+
+// Validates (storage, n, offset, len) from JS: storage holds kPlaneCount planes of n bytes and
+// [offset, offset+len) lies inside one plane.
+uint8_t* CheckedPlanes(const Napi::CallbackInfo& info, size_t* n_out, size_t* offset_out, size_t len) {
+  Napi::Env env = info.Env();
+  ByteView storage = ArgBytes(info, 0, "storage");
+  uint64_t n = ArgU64(info, 1, "size", false);
+  uint64_t offset = ArgU64(info, 2, "offset", false);
+  if (n == 0 || n > (1u << 24)) ThrowRangeError(env, "size", "must be in [1, 2^24]");
+  if (storage.length < n * kPlaneCount) ThrowRangeError(env, "storage", "is smaller than 6 planes of size bytes");
+  if (offset > n || len > n - offset) ThrowRangeError(env, "offset", "access runs past the end of the storage");
+  *n_out = static_cast<size_t>(n);
+  *offset_out = static_cast<size_t>(offset);
+  return storage.data;
+}
+
+// maskedRead(storage, size, offset, out)
+Napi::Value JsMaskedRead(const Napi::CallbackInfo& info) {
+  ByteView out = ArgBytes(info, 3, "out");
+  size_t n = 0, offset = 0;
+  uint8_t* planes = CheckedPlanes(info, &n, &offset, out.length);
+  MaskedRead(planes, n, offset, out.data, out.length);
+  return info.Env().Undefined();
+}
+
+// maskedWrite(storage, size, offset, data)
+Napi::Value JsMaskedWrite(const Napi::CallbackInfo& info) {
+  ByteView data = ArgBytes(info, 3, "data");
+  size_t n = 0, offset = 0;
+  uint8_t* planes = CheckedPlanes(info, &n, &offset, data.length);
+  MaskedWrite(planes, n, offset, data.data, data.length);
+  return info.Env().Undefined();
+}
+
+}  // namespace
+
+void InitMaskedStorage(Napi::Env env, Napi::Object exports) {
+  exports.Set("maskedRead", Napi::Function::New(env, JsMaskedRead, "maskedRead"));
+  exports.Set("maskedWrite", Napi::Function::New(env, JsMaskedWrite, "maskedWrite"));
+}
 
 }  // namespace mdevkit
