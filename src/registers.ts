@@ -151,7 +151,8 @@ function maskOf(field: string, value: number | bigint | undefined, width: number
   const max = (1n << BigInt(width * 8)) - 1n;
   let v: bigint;
   if (typeof value === 'bigint') v = value;
-  else if (Number.isInteger(value)) v = BigInt(value) & max; // ~0 and friends are negative numbers
+  // JS bit operators yield signed 32-bit numbers (~0 === -1): take negatives as two's complement.
+  else if (Number.isInteger(value)) v = value < 0 && value >= -(2 ** 31) ? BigInt(value) & max : BigInt(value);
   else throw new MdevError('EINVAL', `must be an integer or bigint, got ${describe(value)}`, field);
   if (v < 0n || v > max) throw new MdevError('ERANGE', `does not fit ${width} bytes`, field);
   return v;
