@@ -36,6 +36,7 @@ export class MdevError extends Error implements ErrnoError {
   readonly field?: string;
 
   /**
+   * Creates an error; `errno` is looked up from `code`.
    * @param code symbolic errno, e.g. `EINVAL`
    * @param message what is wrong, in words
    * @param field the argument or field at fault

@@ -1,5 +1,21 @@
 /**
- * mdevkit: write a virtual PCI device once in TypeScript; serve it over vfio-user or Xen IOREQ.
- * @module
+ * mdevkit: write a virtual PCI device once in TypeScript; serve it over vfio-user (KVM/QEMU) or as
+ * a Xen IOREQ server.
+ *
+ * This entry point exports the hypervisor-neutral device model and the native-core primitives the
+ * adapters are built on.
+ * @module mdevkit
  */
 export * from './errors.js';
+export * from './masked-storage.js';
+export * from './registers.js';
+export * from './regions.js';
+export * from './irq.js';
+export * from './guest-memory.js';
+export * from './write-watch.js';
+export * from './state.js';
+export * from './pci/constants.js';
+export * from './pci/config-space.js';
+export * from './pci/capabilities.js';
+export * from './pci/device.js';
+export * from './pci/lspci.js';

@@ -59,7 +59,10 @@ export class MaskedStorage {
   /** A DataView over the value plane, little-endian accessors. */
   readonly view: DataView;
 
-  /** @param size bytes of register space, 1 … 16 MiB */
+  /**
+   * Creates zeroed storage with every bit read-only.
+   * @param size bytes of register space, 1 … 16 MiB
+   */
   constructor(size: number) {
     if (!Number.isInteger(size) || size < 1 || size > 1 << 24) {
       throw new MdevError('EINVAL', `must be an integer in [1, 2^24], got ${String(size)}`, 'size');

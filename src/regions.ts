@@ -163,6 +163,7 @@ export class Region {
   private readonly overlayList: Overlay[] = [];
 
   /**
+   * Creates a region; validates size, space and mappable areas.
    * @param name a short name for listings ("regs", "vram")
    * @param size the size in bytes (> 0)
    * @param options space, accessor, backing and mappable areas

@@ -172,6 +172,7 @@ export class RegisterBlock<N extends string = string> implements RegionAccessor 
   private readonly owner: Int32Array;
 
   /**
+   * Creates the block, validates every register and applies reset values.
    * @param name the block's name (used in state sections and messages)
    * @param size the block's size in bytes
    * @param specs the registers, by name

@@ -49,7 +49,10 @@ export class CompareWriteWatch implements WriteWatch {
   private readonly entries = new Set<CompareEntry>();
   private readonly scratch = new Uint8Array(WATCH_PAGE_SIZE);
 
-  /** @param memory where the watched pages are read from */
+  /**
+   * Creates a compare-mode watch over `memory`.
+   * @param memory where the watched pages are read from
+   */
   constructor(private readonly memory: GuestMemory) {}
 
   watch(gpa: number, length: number, handler: WriteWatchHandler): WatchHandle {

@@ -28,7 +28,10 @@ export class ConfigSpace {
   private readonly used: Uint8Array;
   private readonly caps: PlacedCapability[] = [];
 
-  /** @param size 256 for conventional PCI, 4096 for PCI Express */
+  /**
+   * Creates an empty config space (all bits read-only, type-0 header reserved).
+   * @param size 256 for conventional PCI, 4096 for PCI Express
+   */
   constructor(size: 256 | 4096) {
     if (size !== PCI.CONFIG_SPACE_SIZE && size !== PCI.CONFIG_SPACE_EXP_SIZE) {
       throw new MdevError('EINVAL', `must be 256 or 4096, got ${describe(size)}`, 'configSize');

@@ -121,7 +121,10 @@ export class PciDevice {
   private decoded: (bigint | null)[] = [null, null, null, null, null, null, null];
   private readonly listeners: { [K in keyof PciDeviceEvents]: PciDeviceEvents[K][] } = { barRemap: [], reset: [] };
 
-  /** @param options identity and layout */
+  /**
+   * Creates the function with its identity and a type-0 header with standard write masks.
+   * @param options identity and layout
+   */
   constructor(options: PciDeviceOptions) {
     if (typeof options !== 'object' || options === null) throw new MdevError('EINVAL', 'must be an object', 'options');
     const vendorId = u16('vendorId', options.vendorId);
