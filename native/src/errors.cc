@@ -147,4 +147,28 @@ ByteView ArgBytes(const Napi::CallbackInfo& info, size_t i, const char* field) {
   return ValueBytes(info.Env(), Arg(info, i), field);
 }
 
+bool IsDetachedBytes(Napi::Value v) {
+  if (v.IsTypedArray()) return v.As<Napi::TypedArray>().ArrayBuffer().IsDetached();
+  if (v.IsDataView()) return v.As<Napi::DataView>().ArrayBuffer().IsDetached();
+  if (v.IsArrayBuffer()) return v.As<Napi::ArrayBuffer>().IsDetached();
+  return false;
+}
+
+bool IsSharedMemoryView(Napi::Value v) {
+  if (v.IsTypedArray()) return !v.As<Napi::TypedArray>().ArrayBuffer().IsArrayBuffer();
+  if (v.IsDataView()) return !v.As<Napi::DataView>().ArrayBuffer().IsArrayBuffer();
+  return false;
+}
+
+ByteView ValueLiveBytes(Napi::Env env, Napi::Value v, const char* field) {
+  if (IsSharedMemoryView(v)) ThrowTypeError(env, field, "backed by an ArrayBuffer, not a SharedArrayBuffer");
+  ByteView view = ValueBytes(env, v, field);
+  if (IsDetachedBytes(v)) ThrowInvalid(env, field, "the buffer is detached");
+  return view;
+}
+
+ByteView ArgLiveBytes(const Napi::CallbackInfo& info, size_t i, const char* field) {
+  return ValueLiveBytes(info.Env(), Arg(info, i), field);
+}
+
 }  // namespace mdevkit

@@ -48,4 +48,14 @@ struct ByteView {
 ByteView ValueBytes(Napi::Env env, Napi::Value v, const char* field);
 ByteView ArgBytes(const Napi::CallbackInfo& info, size_t i, const char* field);
 
+// True when `v` is a detached ArrayBuffer or a view over one (napi reports those as empty, which
+// a syscall would misread as a legitimate zero-length buffer).
+bool IsDetachedBytes(Napi::Value v);
+// True when `v` is a view over a SharedArrayBuffer, whose bytes ValueBytes cannot reach.
+bool IsSharedMemoryView(Napi::Value v);
+// ValueBytes/ArgBytes that additionally throw EINVAL naming the field for detached buffers, and a
+// TypeError naming it for views over a SharedArrayBuffer.
+ByteView ValueLiveBytes(Napi::Env env, Napi::Value v, const char* field);
+ByteView ArgLiveBytes(const Napi::CallbackInfo& info, size_t i, const char* field);
+
 }  // namespace mdevkit
