@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-out=build/sanitize
+out=build-sanitize  # outside build/: node-gyp rebuild wipes build/
 restore() { npx node-gyp rebuild >/dev/null; }
 trap restore EXIT
 

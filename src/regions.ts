@@ -6,6 +6,7 @@
  * @module
  */
 import { MdevError, describe } from './errors.js';
+import { PAGE_SIZE } from './native/mmap.js';
 
 /** Byte-oriented access to a trapped range; offsets are relative to the range. */
 export interface RegionAccessor {
@@ -36,8 +37,6 @@ export interface RamBacking {
   readonly fdOffset: number;
 }
 
-/** Page size used for mmap areas. */
-export const PAGE_SIZE = 4096;
 
 /** Value-oriented register handler with the access sizes it implements (QEMU's `impl`). */
 export interface ValueOps {

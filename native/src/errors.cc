@@ -122,22 +122,28 @@ std::string ArgString(const Napi::CallbackInfo& info, size_t i, const char* fiel
 
 ByteView ValueBytes(Napi::Env env, Napi::Value v, const char* field) {
   ByteView view;
+  void* data = nullptr;
+  size_t length = 0;
+  napi_status status = napi_ok;
+  // The raw info calls hand out the data pointer of views over SharedArrayBuffers as well;
+  // Napi::TypedArray::ArrayBuffer().Data() would reject those with an unnamed error.
   if (v.IsTypedArray()) {
-    Napi::TypedArray ta = v.As<Napi::TypedArray>();
-    Napi::ArrayBuffer ab = ta.ArrayBuffer();
-    view.data = static_cast<uint8_t*>(ab.Data()) + ta.ByteOffset();
-    view.length = ta.ByteLength();
+    napi_typedarray_type type;
+    size_t elements = 0;
+    size_t byte_offset = 0;
+    status = napi_get_typedarray_info(env, v, &type, &elements, &data, nullptr, &byte_offset);
+    length = v.As<Napi::TypedArray>().ByteLength();
   } else if (v.IsDataView()) {
-    Napi::DataView dv = v.As<Napi::DataView>();
-    view.data = static_cast<uint8_t*>(dv.ArrayBuffer().Data()) + dv.ByteOffset();
-    view.length = dv.ByteLength();
+    size_t byte_offset = 0;
+    status = napi_get_dataview_info(env, v, &length, &data, nullptr, &byte_offset);
   } else if (v.IsArrayBuffer()) {
-    Napi::ArrayBuffer ab = v.As<Napi::ArrayBuffer>();
-    view.data = static_cast<uint8_t*>(ab.Data());
-    view.length = ab.ByteLength();
+    status = napi_get_arraybuffer_info(env, v, &data, &length);
   } else {
     ThrowTypeError(env, field, "a Buffer, TypedArray, DataView or ArrayBuffer");
   }
+  if (status != napi_ok) ThrowTypeError(env, field, "a readable Buffer, TypedArray, DataView or ArrayBuffer");
+  view.data = static_cast<uint8_t*>(data);
+  view.length = length;
   // A detached or empty buffer has no data pointer; keep length 0 so callers never dereference it.
   if (view.data == nullptr) view.length = 0;
   return view;

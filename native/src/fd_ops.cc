@@ -128,24 +128,24 @@ Napi::Value EventfdWrite(const Napi::CallbackInfo& info) {
   return Napi::Boolean::New(env, true);
 }
 
-Napi::Value Pread(const Napi::CallbackInfo& info) {
+// pread/pwrite share everything but the call: fd, buffer and position checks, EINTR, errors.
+template <typename Io>
+Napi::Value PositionalIo(const Napi::CallbackInfo& info, const char* syscall, Io io) {
   Napi::Env env = info.Env();
   int fd = ArgFd(info, 0, "fd");
   ByteView buf = ArgLiveBytes(info, 1, "buf");
   off_t position = ArgOffset(info, 2, "position");
-  ssize_t n = RetryEintr([&] { return ::pread(fd, buf.data, buf.length, position); });
-  if (n < 0) ThrowErrno(env, "pread", errno);
+  ssize_t n = RetryEintr([&] { return io(fd, buf.data, buf.length, position); });
+  if (n < 0) ThrowErrno(env, syscall, errno);
   return Napi::Number::New(env, static_cast<double>(n));
 }
 
+Napi::Value Pread(const Napi::CallbackInfo& info) {
+  return PositionalIo(info, "pread", [](int fd, uint8_t* p, size_t n, off_t pos) { return ::pread(fd, p, n, pos); });
+}
+
 Napi::Value Pwrite(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  int fd = ArgFd(info, 0, "fd");
-  ByteView buf = ArgLiveBytes(info, 1, "buf");
-  off_t position = ArgOffset(info, 2, "position");
-  ssize_t n = RetryEintr([&] { return ::pwrite(fd, buf.data, buf.length, position); });
-  if (n < 0) ThrowErrno(env, "pwrite", errno);
-  return Napi::Number::New(env, static_cast<double>(n));
+  return PositionalIo(info, "pwrite", [](int fd, uint8_t* p, size_t n, off_t pos) { return ::pwrite(fd, p, n, pos); });
 }
 
 Napi::Value CloseFd(const Napi::CallbackInfo& info) {

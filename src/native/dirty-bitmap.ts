@@ -152,6 +152,7 @@ const NativeDirtyBitmap = binding['DirtyBitmap'] as DirtyBitmapConstructor;
  */
 export class DirtyBitmap extends NativeDirtyBitmap {
   /**
+   * Creates a bitmap with every page clean (or over the bits already in `backing`).
    * @param pageCount number of pages, in [1, 2^34]; `pageCount * pageSize` at most 2^53 (else `ERANGE`)
    * @param pageSize bytes per tracked page, a power of two in [512, 2^30] (else `EINVAL`); default 4096
    * @param backing a `SharedArrayBuffer` of exactly {@link DirtyBitmap.byteLengthFor}`(pageCount)`

@@ -79,6 +79,7 @@ export class FdWatcher {
   #closed = false;
 
   /**
+   * Creates an idle watcher for `fd`; nothing is watched until {@link FdWatcher.start}.
    * @param fd the fd to watch; it must stay open until {@link FdWatcher.close}
    * @param callback called on each wakeup
    * @param events the events {@link FdWatcher.start} watches by default (readable only, unless
