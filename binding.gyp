@@ -15,7 +15,10 @@
         "native/src/ioctl.cc",
         "native/src/fd_watcher.cc",
         "native/src/dirty_bitmap.cc",
-        "native/src/masked_storage.cc"
+        "native/src/masked_storage.cc",
+        "native/src/region_table.cc",
+        "native/src/vfio_user_conn.cc",
+        "native/src/poll.cc"
       ],
       "include_dirs": [
         "<!(node -p \"require('node-addon-api').include_dir\")",

@@ -76,6 +76,7 @@ export class InterruptController {
   readonly msixPba: MaskedStorage | null;
   private intxLevel = false;
   private intxDelivered = false;
+  private vmmOwnsMsixTable = false;
 
   /** @internal */
   constructor(
@@ -101,6 +102,16 @@ export class InterruptController {
     this.sink = sink;
     this.intxDelivered = false;
     this.updateIntx();
+  }
+
+  /**
+   * Declares that the VMM emulates the MSI-X table itself and never forwards table accesses (what
+   * QEMU does for VFIO and vfio-user devices): entry mask bits are then ignored here and messages
+   * carry address and data 0, since only the VMM knows them. The function mask, which reaches the
+   * device through config writes, still applies.
+   */
+  setMsixTableOwnedByVmm(owned: boolean): void {
+    this.vmmOwnsMsixTable = owned;
   }
 
   /** Detaches the adapter's sink (interrupts then go nowhere but state is kept). */
@@ -204,6 +215,7 @@ export class InterruptController {
   /** True when MSI-X `vector` is masked, by its entry or by the function mask. */
   msixMasked(vector: number): boolean {
     const functionMask = (this.cfg.get(this.msix!.offset + PCI_MSIX.FLAGS, 2) & PCI_MSIX.FLAGS_MASKALL) !== 0;
+    if (this.vmmOwnsMsixTable) return functionMask;
     const entryMask = (this.msixTable!.storage.view.getUint32(vector * 16 + PCI_MSIX.ENTRY_VECTOR_CTRL, true) & 1) !== 0;
     return functionMask || entryMask;
   }
@@ -281,6 +293,11 @@ export class InterruptController {
   }
 
   private sendMsixVector(vector: number): void {
+    if (this.vmmOwnsMsixTable) {
+      this.stats.msixSent++;
+      this.sink.sendMsi({ kind: 'msix', vector, address: 0n, data: 0 });
+      return;
+    }
     const v = this.msixTable!.storage.view;
     const base = vector * PCI_MSIX.ENTRY_SIZE;
     const address = (BigInt(v.getUint32(base + 4, true)) << 32n) | BigInt(v.getUint32(base, true));

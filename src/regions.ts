@@ -10,6 +10,11 @@ import { PAGE_SIZE } from './native/mmap.js';
 
 /** Byte-oriented access to a trapped range; offsets are relative to the range. */
 export interface RegionAccessor {
+  /**
+   * Bytes the accessor serves, from offset 0, when less than the range it is given (a register
+   * block at the start of a larger BAR); the rest reads as 0 and ignores writes.
+   */
+  readonly size?: number;
   /** Fill `out` with the bytes at `offset`. */
   read(offset: number, out: Uint8Array): void;
   /** Store `data` at `offset`. */
@@ -240,11 +245,12 @@ export class Region {
    * Cuts `[offset, offset+length)` at mmap-area and overlay boundaries and calls `fn` for each piece
    * with the target: 'ram', an overlay, or the region's own accessor.
    */
-  private pieces(offset: number, length: number, fn: (pos: number, len: number, target: 'ram' | Overlay | null) => void): void {
+  private pieces(offset: number, length: number, fn: (pos: number, len: number, target: 'ram' | Overlay | 'empty' | null) => void): void {
     let pos = offset;
     const end = offset + length;
+    const served = this.accessor.size ?? this.size;
     while (pos < end) {
-      let target: 'ram' | Overlay | null = null;
+      let target: 'ram' | Overlay | 'empty' | null = null;
       let limit = end;
       for (const a of this.mmapAreas) {
         if (pos >= a.offset && pos < a.offset + a.size) {
@@ -260,21 +266,31 @@ export class Region {
           } else if (o.offset > pos) limit = Math.min(limit, o.offset);
         }
       }
+      if (target === null) {
+        if (pos >= served) target = 'empty';
+        else limit = Math.min(limit, served);
+      }
       fn(pos, limit - pos, target);
       pos = limit;
     }
   }
 
+  /** True when the access goes straight to the region's accessor. */
+  private simple(offset: number, length: number): boolean {
+    return this.mmapAreas.length === 0 && this.overlayList.length === 0 && offset + length <= (this.accessor.size ?? this.size);
+  }
+
   /** Reads `out.length` bytes at `offset`, from shared memory or through the accessors. */
   read(offset: number, out: Uint8Array): void {
     this.check(offset, out.length);
-    if (this.mmapAreas.length === 0 && this.overlayList.length === 0) {
+    if (this.simple(offset, out.length)) {
       this.accessor.read(offset, out);
       return;
     }
     this.pieces(offset, out.length, (pos, len, target) => {
       const dst = out.subarray(pos - offset, pos - offset + len);
       if (target === 'ram') dst.set(this.backing!.bytes.subarray(pos, pos + len));
+      else if (target === 'empty') dst.fill(0);
       else if (target === null) this.accessor.read(pos, dst);
       else target.accessor.read(pos - target.offset, dst);
     });
@@ -283,13 +299,14 @@ export class Region {
   /** Writes `data` at `offset`, to shared memory or through the accessors. */
   write(offset: number, data: Uint8Array): void {
     this.check(offset, data.length);
-    if (this.mmapAreas.length === 0 && this.overlayList.length === 0) {
+    if (this.simple(offset, data.length)) {
       this.accessor.write(offset, data);
       return;
     }
     this.pieces(offset, data.length, (pos, len, target) => {
       const src = data.subarray(pos - offset, pos - offset + len);
       if (target === 'ram') this.backing!.bytes.set(src, pos);
+      else if (target === 'empty') return;
       else if (target === null) this.accessor.write(pos, src);
       else target.accessor.write(pos - target.offset, src);
     });

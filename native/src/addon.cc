@@ -13,6 +13,9 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   mdevkit::InitFdWatcher(env, exports);
   mdevkit::InitDirtyBitmap(env, exports);
   mdevkit::InitMaskedStorage(env, exports);
+  mdevkit::InitRegionTable(env, exports);
+  mdevkit::InitVfioUserConn(env, exports);
+  mdevkit::InitPoll(env, exports);
   return exports;
 }
 

@@ -12,5 +12,8 @@ void InitIoctl(Napi::Env env, Napi::Object exports);         // ioctl.cc: generi
 void InitFdWatcher(Napi::Env env, Napi::Object exports);     // fd_watcher.cc: fd readiness on the libuv loop
 void InitDirtyBitmap(Napi::Env env, Napi::Object exports);   // dirty_bitmap.cc: the dirty-tracking core
 void InitMaskedStorage(Napi::Env env, Napi::Object exports); // masked_storage.cc: register/config byte semantics
+void InitRegionTable(Napi::Env env, Napi::Object exports);   // region_table.cc: region dispatch (native or JS)
+void InitVfioUserConn(Napi::Env env, Napi::Object exports);  // vfio_user_conn.cc: vfio-user server connection
+void InitPoll(Napi::Env env, Napi::Object exports);          // poll.cc: blocking poll(2) for synchronous clients
 
 }  // namespace mdevkit

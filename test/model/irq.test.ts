@@ -132,6 +132,18 @@ describe('MSI-X', () => {
     expect(readInt(cfg, msix!.offset + PCI_MSIX.FLAGS, 2)).toBe(3);
   });
 
+  it('when the VMM owns the table, ignores entry masks but honours the function mask', () => {
+    const { d, sink, cfg, msix } = setup({ msix: true });
+    d.irq.setMsixTableOwnedByVmm(true);
+    enable(cfg, msix!.offset);
+    expect(d.irq.raise(2)).toBe('sent');
+    expect(sink.msgs).toEqual([{ kind: 'msix', vector: 2, address: 0n, data: 0 }]);
+    enable(cfg, msix!.offset, PCI_MSIX.FLAGS_MASKALL);
+    expect(d.irq.raise(1)).toBe('pending');
+    enable(cfg, msix!.offset);
+    expect(sink.msgs.map((m) => m.vector)).toEqual([2, 1]);
+  });
+
   it('refuses to place the MSI-X table in a mappable area', () => {
     const d = new PciDevice({ vendorId: 1, deviceId: 2, classCode: 0 });
     const bytes = new Uint8Array(8192);

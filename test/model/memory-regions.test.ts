@@ -143,3 +143,15 @@ describe('Region', () => {
     expect(() => new Region('r', 16, { space: 'pio', backing, mmapAreas: [{ offset: 0, size: 0x1000 }] })).toThrow();
   });
 });
+
+describe('Region with a register block smaller than itself', () => {
+  it('serves the block and reads zeros beyond it, ignoring writes there', async () => {
+    const { RegisterBlock } = await import('../../src/registers.js');
+    const block = new RegisterBlock('small', 8, { A: { offset: 0, width: 4, reset: 0x11223344 } });
+    const r = new Region('bar', 0x1000, { accessor: block });
+    expect(readInt(r, 0, 4)).toBe(0x11223344);
+    writeInt(r, 0x800, 4, 0xffffffff);
+    expect(readInt(r, 0x800, 4)).toBe(0);
+    expect(readBig(r, 4, 8)).toBe(0n); // straddles the block's end
+  });
+});
