@@ -1,8 +1,229 @@
+#include "region_table.h"
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
 #include "errors.h"
+#include "masked_storage.h"
 #include "modules.h"
 
 namespace mdevkit {
 
-void InitRegionTable(Napi::Env env, Napi::Object exports) {}
+namespace {
+
+constexpr napi_type_tag kRegionTableTag = {0x5c1e7a9b33d04f21ULL, 0x9e02b6d47a1c8f35ULL};
+constexpr uint32_t kMaxRegions = 64;
+
+// ObjectWrap's trampolines unwrap `this` without checking its class; the tag makes a method
+// called on a foreign object a TypeError instead of a type confusion.
+RegionTable* Self(const Napi::CallbackInfo& info) {
+  return RegionTable::FromValue(info.Env(), info.This(), "this");
+}
+
+uint64_t PropU64(Napi::Env env, Napi::Object o, const char* key, const std::string& field) {
+  return ValueU64(env, o.Get(key), field.c_str(), true);
+}
+
+}  // namespace
+
+Napi::Function RegionTable::Define(Napi::Env env) {
+  return DefineClass(env, "RegionTable",
+                     {InstanceMethod<&RegionTable::SetRegion>("setRegion"),
+                      InstanceMethod<&RegionTable::ClearRegion>("clearRegion"),
+                      InstanceMethod<&RegionTable::JsRead>("read"),
+                      InstanceMethod<&RegionTable::JsWrite>("write"),
+                      InstanceMethod<&RegionTable::Stats>("stats")});
+}
+
+RegionTable* RegionTable::FromValue(Napi::Env env, Napi::Value value, const char* field) {
+  if (!value.IsObject() || !value.As<Napi::Object>().CheckTypeTag(&kRegionTableTag)) {
+    ThrowTypeError(env, field, "a RegionTable");
+  }
+  return Napi::ObjectWrap<RegionTable>::Unwrap(value.As<Napi::Object>());
+}
+
+// new RegionTable(jsAccess: (region, offset, count, isWrite) => errno, scratch: Uint8Array)
+RegionTable::RegionTable(const Napi::CallbackInfo& info) : Napi::ObjectWrap<RegionTable>(info) {
+  Napi::Env env = info.Env();
+  if (!info.IsConstructCall()) ThrowTypeError(env, "RegionTable", "called with new");
+  if (info.Length() < 1 || !info[0].IsFunction()) ThrowTypeError(env, "jsAccess", "a function");
+  if (info.Length() < 2 || !info[1].IsTypedArray()) ThrowTypeError(env, "scratch", "a Uint8Array");
+  ByteView scratch = ValueBytes(env, info[1], "scratch");
+  if (scratch.length == 0) ThrowRangeError(env, "scratch", "must not be empty");
+  js_access_ = Napi::Persistent(info[0].As<Napi::Function>());
+  scratch_ref_ = Napi::Persistent(info[1]);
+  scratch_ = scratch.data;
+  scratch_len_ = std::min<size_t>(scratch.length, UINT32_MAX);
+  regions_.resize(kMaxRegions);
+  info.This().As<Napi::Object>().TypeTag(&kRegionTableTag);
+}
+
+// setRegion(index, { size, readable, writable, segments: [{ offset, size, kind, storage?, planeSize?, base? }] })
+Napi::Value RegionTable::SetRegion(const Napi::CallbackInfo& info) {
+  RegionTable* self = Self(info);
+  Napi::Env env = info.Env();
+  uint32_t index = ArgU32(info, 0, "index");
+  if (index >= kMaxRegions) ThrowRangeError(env, "index", "must be below 64");
+  if (info.Length() < 2 || !info[1].IsObject()) ThrowTypeError(env, "region", "an object");
+  Napi::Object spec = info[1].As<Napi::Object>();
+  RegionEntry entry;
+  entry.size = PropU64(env, spec, "size", "region.size");
+  entry.readable = spec.Get("readable").ToBoolean();
+  entry.writable = spec.Get("writable").ToBoolean();
+  Napi::Value segs_value = spec.Get("segments");
+  if (!segs_value.IsArray()) ThrowTypeError(env, "region.segments", "an array");
+  Napi::Array segs = segs_value.As<Napi::Array>();
+  uint64_t end = 0;
+  for (uint32_t i = 0; i < segs.Length(); i++) {
+    std::string field = "region.segments[" + std::to_string(i) + "]";
+    Napi::Value sv = segs.Get(i);
+    if (!sv.IsObject()) ThrowTypeError(env, field, "an object");
+    Napi::Object so = sv.As<Napi::Object>();
+    RegionSegment seg;
+    seg.offset = PropU64(env, so, "offset", field + ".offset");
+    seg.size = PropU64(env, so, "size", field + ".size");
+    if (seg.size == 0 || seg.offset < end || seg.offset > entry.size || seg.size > entry.size - seg.offset) {
+      ThrowRangeError(env, field, "segments must be non-empty, sorted, disjoint and inside the region");
+    }
+    end = seg.offset + seg.size;
+    std::string kind = so.Get("kind").IsString() ? so.Get("kind").As<Napi::String>().Utf8Value() : "";
+    if (kind == "js") {
+      seg.kind = RegionSegment::kJs;
+    } else if (kind == "zero") {
+      seg.kind = RegionSegment::kZero;
+    } else if (kind == "masked" || kind == "ram") {
+      Napi::Value storage = so.Get("storage");
+      ByteView bytes = ValueBytes(env, storage, (field + ".storage").c_str());
+      seg.base = PropU64(env, so, "base", field + ".base");
+      seg.storage = bytes.data;
+      if (kind == "masked") {
+        seg.kind = RegionSegment::kMasked;
+        seg.plane_size = static_cast<size_t>(PropU64(env, so, "planeSize", field + ".planeSize"));
+        if (seg.plane_size == 0 || bytes.length < seg.plane_size * kPlaneCount ||
+            seg.base > seg.plane_size || seg.size > seg.plane_size - seg.base) {
+          ThrowRangeError(env, field, "masked storage is smaller than the segment");
+        }
+      } else {
+        seg.kind = RegionSegment::kRam;
+        if (seg.base > bytes.length || seg.size > bytes.length - seg.base) {
+          ThrowRangeError(env, field, "RAM storage is smaller than the segment");
+        }
+      }
+      entry.keep_alive.push_back(Napi::Persistent(storage));
+    } else {
+      ThrowInvalid(env, field + ".kind", "must be \"js\", \"masked\", \"ram\" or \"zero\"");
+    }
+    entry.segments.push_back(seg);
+  }
+  self->regions_[index] = std::move(entry);
+  return env.Undefined();
+}
+
+Napi::Value RegionTable::ClearRegion(const Napi::CallbackInfo& info) {
+  RegionTable* self = Self(info);
+  uint32_t index = ArgU32(info, 0, "index");
+  if (index >= kMaxRegions) ThrowRangeError(info.Env(), "index", "must be below 64");
+  self->regions_[index] = RegionEntry();
+  return info.Env().Undefined();
+}
+
+int RegionTable::CallJs(Napi::Env env, uint32_t region, uint64_t offset, uint8_t* buf, uint32_t count, bool write) {
+  if (count > scratch_len_) return E2BIG;
+  if (write) std::memcpy(scratch_, buf, count);
+  int result = EIO;
+  try {
+    Napi::Value r = js_access_.Call({Napi::Number::New(env, region), Napi::Number::New(env, static_cast<double>(offset)),
+                                     Napi::Number::New(env, count), Napi::Boolean::New(env, write)});
+    if (r.IsNumber()) {
+      double d = r.As<Napi::Number>().DoubleValue();
+      result = (d >= 0 && d < 4096) ? static_cast<int>(d) : EIO;
+    }
+  } catch (const Napi::Error&) {
+    // The JS side maps its own errors to errnos; an escaped exception is a bug, reported as EIO.
+    result = EIO;
+  }
+  if (write) {
+    stats_.js_writes++;
+  } else {
+    stats_.js_reads++;
+    if (result == 0) std::memcpy(buf, scratch_, count);
+  }
+  return result;
+}
+
+int RegionTable::Access(Napi::Env env, uint32_t region, uint64_t offset, uint8_t* buf, uint32_t count, bool write) {
+  if (region >= regions_.size()) return EINVAL;
+  const RegionEntry& e = regions_[region];
+  if (e.size == 0) return EINVAL;
+  if (write ? !e.writable : !e.readable) return EINVAL;
+  if (offset > e.size || count > e.size - offset) return EINVAL;
+  if (count == 0) return 0;
+  for (const RegionSegment& s : e.segments) {
+    if (offset < s.offset || offset >= s.offset + s.size) continue;
+    if (count > s.offset + s.size - offset) break;  // spans segments: JS splits it
+    uint64_t at = s.base + (offset - s.offset);
+    switch (s.kind) {
+      case RegionSegment::kZero:
+        if (!write) std::memset(buf, 0, count);
+        break;
+      case RegionSegment::kRam:
+        if (write) std::memcpy(s.storage + at, buf, count);
+        else std::memcpy(buf, s.storage + at, count);
+        break;
+      case RegionSegment::kMasked: {
+        uint8_t hooks = MaskedFlags(s.storage, s.plane_size, at, count);
+        if (hooks & (write ? kByteWriteHook : kByteReadHook)) return CallJs(env, region, offset, buf, count, write);
+        if (write) MaskedWrite(s.storage, s.plane_size, at, buf, count);
+        else MaskedRead(s.storage, s.plane_size, at, buf, count);
+        break;
+      }
+      case RegionSegment::kJs:
+        return CallJs(env, region, offset, buf, count, write);
+    }
+    if (write) stats_.native_writes++;
+    else stats_.native_reads++;
+    return 0;
+  }
+  return CallJs(env, region, offset, buf, count, write);
+}
+
+// read(region, offset, out) → errno (0 on success)
+Napi::Value RegionTable::JsRead(const Napi::CallbackInfo& info) {
+  RegionTable* self = Self(info);
+  uint32_t region = ArgU32(info, 0, "region");
+  uint64_t offset = ArgU64(info, 1, "offset");
+  ByteView out = ArgBytes(info, 2, "out");
+  if (out.length > UINT32_MAX) ThrowRangeError(info.Env(), "out", "is larger than 4 GiB");
+  std::vector<uint8_t> tmp(out.length);  // the JS path may reuse the caller's buffer as scratch
+  int r = self->Access(info.Env(), region, offset, tmp.data(), static_cast<uint32_t>(out.length), false);
+  if (r == 0 && out.length) std::memcpy(out.data, tmp.data(), out.length);
+  return Napi::Number::New(info.Env(), r);
+}
+
+// write(region, offset, data) → errno (0 on success)
+Napi::Value RegionTable::JsWrite(const Napi::CallbackInfo& info) {
+  RegionTable* self = Self(info);
+  uint32_t region = ArgU32(info, 0, "region");
+  uint64_t offset = ArgU64(info, 1, "offset");
+  ByteView data = ArgBytes(info, 2, "data");
+  if (data.length > UINT32_MAX) ThrowRangeError(info.Env(), "data", "is larger than 4 GiB");
+  std::vector<uint8_t> tmp(data.data, data.data + data.length);
+  int r = self->Access(info.Env(), region, offset, tmp.data(), static_cast<uint32_t>(data.length), true);
+  return Napi::Number::New(info.Env(), r);
+}
+
+Napi::Value RegionTable::Stats(const Napi::CallbackInfo& info) {
+  RegionTable* self = Self(info);
+  Napi::Env env = info.Env();
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("nativeReads", Napi::Number::New(env, static_cast<double>(self->stats_.native_reads)));
+  o.Set("nativeWrites", Napi::Number::New(env, static_cast<double>(self->stats_.native_writes)));
+  o.Set("jsReads", Napi::Number::New(env, static_cast<double>(self->stats_.js_reads)));
+  o.Set("jsWrites", Napi::Number::New(env, static_cast<double>(self->stats_.js_writes)));
+  return o;
+}
+
+void InitRegionTable(Napi::Env env, Napi::Object exports) { exports.Set("RegionTable", RegionTable::Define(env)); }
 
 }  // namespace mdevkit

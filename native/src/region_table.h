@@ -1,0 +1,72 @@
+// The region dispatch table shared by both adapters' hot paths. Each region (VFIO numbering:
+// BAR0-5, ROM 6, config 7) is a list of segments; an access that lies inside one segment that the
+// native core can serve (plain register storage without hooks, shared RAM, unimplemented space)
+// never enters JS. Anything else — hooked registers, config space, accesses spanning segments —
+// is handed to one JS callback synchronously, with the data in a scratch buffer.
+#pragma once
+
+#include <napi.h>
+
+#include <cstdint>
+#include <vector>
+
+namespace mdevkit {
+
+struct RegionSegment {
+  enum Kind : uint8_t { kJs = 0, kMasked = 1, kRam = 2, kZero = 3 };
+  uint64_t offset = 0;       // within the region
+  uint64_t size = 0;
+  Kind kind = kJs;
+  uint8_t* storage = nullptr;  // kMasked: the planes; kRam: the bytes
+  size_t plane_size = 0;       // kMasked: bytes per plane
+  uint64_t base = 0;           // storage offset of the segment's first byte
+};
+
+struct RegionEntry {
+  uint64_t size = 0;
+  bool readable = false;
+  bool writable = false;
+  std::vector<RegionSegment> segments;           // sorted, non-overlapping
+  std::vector<Napi::Reference<Napi::Value>> keep_alive;  // the JS buffers behind `storage`
+};
+
+struct RegionStats {
+  uint64_t native_reads = 0;
+  uint64_t native_writes = 0;
+  uint64_t js_reads = 0;
+  uint64_t js_writes = 0;
+};
+
+class RegionTable : public Napi::ObjectWrap<RegionTable> {
+ public:
+  static Napi::Function Define(Napi::Env env);
+  // The RegionTable behind a JS value, or a named TypeError.
+  static RegionTable* FromValue(Napi::Env env, Napi::Value value, const char* field);
+
+  explicit RegionTable(const Napi::CallbackInfo& info);
+
+  // Performs a guest access; returns 0 or a positive errno. `buf` holds the data to write or
+  // receives the data read. May call into JS (on the JS thread only).
+  int Access(Napi::Env env, uint32_t region, uint64_t offset, uint8_t* buf, uint32_t count, bool write);
+
+  // Largest access the JS path can carry (the scratch buffer's size).
+  uint32_t MaxAccess() const { return static_cast<uint32_t>(scratch_len_); }
+  const RegionStats& stats() const { return stats_; }
+
+ private:
+  Napi::Value SetRegion(const Napi::CallbackInfo& info);
+  Napi::Value ClearRegion(const Napi::CallbackInfo& info);
+  Napi::Value JsRead(const Napi::CallbackInfo& info);
+  Napi::Value JsWrite(const Napi::CallbackInfo& info);
+  Napi::Value Stats(const Napi::CallbackInfo& info);
+  int CallJs(Napi::Env env, uint32_t region, uint64_t offset, uint8_t* buf, uint32_t count, bool write);
+
+  std::vector<RegionEntry> regions_;
+  Napi::FunctionReference js_access_;
+  Napi::Reference<Napi::Value> scratch_ref_;
+  uint8_t* scratch_ = nullptr;
+  size_t scratch_len_ = 0;
+  RegionStats stats_;
+};
+
+}  // namespace mdevkit

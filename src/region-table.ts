@@ -1,0 +1,142 @@
+/**
+ * Builds the native region dispatch table for a device: for each region (VFIO numbering: BAR0-5,
+ * ROM 6, config 7) the list of segments the native core serves itself (register storage without
+ * hooks, shared RAM, unimplemented space) and those it hands to JS. Both adapters dispatch trapped
+ * accesses through it.
+ * @module
+ */
+import { errnoOf, isErrno } from './errors.js';
+import { binding } from './native/binding.js';
+import { RegisterBlock } from './registers.js';
+import type { Region, RegionAccessor } from './regions.js';
+import type { PciDevice } from './pci/device.js';
+
+/** Where one segment's accesses go. */
+export type SegmentKind = 'js' | 'masked' | 'ram' | 'zero';
+
+/** A segment as handed to the native table. */
+export interface SegmentSpec {
+  /** Offset in the region. */
+  offset: number;
+  /** Size in bytes. */
+  size: number;
+  /** Who serves it. */
+  kind: SegmentKind;
+  /** Register planes (masked) or RAM bytes (ram). */
+  storage?: Uint8Array;
+  /** Bytes per plane (masked). */
+  planeSize?: number;
+  /** Storage offset of the segment's first byte. */
+  base?: number;
+}
+
+/** Counters of where accesses were served. */
+export interface RegionTableStats {
+  /** Reads served natively. */
+  nativeReads: number;
+  /** Writes served natively. */
+  nativeWrites: number;
+  /** Reads that called into JS. */
+  jsReads: number;
+  /** Writes that called into JS. */
+  jsWrites: number;
+}
+
+/** The native table's interface. */
+export interface NativeRegionTable {
+  /** Installs or replaces region `index`. */
+  setRegion(index: number, spec: { size: number; readable: boolean; writable: boolean; segments: SegmentSpec[] }): void;
+  /** Removes region `index` (accesses then fail with EINVAL). */
+  clearRegion(index: number): void;
+  /** Reads through the table; returns 0 or an errno. */
+  read(region: number, offset: number | bigint, out: Uint8Array): number;
+  /** Writes through the table; returns 0 or an errno. */
+  write(region: number, offset: number | bigint, data: Uint8Array): number;
+  /** Where accesses were served. */
+  stats(): RegionTableStats;
+}
+
+const NativeRegionTableClass = binding['RegionTable'] as new (
+  jsAccess: (region: number, offset: number, count: number, write: boolean) => number,
+  scratch: Uint8Array,
+) => NativeRegionTable;
+
+/** Region index of config space in the table (VFIO_PCI_CONFIG_REGION_INDEX). */
+export const CONFIG_REGION = 7;
+
+/** The errno for an error thrown by a device, EIO for anything without one. */
+export function errnoFromError(e: unknown): number {
+  if (isErrno(e)) {
+    if (typeof e.errno === 'number' && e.errno > 0) return e.errno;
+    try {
+      return errnoOf(e.code);
+    } catch {
+      return errnoOf('EIO');
+    }
+  }
+  return errnoOf('EIO');
+}
+
+/** Cuts a region into segments by who serves each byte. */
+export function regionSegments(region: Region): SegmentSpec[] {
+  const cuts = new Set<number>([0, region.size]);
+  const served = region.accessor.size ?? region.size;
+  if (served < region.size) cuts.add(served);
+  for (const a of region.mmapAreas) cuts.add(a.offset).add(a.offset + a.size);
+  for (const o of region.overlays) cuts.add(o.offset).add(o.offset + o.size);
+  const points = [...cuts].sort((a, b) => a - b);
+  const segments: SegmentSpec[] = [];
+  const forAccessor = (acc: RegionAccessor, offset: number, size: number, base: number): SegmentSpec =>
+    acc instanceof RegisterBlock
+      ? { offset, size, kind: 'masked', storage: acc.storage.planes, planeSize: acc.storage.size, base }
+      : { offset, size, kind: 'js' };
+  for (let i = 0; i + 1 < points.length; i++) {
+    const start = points[i]!;
+    const size = points[i + 1]! - start;
+    if (region.mmapAreas.some((a) => start >= a.offset && start < a.offset + a.size)) {
+      segments.push({ offset: start, size, kind: 'ram', storage: region.backing!.bytes, base: start });
+      continue;
+    }
+    const overlay = region.overlays.find((o) => start >= o.offset && start < o.offset + o.size);
+    if (overlay) segments.push(forAccessor(overlay.accessor, start, size, start - overlay.offset));
+    else if (start >= served) segments.push({ offset: start, size, kind: 'zero' });
+    else segments.push(forAccessor(region.accessor, start, size, start));
+  }
+  return segments;
+}
+
+/**
+ * Creates the native table for `device`. Accesses the native core cannot serve come back to JS,
+ * which runs them through the device model and maps thrown errors to errnos (`onError` sees
+ * errors that carried no errno: those are device bugs).
+ */
+export function createRegionTable(device: PciDevice, options: { maxAccess: number; onError?: (e: unknown) => void }): NativeRegionTable {
+  const scratch = new Uint8Array(options.maxAccess);
+  const onError = options.onError ?? ((e: unknown) => console.error('mdevkit: device access failed:', e));
+  const jsAccess = (region: number, offset: number, count: number, write: boolean): number => {
+    const data = scratch.subarray(0, count);
+    try {
+      if (region === CONFIG_REGION) {
+        if (write) device.configWrite(offset, data);
+        else device.configRead(offset, data);
+      } else {
+        const r = device.region(region);
+        if (!r) return errnoOf('EINVAL');
+        if (write) r.write(offset, data);
+        else r.read(offset, data);
+      }
+      return 0;
+    } catch (e) {
+      if (!isErrno(e)) onError(e);
+      return errnoFromError(e);
+    }
+  };
+  const table = new NativeRegionTableClass(jsAccess, scratch);
+  for (let i = 0; i <= 6; i++) {
+    const r = device.region(i);
+    if (!r) continue;
+    table.setRegion(i, { size: r.size, readable: true, writable: i !== 6, segments: regionSegments(r) });
+  }
+  table.setRegion(CONFIG_REGION, { size: device.config.size, readable: true, writable: true, segments: [{ offset: 0, size: device.config.size, kind: 'js' }] });
+  return table;
+}
