@@ -18,6 +18,7 @@
         "native/src/masked_storage.cc",
         "native/src/region_table.cc",
         "native/src/vfio_user_conn.cc",
+        "native/src/vfio_abi.cc",
         "native/src/poll.cc"
       ],
       "include_dirs": [

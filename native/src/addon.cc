@@ -15,6 +15,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   mdevkit::InitMaskedStorage(env, exports);
   mdevkit::InitRegionTable(env, exports);
   mdevkit::InitVfioUserConn(env, exports);
+  mdevkit::InitVfioAbi(env, exports);
   mdevkit::InitPoll(env, exports);
   return exports;
 }

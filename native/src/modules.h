@@ -14,6 +14,7 @@ void InitDirtyBitmap(Napi::Env env, Napi::Object exports);   // dirty_bitmap.cc:
 void InitMaskedStorage(Napi::Env env, Napi::Object exports); // masked_storage.cc: register/config byte semantics
 void InitRegionTable(Napi::Env env, Napi::Object exports);   // region_table.cc: region dispatch (native or JS)
 void InitVfioUserConn(Napi::Env env, Napi::Object exports);  // vfio_user_conn.cc: vfio-user server connection
+void InitVfioAbi(Napi::Env env, Napi::Object exports);       // vfio_abi.cc: <linux/vfio.h> layouts for ABI tests
 void InitPoll(Napi::Env env, Napi::Object exports);          // poll.cc: blocking poll(2) for synchronous clients
 
 }  // namespace mdevkit

@@ -1,8 +1,782 @@
+// One vfio-user connection on the server side: the hot path of the KVM mediation path.
+//
+// The socket is registered on Node's libuv loop (no Node streams). Each wakeup drains every queued
+// message: REGION_READ/REGION_WRITE go through the native RegionTable (served natively, or by a
+// synchronous JS call), every other command goes to a JS control-plane callback. Replies are
+// batched and written with one gathering send per wakeup; a reply carrying fds is sent alone so
+// its SCM_RIGHTS data cannot be attributed to another message. A client that stops reading
+// replies gets no more requests read (backpressure) rather than unbounded buffering.
+//
+// File descriptors: Linux delivers SCM_RIGHTS fds with the recvmsg() that reads the first byte
+// of the sendmsg() they came with, and ends that recvmsg() after it. So the fds of one recvmsg()
+// belong to the last message that *starts* in the bytes it returned.
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <deque>
+#include <memory>
+#include <string>
+#include <vector>
+
 #include "errors.h"
+#include "fd_util.h"
 #include "modules.h"
+#include "region_table.h"
+#include "unix_socket.h"
+#include "vfio_user_wire.h"
 
 namespace mdevkit {
 
-void InitVfioUserConn(Napi::Env env, Napi::Object exports) {}
+namespace {
+
+constexpr napi_type_tag kConnTag = {0x2b7d9e4a61c3f085ULL, 0x7f14c0d29a5e3b61ULL};
+constexpr int kMaxReadsPerWakeup = 64;  // fairness between connections sharing the loop
+constexpr int kMaxIovPerSend = 64;
+
+using Clock = std::chrono::steady_clock;
+
+int RemainingMs(Clock::time_point deadline) {
+  auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
+  return left <= 0 ? 0 : static_cast<int>(std::min<long long>(left, INT32_MAX));
+}
+
+// Waits for `events` on fd until the deadline; returns 0, or a positive errno (ETIMEDOUT).
+int WaitFd(int fd, short events, Clock::time_point deadline) {
+  for (;;) {
+    pollfd p{fd, events, 0};
+    int r = ::poll(&p, 1, RemainingMs(deadline));
+    if (r > 0) return 0;
+    if (r == 0) return ETIMEDOUT;
+    if (errno != EINTR) return errno;
+  }
+}
+
+void CloseAll(std::vector<int>& fds) {
+  for (int fd : fds) ::close(fd);
+  fds.clear();
+}
+
+struct ConnStats {
+  uint64_t messages = 0;
+  uint64_t region_accesses = 0;
+  uint64_t js_messages = 0;
+  uint64_t error_replies = 0;
+  uint64_t posted_errors = 0;
+  uint64_t unexpected_replies = 0;
+  uint64_t recv_calls = 0;
+  uint64_t send_calls = 0;
+  uint64_t bytes_in = 0;
+  uint64_t bytes_out = 0;
+  uint64_t requests = 0;
+};
+
+class VfioUserConnection : public Napi::ObjectWrap<VfioUserConnection> {
+ public:
+  static Napi::Function Define(Napi::Env env) {
+    return DefineClass(env, "VfioUserConnection",
+                       {InstanceMethod<&VfioUserConnection::Start>("start"),
+                        InstanceMethod<&VfioUserConnection::Close>("close"),
+                        InstanceMethod<&VfioUserConnection::SetTwin>("setTwin"),
+                        InstanceMethod<&VfioUserConnection::SetNegotiated>("setNegotiated"),
+                        InstanceMethod<&VfioUserConnection::Request>("request"),
+                        InstanceMethod<&VfioUserConnection::Stats>("stats")});
+  }
+
+  // new VfioUserConnection(fd, { regionTable, onMessage, onClose, maxMessageSize, maxFds, maxDataXfer })
+  explicit VfioUserConnection(const Napi::CallbackInfo& info) : Napi::ObjectWrap<VfioUserConnection>(info), env_(info.Env()) {
+    Napi::Env env = info.Env();
+    if (!info.IsConstructCall()) ThrowTypeError(env, "VfioUserConnection", "called with new");
+    int fd = ArgFd(info, 0, "fd");
+    if (info.Length() < 2 || !info[1].IsObject()) ThrowTypeError(env, "options", "an object");
+    Napi::Object o = info[1].As<Napi::Object>();
+    table_ = RegionTable::FromValue(env, o.Get("regionTable"), "options.regionTable");
+    table_ref_ = Napi::Persistent(o.Get("regionTable").As<Napi::Object>());
+    if (!o.Get("onMessage").IsFunction()) ThrowTypeError(env, "options.onMessage", "a function");
+    if (!o.Get("onClose").IsFunction()) ThrowTypeError(env, "options.onClose", "a function");
+    on_message_ = Napi::Persistent(o.Get("onMessage").As<Napi::Function>());
+    on_close_ = Napi::Persistent(o.Get("onClose").As<Napi::Function>());
+    uint64_t max_message = ValueU64(env, o.Get("maxMessageSize"), "options.maxMessageSize", false);
+    uint64_t max_fds = ValueU64(env, o.Get("maxFds"), "options.maxFds", false);
+    uint64_t max_xfer = ValueU64(env, o.Get("maxDataXfer"), "options.maxDataXfer", false);
+    if (max_message < 64 || max_message > (64u << 20)) ThrowRangeError(env, "options.maxMessageSize", "must be in [64, 64 MiB]");
+    if (max_fds > static_cast<uint64_t>(kMaxFdsPerMessage)) ThrowRangeError(env, "options.maxFds", "must be at most 253");
+    if (max_xfer == 0 || max_xfer + 32 > max_message || max_xfer > table_->MaxAccess()) {
+      ThrowRangeError(env, "options.maxDataXfer", "must be positive, fit a message, and fit the region table's scratch");
+    }
+    struct stat st;
+    if (::fstat(fd, &st) < 0) ThrowErrno(env, "fstat", errno);
+    if (!S_ISSOCK(st.st_mode)) ThrowInvalid(env, "fd", "is not a socket");
+    max_message_ = static_cast<uint32_t>(max_message);
+    max_fds_ = static_cast<int>(max_fds);
+    max_xfer_ = static_cast<uint32_t>(max_xfer);
+    // Room for one largest message plus a second arriving behind it.
+    cap_ = static_cast<size_t>(max_message_) * 2 + 4096;
+    in_.reset(new uint8_t[cap_]);
+    fd_ = fd;
+    async_context_ = std::make_unique<Napi::AsyncContext>(env, "mdevkit.VfioUserConnection");
+    info.This().As<Napi::Object>().TypeTag(&kConnTag);
+  }
+
+  ~VfioUserConnection() override {
+    ReleaseFds();
+    // The uv handle is closed in Shutdown(); an object that was never started owns none.
+  }
+
+ private:
+  // ---- JS methods --------------------------------------------------------------------------
+
+  Napi::Value Start(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (closed_) ThrowErrno(env, "start", EBADF);
+    if (started_) return env.Undefined();
+    uv_loop_t* loop = nullptr;
+    if (napi_get_uv_event_loop(env, &loop) != napi_ok || loop == nullptr) ThrowInvalid(env, "loop", "no libuv loop");
+    poll_ = new uv_poll_t;
+    int r = uv_poll_init(loop, poll_, fd_);
+    if (r < 0) {
+      delete poll_;
+      poll_ = nullptr;
+      ThrowErrno(env, "uv_poll_init", -r);
+    }
+    poll_->data = this;
+    started_ = true;
+    Ref();  // an active connection keeps its JS object alive until it closes
+    UpdatePoll();
+    return env.Undefined();
+  }
+
+  Napi::Value Close(const Napi::CallbackInfo& info) {
+    Shutdown("closed by the server", 0);
+    return info.Env().Undefined();
+  }
+
+  // setTwin(fd): server→client requests go on this socket from now on (the connection owns it).
+  Napi::Value SetTwin(const Napi::CallbackInfo& info) {
+    int fd = ArgFd(info, 0, "fd");
+    if (closed_) ThrowErrno(info.Env(), "setTwin", EBADF);
+    if (twin_fd_ >= 0) ::close(twin_fd_);
+    twin_fd_ = fd;
+    return info.Env().Undefined();
+  }
+
+  // setNegotiated(): VERSION succeeded; REGION_READ/WRITE now take the native path.
+  Napi::Value SetNegotiated(const Napi::CallbackInfo& info) {
+    negotiated_ = ArgBool(info, 0, "negotiated", true);
+    return info.Env().Undefined();
+  }
+
+  // request(command, payload, timeoutMs) → reply payload (Buffer); throws an errno error.
+  Napi::Value Request(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    uint32_t command = ArgU32(info, 0, "command");
+    ByteView payload = ArgBytes(info, 1, "payload");
+    uint32_t timeout_ms = ArgU32(info, 2, "timeoutMs");
+    if (command > 0xffff) ThrowRangeError(env, "command", "must fit 16 bits");
+    if (closed_) ThrowErrno(env, "request", EPIPE);
+    if (payload.length + sizeof(VfioUserHeader) > max_message_) ThrowRangeError(env, "payload", "exceeds the message size limit");
+    std::vector<uint8_t> reply;
+    int err = DoRequest(static_cast<uint16_t>(command), payload.data, payload.length, timeout_ms, &reply);
+    if (err != 0) ThrowErrno(env, "vfio-user request", err);
+    return Napi::Buffer<uint8_t>::Copy(env, reply.data(), reply.size());
+  }
+
+  Napi::Value Stats(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    Napi::Object o = Napi::Object::New(env);
+    auto set = [&](const char* k, uint64_t v) { o.Set(k, Napi::Number::New(env, static_cast<double>(v))); };
+    set("messages", stats_.messages);
+    set("regionAccesses", stats_.region_accesses);
+    set("jsMessages", stats_.js_messages);
+    set("errorReplies", stats_.error_replies);
+    set("postedErrors", stats_.posted_errors);
+    set("unexpectedReplies", stats_.unexpected_replies);
+    set("recvCalls", stats_.recv_calls);
+    set("sendCalls", stats_.send_calls);
+    set("bytesIn", stats_.bytes_in);
+    set("bytesOut", stats_.bytes_out);
+    set("requests", stats_.requests);
+    return o;
+  }
+
+  // ---- event loop ---------------------------------------------------------------------------
+
+  static void OnPoll(uv_poll_t* handle, int status, int events) {
+    auto* self = static_cast<VfioUserConnection*>(handle->data);
+    if (self == nullptr || self->closed_) return;
+    Napi::HandleScope scope(self->env_);
+    // A callback scope makes promise jobs and nextTicks queued by JS handlers run after this
+    // wakeup, as they would after any other Node callback.
+    Napi::CallbackScope callback_scope(self->env_, *self->async_context_);
+    if (status < 0) {
+      self->Shutdown("poll error", -status);
+      return;
+    }
+    try {
+      if (events & UV_WRITABLE) {
+        if (!self->Flush()) return;
+      }
+      if ((events & UV_READABLE) && self->out_.empty()) self->HandleReadable();
+      self->FinishDispatchClose();
+    } catch (const Napi::Error& e) {
+      // Nothing may unwind through libuv: a failure here is a bug in our JS handlers, reported
+      // like any uncaught exception; the connection cannot continue in an unknown state.
+      self->Shutdown("internal error", EIO);
+      self->FinishDispatchClose();
+      napi_fatal_exception(self->env_, e.Value());
+    }
+  }
+
+  void UpdatePoll() {
+    if (closed_ || poll_ == nullptr) return;
+    // While replies are queued the client is not reading: stop reading requests (backpressure).
+    int events = out_.empty() ? UV_READABLE : UV_WRITABLE;
+    uv_poll_start(poll_, events, &VfioUserConnection::OnPoll);
+  }
+
+  void HandleReadable() {
+    for (int i = 0; i < kMaxReadsPerWakeup && !closed_; i++) {
+      int r = ReceiveOnce(fd_);
+      ProcessMessages();
+      if (r == EAGAIN || !out_.empty()) break;
+      if (r != 0) {
+        if (!closed_) Shutdown(r == EPIPE ? "client disconnected" : "receive failed", r == EPIPE ? 0 : r);
+        return;
+      }
+    }
+    if (!closed_) Flush();
+  }
+
+  // Reads once from `fd` into the input buffer. Returns 0 after data, EAGAIN when nothing was
+  // queued or there is no room, EPIPE on EOF, or another errno (the connection is then broken).
+  int ReceiveOnce(int fd) {
+    if (in_end_ == cap_) {
+      if (in_start_ == 0 || nesting_ > 0) return EAGAIN;
+      Compact();
+    }
+    iovec iov{in_.get() + in_end_, cap_ - in_end_};
+    int fds[kMaxFdsPerMessage];
+    int nfds = 0;
+    bool truncated = false;
+    ssize_t n = RecvWithFds(fd, &iov, 1, fds, std::max(max_fds_, 1), &nfds, &truncated);
+    stats_.recv_calls++;
+    if (n == -EAGAIN) return EAGAIN;
+    if (n < 0) return static_cast<int>(-n);
+    if (n == 0) return EPIPE;
+    uint64_t chunk_start = stream_base_ + in_end_;
+    in_end_ += static_cast<size_t>(n);
+    stats_.bytes_in += static_cast<uint64_t>(n);
+    if (nfds > 0 || truncated) {
+      uint64_t owner = LastMessageStartIn(chunk_start, stream_base_ + in_end_);
+      std::vector<int> got(fds, fds + nfds);
+      if (owner == UINT64_MAX) {
+        CloseAll(got);
+        return EBADMSG;  // fds that belong to no message: the peer is not speaking the protocol
+      }
+      FdBatch* batch = FindBatch(owner);
+      if (batch == nullptr) {
+        in_fds_.push_back(FdBatch{owner, {}, false});
+        batch = &in_fds_.back();
+      }
+      batch->fds.insert(batch->fds.end(), got.begin(), got.end());
+      batch->truncated = batch->truncated || truncated;
+    }
+    return 0;
+  }
+
+  // Stream position of the last message that starts in [begin, end), or UINT64_MAX.
+  uint64_t LastMessageStartIn(uint64_t begin, uint64_t end) const {
+    uint64_t s = stream_base_ + in_start_;
+    uint64_t last = UINT64_MAX;
+    while (s < end) {
+      if (s >= begin) last = s;
+      size_t idx = static_cast<size_t>(s - stream_base_);
+      if (idx + 8 > in_end_) break;
+      uint32_t size;
+      std::memcpy(&size, in_.get() + idx + 4, 4);
+      if (size < sizeof(VfioUserHeader)) break;
+      s += size;
+    }
+    return last;
+  }
+
+  struct FdBatch {
+    uint64_t pos;
+    std::vector<int> fds;
+    bool truncated;
+  };
+
+  FdBatch* FindBatch(uint64_t pos) {
+    for (FdBatch& b : in_fds_) {
+      if (b.pos == pos) return &b;
+    }
+    return nullptr;
+  }
+
+  // The fds that came with the message at `pos`; batches for earlier positions are orphans.
+  std::vector<int> TakeFds(uint64_t pos, bool* truncated) {
+    std::vector<int> result;
+    *truncated = false;
+    while (!in_fds_.empty() && in_fds_.front().pos <= pos) {
+      FdBatch& b = in_fds_.front();
+      if (b.pos == pos) {
+        result = std::move(b.fds);
+        *truncated = b.truncated;
+      } else {
+        CloseAll(b.fds);
+      }
+      in_fds_.pop_front();
+    }
+    return result;
+  }
+
+  void Compact() {
+    if (in_start_ == 0) return;
+    std::memmove(in_.get(), in_.get() + in_start_, in_end_ - in_start_);
+    stream_base_ += in_start_;
+    in_end_ -= in_start_;
+    in_start_ = 0;
+  }
+
+  void ProcessMessages() {
+    while (!closed_ && !close_requested_) {
+      size_t avail = in_end_ - in_start_;
+      if (avail < sizeof(VfioUserHeader)) break;
+      VfioUserHeader h;
+      std::memcpy(&h, in_.get() + in_start_, sizeof h);
+      if (h.msg_size < sizeof(VfioUserHeader) || h.msg_size > max_message_) {
+        // The framing cannot be trusted past this point: say why, then disconnect.
+        QueueError(h, h.msg_size < sizeof(VfioUserHeader) ? EINVAL : E2BIG);
+        Flush();
+        Shutdown("bad msg_size", EINVAL);
+        return;
+      }
+      if (avail < h.msg_size) break;
+      uint64_t pos = stream_base_ + in_start_;
+      bool truncated = false;
+      std::vector<int> fds = TakeFds(pos, &truncated);
+      cur_msg_end_ = in_start_ + h.msg_size;
+      stats_.messages++;
+      if (truncated) {
+        CloseAll(fds);
+        if (!(h.flags & kVfioUserNoReply)) QueueError(h, EINVAL);
+      } else {
+        Dispatch(h, in_.get() + in_start_ + sizeof h, h.msg_size - sizeof h, std::move(fds));
+      }
+      in_start_ = cur_msg_end_;
+    }
+    if (in_start_ == in_end_) {
+      stream_base_ += in_start_;
+      in_start_ = in_end_ = 0;
+    } else if (in_start_ > cap_ / 2) {
+      Compact();
+    }
+  }
+
+  void Dispatch(const VfioUserHeader& h, const uint8_t* payload, uint32_t len, std::vector<int> fds) {
+    uint32_t type = h.flags & kVfioUserTypeMask;
+    if (type == kVfioUserTypeReply) {
+      // A reply nobody waits for (e.g. to a request that timed out): drop it.
+      stats_.unexpected_replies++;
+      CloseAll(fds);
+      return;
+    }
+    bool no_reply = (h.flags & kVfioUserNoReply) != 0;
+    if (type != kVfioUserTypeCommand) {
+      CloseAll(fds);
+      if (!no_reply) QueueError(h, EINVAL);
+      return;
+    }
+    if (negotiated_ && (h.command == kVfioUserRegionRead || h.command == kVfioUserRegionWrite)) {
+      int err = fds.empty() ? RegionAccess(h, payload, len, no_reply) : EINVAL;
+      CloseAll(fds);
+      if (err != 0) {
+        if (no_reply) stats_.posted_errors++;
+        else QueueError(h, err);
+      }
+      return;
+    }
+    DispatchToJs(h, payload, len, std::move(fds), no_reply);
+  }
+
+  // Serves REGION_READ / REGION_WRITE through the region table; returns 0 or an errno.
+  int RegionAccess(const VfioUserHeader& h, const uint8_t* payload, uint32_t len, bool no_reply) {
+    if (len < sizeof(VfioUserRegionAccess)) return EINVAL;
+    VfioUserRegionAccess a;
+    std::memcpy(&a, payload, sizeof a);
+    if (a.count > max_xfer_) return E2BIG;
+    stats_.region_accesses++;
+    bool write = h.command == kVfioUserRegionWrite;
+    if (write) {
+      if (len != sizeof a + a.count) return EINVAL;
+      // The region table never writes into the buffer of a write; the cast only fits its signature.
+      nesting_++;
+      int r = table_->Access(env_, a.region, a.offset, const_cast<uint8_t*>(payload) + sizeof a, a.count, true);
+      nesting_--;
+      if (r != 0) return r;
+      if (!no_reply) QueueReply(h, reinterpret_cast<const uint8_t*>(&a), sizeof a, nullptr, 0, {});
+      return 0;
+    }
+    if (len != sizeof a) return EINVAL;
+    // Read into a separate buffer: a JS handler may issue a nested DMA request that flushes
+    // queued replies, so nothing may point into the output queue across the access.
+    read_tmp_.resize(a.count);
+    nesting_++;
+    int r = table_->Access(env_, a.region, a.offset, read_tmp_.data(), a.count, false);
+    nesting_--;
+    if (r != 0) return r;
+    if (!no_reply) QueueReply(h, reinterpret_cast<const uint8_t*>(&a), sizeof a, read_tmp_.data(), a.count, {});
+    return 0;
+  }
+
+  void DispatchToJs(const VfioUserHeader& h, const uint8_t* payload, uint32_t len, std::vector<int> fds, bool no_reply) {
+    Napi::Env env = env_;
+    Napi::HandleScope scope(env);
+    stats_.js_messages++;
+    Napi::Array js_fds = Napi::Array::New(env, fds.size());
+    for (size_t i = 0; i < fds.size(); i++) js_fds.Set(static_cast<uint32_t>(i), Napi::Number::New(env, fds[i]));
+    // From here on the fds belong to the JS handler.
+    fds.clear();
+    Napi::Value result;
+    nesting_++;
+    try {
+      result = on_message_.Call({Napi::Number::New(env, h.command), Napi::Number::New(env, h.msg_id), Napi::Number::New(env, h.flags),
+                                 Napi::Buffer<uint8_t>::Copy(env, payload, len), js_fds});
+    } catch (const Napi::Error&) {
+      nesting_--;
+      if (!no_reply) QueueError(h, EIO);
+      return;
+    }
+    nesting_--;
+    if (closed_ || no_reply || !result.IsObject()) return;
+    Napi::Object r = result.As<Napi::Object>();
+    Napi::Value error = r.Get("error");
+    if (error.IsNumber()) {
+      int err = error.As<Napi::Number>().Int32Value();
+      QueueError(h, err > 0 ? err : EIO);
+    } else {
+      ByteView body{};
+      Napi::Value p = r.Get("payload");
+      if (!p.IsUndefined()) body = ValueBytes(env, p, "reply.payload");
+      std::vector<int> dups;
+      Napi::Value rf = r.Get("fds");
+      if (rf.IsArray()) {
+        Napi::Array arr = rf.As<Napi::Array>();
+        for (uint32_t i = 0; i < arr.Length(); i++) {
+          // Send our own duplicate: the reply may wait in the queue while JS closes its copy.
+          int d = ::fcntl(arr.Get(i).As<Napi::Number>().Int32Value(), F_DUPFD_CLOEXEC, 0);
+          if (d >= 0) dups.push_back(d);
+        }
+      }
+      QueueReply(h, body.data, body.length, nullptr, 0, std::move(dups));
+    }
+    if (r.Get("close").ToBoolean()) {
+      Flush();
+      close_requested_ = true;
+    }
+  }
+
+  // ---- output -------------------------------------------------------------------------------
+
+  struct OutChunk {
+    std::vector<uint8_t> bytes;
+    std::vector<int> fds;
+    size_t sent = 0;
+  };
+
+  void QueueReply(const VfioUserHeader& req, const uint8_t* a, size_t alen, const uint8_t* b, size_t blen, std::vector<int> fds) {
+    OutChunk c;
+    VfioUserHeader h{req.msg_id, req.command, static_cast<uint32_t>(sizeof(VfioUserHeader) + alen + blen), kVfioUserTypeReply, 0};
+    c.bytes.resize(h.msg_size);
+    std::memcpy(c.bytes.data(), &h, sizeof h);
+    if (alen) std::memcpy(c.bytes.data() + sizeof h, a, alen);
+    if (blen) std::memcpy(c.bytes.data() + sizeof h + alen, b, blen);
+    c.fds = std::move(fds);
+    out_.push_back(std::move(c));
+  }
+
+  void QueueError(const VfioUserHeader& req, int err) {
+    stats_.error_replies++;
+    OutChunk c;
+    // errno 0 with the Error flag reads as success to some clients (QEMU): never send it.
+    VfioUserHeader h{req.msg_id, req.command, sizeof(VfioUserHeader), kVfioUserTypeReply | kVfioUserError,
+                     static_cast<uint32_t>(err > 0 ? err : EIO)};
+    c.bytes.resize(sizeof h);
+    std::memcpy(c.bytes.data(), &h, sizeof h);
+    out_.push_back(std::move(c));
+  }
+
+  // Sends queued replies without blocking. Returns false if the connection broke.
+  bool Flush() {
+    while (!out_.empty() && !closed_) {
+      iovec iov[kMaxIovPerSend];
+      int n = 0;
+      const std::vector<int>& fds = out_.front().fds;
+      for (auto it = out_.begin(); it != out_.end() && n < kMaxIovPerSend; ++it) {
+        if (n > 0 && !it->fds.empty()) break;  // a reply with fds goes out alone
+        iov[n].iov_base = it->bytes.data() + it->sent;
+        iov[n].iov_len = it->bytes.size() - it->sent;
+        n++;
+        if (!fds.empty()) break;
+      }
+      ssize_t r = SendWithFds(fd_, iov, n, fds.data(), static_cast<int>(fds.size()));
+      stats_.send_calls++;
+      if (r == -EAGAIN) break;
+      if (r < 0) {
+        Shutdown(r == -EPIPE || r == -ECONNRESET ? "client disconnected" : "send failed", r == -EPIPE || r == -ECONNRESET ? 0 : static_cast<int>(-r));
+        return false;
+      }
+      stats_.bytes_out += static_cast<uint64_t>(r);
+      CloseAll(out_.front().fds);  // they travelled with the first byte
+      size_t left = static_cast<size_t>(r);
+      while (left > 0 && !out_.empty()) {
+        OutChunk& c = out_.front();
+        size_t take = std::min(left, c.bytes.size() - c.sent);
+        c.sent += take;
+        left -= take;
+        if (c.sent == c.bytes.size()) out_.pop_front();
+      }
+    }
+    UpdatePoll();
+    return !closed_;
+  }
+
+  // ---- server → client requests (DMA_READ / DMA_WRITE) ---------------------------------------
+
+  int SendAll(int fd, const uint8_t* data, size_t len, Clock::time_point deadline) {
+    size_t done = 0;
+    while (done < len) {
+      iovec iov{const_cast<uint8_t*>(data) + done, len - done};
+      ssize_t r = SendWithFds(fd, &iov, 1, nullptr, 0);
+      stats_.send_calls++;
+      if (r == -EAGAIN) {
+        int w = WaitFd(fd, POLLOUT, deadline);
+        if (w != 0) return w;
+        continue;
+      }
+      if (r < 0) return static_cast<int>(-r);
+      done += static_cast<size_t>(r);
+      stats_.bytes_out += static_cast<uint64_t>(r);
+    }
+    return 0;
+  }
+
+  int DoRequest(uint16_t command, const uint8_t* payload, size_t len, uint32_t timeout_ms, std::vector<uint8_t>* reply) {
+    auto deadline = Clock::now() + std::chrono::milliseconds(timeout_ms);
+    uint16_t id = next_request_id_++;
+    stats_.requests++;
+    VfioUserHeader h{id, command, static_cast<uint32_t>(sizeof(VfioUserHeader) + len), kVfioUserTypeCommand, 0};
+    std::vector<uint8_t> msg(h.msg_size);
+    std::memcpy(msg.data(), &h, sizeof h);
+    if (len) std::memcpy(msg.data() + sizeof h, payload, len);
+    int target = twin_fd_ >= 0 ? twin_fd_ : fd_;
+    if (target == fd_) {
+      // Keep the byte stream in order: queued replies go before the request.
+      while (!out_.empty()) {
+        if (!Flush()) return EPIPE;
+        if (!out_.empty()) {
+          int w = WaitFd(fd_, POLLOUT, deadline);
+          if (w != 0) return w;
+        }
+      }
+    }
+    int err = SendAll(target, msg.data(), msg.size(), deadline);
+    if (err != 0) return err;
+    return target == fd_ ? AwaitReplyInline(h, deadline, reply) : AwaitReplyTwin(h, deadline, reply);
+  }
+
+  // Checks a complete message at `p` against the request; fills `reply` and returns true (with
+  // *err set) when it is the reply.
+  static bool MatchReply(const VfioUserHeader& req, const uint8_t* p, std::vector<uint8_t>* reply, int* err) {
+    VfioUserHeader h;
+    std::memcpy(&h, p, sizeof h);
+    if ((h.flags & kVfioUserTypeMask) != kVfioUserTypeReply || h.msg_id != req.msg_id || h.command != req.command) return false;
+    if (h.flags & kVfioUserError) {
+      *err = h.error > 0 && h.error < 4096 ? static_cast<int>(h.error) : EIO;
+    } else {
+      *err = 0;
+      reply->assign(p + sizeof h, p + h.msg_size);
+    }
+    return true;
+  }
+
+  // Non-twin mode: the reply arrives on the main socket among client commands, which stay queued
+  // (they are processed in order later); the reply is spliced out of the input stream.
+  int AwaitReplyInline(const VfioUserHeader& req, Clock::time_point deadline, std::vector<uint8_t>* reply) {
+    nesting_++;
+    int result = ETIMEDOUT;
+    for (;;) {
+      // Inside a dispatch, the message being served is not ours to touch: scan past it.
+      size_t s = nesting_ > 1 ? cur_msg_end_ : in_start_;
+      bool found = false;
+      while (in_end_ - s >= sizeof(VfioUserHeader)) {
+        uint32_t size;
+        std::memcpy(&size, in_.get() + s + 4, 4);
+        if (size < sizeof(VfioUserHeader) || size > max_message_) {
+          result = EBADMSG;
+          found = true;
+          break;
+        }
+        if (in_end_ - s < size) break;
+        int err = 0;
+        if (MatchReply(req, in_.get() + s, reply, &err)) {
+          Splice(s, size);
+          result = err;
+          found = true;
+          break;
+        }
+        s += size;
+      }
+      if (found) break;
+      int w = WaitFd(fd_, POLLIN, deadline);
+      if (w != 0) {
+        result = w;
+        break;
+      }
+      int r = ReceiveOnce(fd_);
+      if (r == EAGAIN && in_end_ == cap_) {
+        result = ENOBUFS;  // the client pipelined more than we can hold while it owes us a reply
+        break;
+      }
+      if (r != 0 && r != EAGAIN) {
+        result = r;
+        break;
+      }
+    }
+    nesting_--;
+    return result;
+  }
+
+  // Removes the message at buffer index `at` (size bytes) from the input stream.
+  void Splice(size_t at, size_t size) {
+    uint64_t pos = stream_base_ + at;
+    std::memmove(in_.get() + at, in_.get() + at + size, in_end_ - at - size);
+    in_end_ -= size;
+    for (FdBatch& b : in_fds_) {
+      if (b.pos > pos) b.pos -= size;
+    }
+  }
+
+  int AwaitReplyTwin(const VfioUserHeader& req, Clock::time_point deadline, std::vector<uint8_t>* reply) {
+    for (;;) {
+      while (twin_in_.size() >= sizeof(VfioUserHeader)) {
+        uint32_t size;
+        std::memcpy(&size, twin_in_.data() + 4, 4);
+        if (size < sizeof(VfioUserHeader) || size > max_message_) return EBADMSG;
+        if (twin_in_.size() < size) break;
+        int err = 0;
+        bool match = MatchReply(req, twin_in_.data(), reply, &err);
+        if (!match) stats_.unexpected_replies++;
+        twin_in_.erase(twin_in_.begin(), twin_in_.begin() + size);
+        if (match) return err;
+      }
+      int w = WaitFd(twin_fd_, POLLIN, deadline);
+      if (w != 0) return w;
+      uint8_t buf[65536];
+      iovec iov{buf, sizeof buf};
+      int fds[4];
+      int nfds = 0;
+      bool truncated = false;
+      ssize_t n = RecvWithFds(twin_fd_, &iov, 1, fds, 4, &nfds, &truncated);
+      stats_.recv_calls++;
+      for (int i = 0; i < nfds; i++) ::close(fds[i]);  // no reply on the twin socket carries fds
+      if (n == -EAGAIN) continue;
+      if (n < 0) return static_cast<int>(-n);
+      if (n == 0) return EPIPE;
+      stats_.bytes_in += static_cast<uint64_t>(n);
+      twin_in_.insert(twin_in_.end(), buf, buf + n);
+      if (twin_in_.size() > static_cast<size_t>(max_message_) * 2) return ENOBUFS;
+    }
+  }
+
+  // ---- teardown -----------------------------------------------------------------------------
+
+  void ReleaseFds() {
+    for (FdBatch& b : in_fds_) CloseAll(b.fds);
+    in_fds_.clear();
+    for (OutChunk& c : out_) CloseAll(c.fds);
+    out_.clear();
+    if (twin_fd_ >= 0) ::close(twin_fd_);
+    twin_fd_ = -1;
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = -1;
+  }
+
+  void Shutdown(const char* reason, int err) {
+    if (closed_) return;
+    closed_ = true;
+    close_reason_ = reason;
+    close_errno_ = err;
+    if (poll_ != nullptr) {
+      uv_poll_stop(poll_);
+      uv_close(reinterpret_cast<uv_handle_t*>(poll_), [](uv_handle_t* h) { delete reinterpret_cast<uv_poll_t*>(h); });
+      poll_ = nullptr;
+    }
+    ReleaseFds();
+    if (nesting_ == 0) NotifyClosed();
+  }
+
+  // Runs after a wakeup's dispatch: a close asked for by a reply, or a shutdown that happened
+  // while JS was on the stack, is reported now.
+  void FinishDispatchClose() {
+    if (close_requested_ && !closed_) Shutdown("closed after a fatal protocol error", 0);
+    if (closed_ && !close_notified_ && nesting_ == 0) NotifyClosed();
+  }
+
+  void NotifyClosed() {
+    if (close_notified_) return;
+    close_notified_ = true;
+    Napi::HandleScope scope(env_);
+    try {
+      on_close_.Call({Napi::String::New(env_, close_reason_), Napi::Number::New(env_, close_errno_)});
+    } catch (const Napi::Error& e) {
+      // The close handler's own failure must not take the process down with it.
+      e.ThrowAsJavaScriptException();
+    }
+    if (started_) Unref();
+  }
+
+  Napi::Env env_;
+  int fd_ = -1;
+  int twin_fd_ = -1;
+  uv_poll_t* poll_ = nullptr;
+  RegionTable* table_ = nullptr;
+  Napi::ObjectReference table_ref_;
+  Napi::FunctionReference on_message_;
+  Napi::FunctionReference on_close_;
+  std::unique_ptr<Napi::AsyncContext> async_context_;
+  uint32_t max_message_ = 0;
+  int max_fds_ = 0;
+  uint32_t max_xfer_ = 0;
+  std::unique_ptr<uint8_t[]> in_;
+  size_t cap_ = 0;
+  size_t in_start_ = 0;
+  size_t in_end_ = 0;
+  size_t cur_msg_end_ = 0;
+  uint64_t stream_base_ = 0;
+  std::deque<FdBatch> in_fds_;
+  std::deque<OutChunk> out_;
+  std::vector<uint8_t> read_tmp_;
+  std::vector<uint8_t> twin_in_;
+  bool started_ = false;
+  bool closed_ = false;
+  bool close_notified_ = false;
+  bool close_requested_ = false;
+  bool negotiated_ = false;
+  int nesting_ = 0;
+  uint16_t next_request_id_ = 1;
+  std::string close_reason_;
+  int close_errno_ = 0;
+  ConnStats stats_;
+};
+
+}  // namespace
+
+void InitVfioUserConn(Napi::Env env, Napi::Object exports) { exports.Set("VfioUserConnection", VfioUserConnection::Define(env)); }
 
 }  // namespace mdevkit
