@@ -3,11 +3,12 @@
  * The `mdevkit` command line.
  * @module
  */
-import { Command, CommanderError } from 'commander';
+import { Command, CommanderError, InvalidArgumentError } from 'commander';
 import { isErrno } from '../errors.js';
 import { formatLspci } from '../pci/lspci.js';
 import { describeRegions } from './describe.js';
 import { loadDevice } from './load-device.js';
+import { serve } from './serve.js';
 
 const program = new Command();
 program.name('mdevkit').description('Write a virtual PCI device once; serve it over vfio-user or as a Xen IOREQ server.').exitOverride();
@@ -22,6 +23,41 @@ program
     process.stdout.write(formatLspci(device.configAccessor, { configSize: device.config.size, sizeBars: opts.sizeBars }) + '\n');
     process.stdout.write(describeRegions(device) + '\n');
   });
+
+program
+  .command('serve')
+  .description('serve a device over vfio-user until SIGTERM (one device instance per socket)')
+  .argument('<device>', 'built-in device name (edu) or path to a device module')
+  .option('--vfio-user <path>', 'listen on a vfio-user socket at <path> (repeatable)', collect, [])
+  .option('--socket-path <path>', 'same as --vfio-user (vhost-user backend convention)')
+  .option('--fd <n>', 'serve on an inherited socket fd (listening or connected)', parseIntOption)
+  .option('--dma-layout <layout>', 'DMA_READ/DMA_WRITE message layout: spec or qemu', 'spec')
+  .option('--max-data-xfer <bytes>', 'largest REGION_READ/WRITE count accepted', parseIntOption)
+  .option('--no-twin-socket', 'do not offer twin-socket mode')
+  .option('-v, --verbose', 'log connections and errors to stderr', false)
+  .action(async (spec: string, opts: { vfioUser: string[]; socketPath?: string; fd?: number; dmaLayout: string; maxDataXfer?: number; twinSocket: boolean; verbose: boolean }) => {
+    const socketPaths = [...opts.vfioUser, ...(opts.socketPath ? [opts.socketPath] : [])];
+    await serve(spec, {
+      socketPaths,
+      ...(opts.fd !== undefined ? { fd: opts.fd } : {}),
+      server: {
+        dmaLayout: opts.dmaLayout as 'spec' | 'qemu',
+        twinSocket: opts.twinSocket,
+        ...(opts.maxDataXfer !== undefined ? { maxDataXferSize: opts.maxDataXfer } : {}),
+      },
+      verbose: opts.verbose,
+    });
+  });
+
+function collect(value: string, previous: string[]): string[] {
+  return [...previous, value];
+}
+
+function parseIntOption(value: string): number {
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 0) throw new InvalidArgumentError(`not a non-negative integer: ${value}`);
+  return n;
+}
 
 try {
   await program.parseAsync(process.argv);
