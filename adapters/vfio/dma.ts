@@ -244,7 +244,7 @@ function unmapSegments(segments: readonly Uint8Array[]): void {
 export class VfioDmaSpace implements GuestMemory {
   private readonly maxWindows: number;
   private readonly transport: DmaTransport | null;
-  private readonly maxTransfer: number;
+  private maxTransfer: number;
   private readonly maxLogPages: number;
   /** Sorted by address, disjoint. */
   private list: Window[] = [];
@@ -366,6 +366,11 @@ export class VfioDmaSpace implements GuestMemory {
       throw e;
     }
     this.list.splice(this.firstEndingAfter(window.gpa), 0, window);
+  }
+
+  /** Sets the most bytes one DMA_READ/DMA_WRITE may move (the client's max_data_xfer_size). */
+  setMaxTransfer(bytes: number): void {
+    this.maxTransfer = checkInt('maxTransfer', bytes, 1, 2 ** 31);
   }
 
   /**

@@ -10,7 +10,7 @@
  * @module
  */
 import { existsSync, lstatSync, unlinkSync } from 'node:fs';
-import { MdevError, errnoOf, isErrno } from '../../src/errors.js';
+import { MdevError, isErrno } from '../../src/errors.js';
 import { binding } from '../../src/native/binding.js';
 import { closeFd } from '../../src/native/fd.js';
 import { acceptUnix, connectUnix, listenUnix, socketPair } from '../../src/native/socket.js';
@@ -133,14 +133,14 @@ export class VfioUserSession {
     this.irqs = new VfioIrqState(server.device);
     this.conn = new NativeConnectionClass(fd, {
       regionTable: server.regionTable,
-      onMessage: (command, msgId, flags, payload, fds) => this.onMessage(command, flags, payload, fds),
+      onMessage: (command, _msgId, flags, payload, fds) => this.onMessage(command, flags, payload, fds),
       onClose: (reason) => this.teardown(reason),
       maxMessageSize: HEADER_SIZE + Layout.regionAccess.data + opts.maxDataXferSize + 64,
       maxFds: opts.maxMsgFds,
       maxDataXfer: opts.maxDataXferSize,
     });
     server.device.attachGuestMemory(this.dma);
-    server.device.irq.attach(this.irqs);
+    this.irqs.attach();
     this.conn.start();
   }
 
@@ -165,7 +165,6 @@ export class VfioUserSession {
     // Spec: on client disconnect, unmap DMA, close IRQ fds, keep the device state.
     const device = this.server.device;
     if (device.guestMemory === this.dma) device.attachGuestMemory(null);
-    device.irq.detach();
     this.irqs.disconnect();
     this.dma.close();
     this.onClosed(this, reason);

@@ -22,7 +22,9 @@
 namespace mdevkit {
 namespace {
 
-constexpr uint64_t kMaxSafeInteger = 9007199254740991ull;  // V8's ArrayBuffer byte length limit
+// Node 20's V8 refuses external ArrayBuffers above 4 GiB, and on that path runs our finalizer
+// itself before reporting failure (freeing the record twice): refuse such lengths up front.
+constexpr uint64_t kMaxMappingLength = 4ull << 30;
 
 struct Mapping {
   void* addr = nullptr;
@@ -84,7 +86,7 @@ Napi::Value MmapFd(const Napi::CallbackInfo& info) {
   bool shared = ArgBool(info, 4, "shared", true);
 
   if (length == 0) ThrowInvalid(env, "length", "must be > 0");
-  if (length > kMaxSafeInteger) ThrowRangeError(env, "length", "must be <= 2^53 - 1 (the ArrayBuffer limit)");
+  if (length > kMaxMappingLength) ThrowRangeError(env, "length", "must be <= 4 GiB (the largest ArrayBuffer Node 20 accepts)");
   if (offset > static_cast<uint64_t>(INT64_MAX)) ThrowRangeError(env, "offset", "must be < 2^63");
   if (offset % PageSize() != 0) ThrowInvalid(env, "offset", "must be a multiple of the page size");
 

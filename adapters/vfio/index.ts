@@ -1,0 +1,9 @@
+/**
+ * The vfio-user adapter: a server that serves a device model to a VMM (QEMU's `vfio-user-pci`),
+ * and a client that behaves like QEMU's (tests, probing, benchmarks, scripted guest drivers).
+ * @module
+ */
+export * from './protocol.js';
+export * from './server.js';
+export * from './dma.js';
+export * from './irqs.js';
