@@ -516,6 +516,9 @@ export class VfioUserSession {
   }
 }
 
+/** Clients accepted while another is connected, served in turn. */
+const MAX_WAITING_CLIENTS = 4;
+
 function tryClose(fd: number): void {
   try {
     closeFd(fd);
@@ -550,6 +553,7 @@ export class VfioUserServer {
   private listener: FdWatcher | null = null;
   private socketPath: string | null = null;
   private current: VfioUserSession | null = null;
+  private waiting: number[] = [];
   private readonly sessionListeners: ((event: 'connect' | 'disconnect', session: VfioUserSession, reason?: string) => void)[] = [];
 
   /**
@@ -646,9 +650,15 @@ export class VfioUserServer {
       }
       if (fd === null) return;
       if (this.current) {
-        // One client per device socket (the protocol does not multiplex clients).
-        this.log('refusing a second client while one is connected');
-        tryClose(fd);
+        // One client per device socket (the protocol does not multiplex clients). A reconnecting
+        // client can be accepted before we have read the old connection's EOF, so a few wait
+        // their turn instead of being refused.
+        if (this.waiting.length >= MAX_WAITING_CLIENTS) {
+          this.log('refusing a client: one is connected and others are waiting');
+          tryClose(fd);
+        } else {
+          this.waiting.push(fd);
+        }
         continue;
       }
       this.startSession(fd);
@@ -660,6 +670,8 @@ export class VfioUserServer {
       if (this.current === s) this.current = null;
       this.log(`client disconnected: ${reason}`);
       for (const l of [...this.sessionListeners]) l('disconnect', s, reason);
+      const next = this.waiting.shift();
+      if (next !== undefined && this.current === null && this.listenFd !== null) this.startSession(next);
     });
     this.current = session;
     this.log('client connected');
@@ -710,6 +722,8 @@ export class VfioUserServer {
     this.listener = null;
     if (this.listenFd !== null) tryClose(this.listenFd);
     this.listenFd = null;
+    for (const fd of this.waiting) tryClose(fd);
+    this.waiting = [];
     this.current?.requestRelease();
     this.current?.close();
     this.current = null;
