@@ -14,6 +14,7 @@ import type { PciDevice } from '../pci/device.js';
 /** Built-in example devices, by name. */
 export const BUILTIN_DEVICES: Readonly<Record<string, string>> = {
   edu: 'examples/edu',
+  shmem: 'examples/shmem',
 };
 
 function candidates(path: string): string[] {
