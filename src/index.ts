@@ -26,3 +26,4 @@ export * from './native/socket.js';
 export * from './native/ioctl.js';
 export * from './native/watcher.js';
 export * from './native/dirty-bitmap.js';
+export * from './native/poll.js';

@@ -136,7 +136,7 @@ export interface RegionInfo {
 }
 
 /** DEVICE_GET_IRQ_INFO reply. */
-export interface IrqInfo {
+export interface IrqInfoReply {
   /** Size the server needs for the full reply. */
   argsz: number;
   /** IRQ index. */
@@ -1256,7 +1256,7 @@ export class VfioUserClient {
   }
 
   /** DEVICE_GET_IRQ_INFO. */
-  irqInfo(index: number): IrqInfo {
+  irqInfo(index: number): IrqInfoReply {
     checkU32('index', index);
     const L = Layout.irqInfo;
     const { reply } = this.argszTransact(

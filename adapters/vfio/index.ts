@@ -7,3 +7,4 @@ export * from './protocol.js';
 export * from './server.js';
 export * from './dma.js';
 export * from './irqs.js';
+export * from './client.js';

@@ -195,7 +195,8 @@ export class VfioUserSession {
     } catch (e) {
       for (const fd of fds) tryClose(fd);
       if (!isErrno(e)) this.server.log(`vfio-user: internal error handling command ${command}: ${(e as Error).stack ?? String(e)}`);
-      return { error: errnoFromError(e), close: command === Command.VERSION };
+      // A VERSION that cannot be accepted ends the connection (spec); other errors do not.
+      return { error: errnoFromError(e), close: command === Command.VERSION && !this.negotiated };
     }
   }
 
