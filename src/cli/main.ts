@@ -9,6 +9,7 @@ import { formatLspci } from '../pci/lspci.js';
 import { describeRegions } from './describe.js';
 import { loadDevice } from './load-device.js';
 import { serve } from './serve.js';
+import { probeListing, probeRead, probeWrite } from './probe.js';
 
 const program = new Command();
 program.name('mdevkit').description('Write a virtual PCI device once; serve it over vfio-user or as a Xen IOREQ server.').exitOverride();
@@ -47,6 +48,37 @@ program
       },
       verbose: opts.verbose,
     });
+  });
+
+const probeCommand = program
+  .command('probe')
+  .description('connect to a vfio-user server like a VMM and list regions, IRQs and decoded config space')
+  .requiredOption('--vfio-user <path>', 'the server socket')
+  .option('--no-size-bars', 'do not size BARs in the config decode (sizing writes to them)')
+  .option('--timeout <ms>', 'request timeout', parseIntOption, 10000)
+  .action((opts: { vfioUser: string; sizeBars: boolean; timeout: number }) => {
+    process.stdout.write(probeListing({ path: opts.vfioUser, sizeBars: opts.sizeBars, timeoutMs: opts.timeout }) + '\n');
+  });
+probeCommand
+  .command('read')
+  .description('read 1, 2, 4 or 8 bytes of a region (index or name: bar0 … bar5, rom, config)')
+  .argument('<region>')
+  .argument('<offset>')
+  .argument('[size]', 'bytes', '4')
+  .action((region: string, offset: string, size: string) => {
+    const o = probeCommand.opts<{ vfioUser: string; timeout: number }>();
+    process.stdout.write(probeRead({ path: o.vfioUser, sizeBars: false, timeoutMs: o.timeout }, region, offset, size) + '\n');
+  });
+probeCommand
+  .command('write')
+  .description('write a 1, 2, 4 or 8-byte value to a region')
+  .argument('<region>')
+  .argument('<offset>')
+  .argument('<size>')
+  .argument('<value>')
+  .action((region: string, offset: string, size: string, value: string) => {
+    const o = probeCommand.opts<{ vfioUser: string; timeout: number }>();
+    probeWrite({ path: o.vfioUser, sizeBars: false, timeoutMs: o.timeout }, region, offset, size, value);
   });
 
 function collect(value: string, previous: string[]): string[] {

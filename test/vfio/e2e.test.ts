@@ -317,3 +317,26 @@ describe('one server process, two devices; QEMU DMA layout; SIGTERM', () => {
     }
   });
 });
+
+describe('mdevkit probe', () => {
+  it('lists regions, IRQs and config space, and reads and writes registers', async () => {
+    const server = await startServer({ device: 'shmem' });
+    const cli = join(packageRoot(), 'dist/src/cli/main.js');
+    const probe = (...args: string[]) => execFileSync(process.execPath, [cli, 'probe', '--vfio-user', server.paths[0]!, ...args]).toString();
+    try {
+      const listing = probe();
+      expect(listing).toContain('vfio-user 0.0 at');
+      expect(listing).toMatch(/2 BAR2 +size 1M +READ WRITE MMAP/);
+      expect(listing).toMatch(/4 BAR4 +size 16K +READ WRITE MMAP CAPS .*sparse mmap: 1000\+12K/);
+      expect(listing).toMatch(/2 MSI-X +count 4 +EVENTFD/);
+      expect(listing).toContain('Memory controller [0500]: Device 1af4:1110 (rev 01)');
+      expect(listing).toContain('Capabilities: [48] MSI-X: Enable- Count=4 Masked-');
+      expect(probe('read', 'bar0', String(SHMEM.SHARED_SIZE))).toBe('0x00100000\n');
+      probe('write', 'bar4', '4', '4', '0x1234');
+      expect(probe('read', 'bar4', '4')).toBe('0x00001234\n');
+      expect(() => execFileSync(process.execPath, [cli, 'probe', '--vfio-user', server.paths[0]!, 'read', 'bar9', '0'], { stdio: 'pipe' })).toThrow(/not a region index or name/);
+    } finally {
+      expect(await server.stop()).toBe(0);
+    }
+  });
+});
