@@ -27,3 +27,4 @@ export * from './native/ioctl.js';
 export * from './native/watcher.js';
 export * from './native/dirty-bitmap.js';
 export * from './native/poll.js';
+export * from './region-table.js';

@@ -546,8 +546,8 @@ export interface RegionDescription {
 
 /** Serves one device over vfio-user; one client at a time. */
 export class VfioUserServer {
-  /** Effective options. */
-  readonly options: Required<Omit<VfioUserServerOptions, 'log'>> & { log: (line: string) => void };
+  /** Effective options (defaults filled in). */
+  readonly options: Required<VfioUserServerOptions>;
   /** The device's native dispatch table (shared by successive sessions). */
   readonly regionTable: NativeRegionTable;
   private listenFd: number | null = null;
