@@ -6,10 +6,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 out=build-sanitize  # outside build/: node-gyp rebuild wipes build/
-restore() { npx node-gyp rebuild >/dev/null; }
+restore() { npx node-gyp rebuild >/dev/null 2>&1; }
 trap restore EXIT
 
-MDEVKIT_SANITIZE=1 npx node-gyp rebuild >/dev/null
+MDEVKIT_SANITIZE=1 npx node-gyp rebuild >/dev/null 2>&1
 mkdir -p "$out"
 cp build/Release/mdevkit_native.node "$out/mdevkit_native.node"
 restore

@@ -704,7 +704,9 @@ export class VfioUserClient {
   static connect(path: string, options?: VfioUserClientOptions): VfioUserClient {
     if (typeof path !== 'string' || path === '') throw new MdevError('EINVAL', `must be a socket path, got ${describe(path)}`, 'path');
     const o = optionsOf(options);
-    const fd = connectUnix(path);
+    // Blocking connect: it waits for room in a busy server's listen backlog instead of EAGAIN;
+    // fromSocket() makes the socket non-blocking afterwards.
+    const fd = connectUnix(path, { nonBlocking: false });
     return VfioUserClient.fromSocket(fd, o as VfioUserClientOptions);
   }
 

@@ -609,7 +609,7 @@ export class VfioUserServer {
       if (live) fail('EADDRINUSE', `a server is already listening on ${path}`, 'path');
       unlinkSync(path);
     }
-    this.listenFd = listenUnix(path, { backlog: 4 });
+    this.listenFd = listenUnix(path, { backlog: 64 });
     this.socketPath = path;
     this.watchListener();
   }

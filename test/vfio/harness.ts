@@ -4,7 +4,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { packageRoot } from '../../src/native/binding.js';
-import { closeFd } from '../../src/native/fd.js';
+import { closeFd, setNonBlocking } from '../../src/native/fd.js';
 import { connectUnix, recvMsg, sendMsg } from '../../src/native/socket.js';
 import { FdWatcher } from '../../src/native/watcher.js';
 import { Command, HEADER_SIZE, decodeHeader, encodeHeader, type Header } from '../../adapters/vfio/protocol.js';
@@ -81,7 +81,9 @@ export class RawConnection {
   fds: number[] = [];
 
   constructor(path: string) {
-    this.fd = connectUnix(path, { nonBlocking: true });
+    // A blocking connect waits for room in the listen backlog instead of failing with EAGAIN.
+    this.fd = connectUnix(path, { nonBlocking: false });
+    setNonBlocking(this.fd, true);
     this.watcher = new FdWatcher(this.fd, () => this.pump());
     this.watcher.start({ readable: true });
   }
