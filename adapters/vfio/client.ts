@@ -1204,17 +1204,10 @@ export class VfioUserClient {
     return { argsz: dv.getUint32(L.argsz, true), flags: dv.getUint32(L.flags, true), numRegions: dv.getUint32(L.numRegions, true), numIrqs: dv.getUint32(L.numIrqs, true) };
   }
 
-  /**
-   * DEVICE_GET_REGION_INFO, starting with argsz 32 and retrying with the server's argsz when the
-   * capability chain needs more, as QEMU does. The chain is walked with loop and bounds checks.
-   * @throws `EPROTO` naming the field for a malformed reply (bad chain, areas outside the region,
-   *   MMAP without exactly one fd, fds without MMAP)
-   */
-  regionInfo(index: number): RegionInfo {
-    checkU32('index', index);
-    const L = Layout.regionInfo;
-    const { reply } = this.argszTransact(
-      Command.DEVICE_GET_REGION_INFO,
+  /** An info request `{argsz, flags 0, index, …}` of `L.sizeof` bytes, retried as argsz grows. */
+  private indexedInfo(command: number, L: { sizeof: number; argsz: number; index: number }, index: number): RawMessage {
+    return this.argszTransact(
+      command,
       (argsz) => {
         const b = new Uint8Array(L.sizeof);
         const dv = view(b);
@@ -1224,7 +1217,19 @@ export class VfioUserClient {
       },
       L.sizeof,
       L.sizeof,
-    );
+    ).reply;
+  }
+
+  /**
+   * DEVICE_GET_REGION_INFO, starting with argsz 32 and retrying with the server's argsz when the
+   * capability chain needs more, as QEMU does. The chain is walked with loop and bounds checks.
+   * @throws `EPROTO` naming the field for a malformed reply (bad chain, areas outside the region,
+   *   MMAP without exactly one fd, fds without MMAP)
+   */
+  regionInfo(index: number): RegionInfo {
+    checkU32('index', index);
+    const L = Layout.regionInfo;
+    const reply = this.indexedInfo(Command.DEVICE_GET_REGION_INFO, L, index);
     const fds = reply.fds;
     try {
       const p = reply.payload;
@@ -1288,18 +1293,7 @@ export class VfioUserClient {
   regionIoFds(index: number): RegionIoFds {
     checkU32('index', index);
     const L = Layout.regionIoFds;
-    const { reply } = this.argszTransact(
-      Command.DEVICE_GET_REGION_IO_FDS,
-      (argsz) => {
-        const b = new Uint8Array(L.sizeof);
-        const dv = view(b);
-        dv.setUint32(L.argsz, argsz, true);
-        dv.setUint32(L.index, index, true);
-        return b;
-      },
-      L.sizeof,
-      L.sizeof,
-    );
+    const reply = this.indexedInfo(Command.DEVICE_GET_REGION_IO_FDS, L, index);
     const fds = reply.fds;
     try {
       const p = reply.payload;
