@@ -19,6 +19,7 @@
         "native/src/region_table.cc",
         "native/src/vfio_user_conn.cc",
         "native/src/vfio_abi.cc",
+        "native/src/ioreq_engine.cc",
         "native/src/poll.cc"
       ],
       "include_dirs": [

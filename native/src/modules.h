@@ -15,6 +15,7 @@ void InitMaskedStorage(Napi::Env env, Napi::Object exports); // masked_storage.c
 void InitRegionTable(Napi::Env env, Napi::Object exports);   // region_table.cc: region dispatch (native or JS)
 void InitVfioUserConn(Napi::Env env, Napi::Object exports);  // vfio_user_conn.cc: vfio-user server connection
 void InitVfioAbi(Napi::Env env, Napi::Object exports);       // vfio_abi.cc: <linux/vfio.h> layouts for ABI tests
+void InitIoreqEngine(Napi::Env env, Napi::Object exports);   // ioreq_engine.cc: Xen IOREQ server hot path
 void InitPoll(Napi::Env env, Napi::Object exports);          // poll.cc: blocking poll(2) for synchronous clients
 
 }  // namespace mdevkit

@@ -1,0 +1,459 @@
+/**
+ * The Xen adapter: serves one PciDevice as an IOREQ server over a {@link XenHost} — the real
+ * hypervisor through privcmd/evtchn, or the simulator. The hot path (taking ioreqs off the shared
+ * page and dispatching them through the region table) is the native IoreqEngine; this file is the
+ * lifecycle, BAR placement, interrupts, guest memory, write-watch and the slow path.
+ * @module
+ */
+import { MdevError, isErrno } from '../../src/errors.js';
+import type { IrqSink, MsiMessage } from '../../src/irq.js';
+import { binding } from '../../src/native/binding.js';
+import { PCI_COMMAND, PCI } from '../../src/pci/constants.js';
+import type { BarRemapEvent, PciDevice } from '../../src/pci/device.js';
+import { createRegionTable, errnoFromError, type NativeRegionTable } from '../../src/region-table.js';
+import type { WatchHandle, WriteWatch, WriteWatchHandler, WriteWatchMode } from '../../src/write-watch.js';
+import { XenGuestMemory } from './guest-memory.js';
+import type { BufioreqModeName, EventBinding, IoreqPages, XenHost } from './host.js';
+import { HvmMemType, IoreqMemAccess, IoreqType, XEN_PAGE_SIZE, pciSbdf } from './ioreq-abi.js';
+
+/** A PCI address. */
+export interface PciAddress {
+  /** PCI segment (domain). */
+  segment: number;
+  /** Bus number. */
+  bus: number;
+  /** Device number (0-31). */
+  device: number;
+  /** Function number (0-7). */
+  fn: number;
+}
+
+/** Options of an {@link IoreqServer}. */
+export interface IoreqServerOptions {
+  /** Buffered ioreq ring mode (default 'atomic'). */
+  bufioreq?: BufioreqModeName;
+  /** The device's PCI address; its config space is claimed by SBDF. Null: no config access (PVH fixed placement). */
+  pci?: PciAddress | null;
+  /** Fixed BAR placement (PVH guests without PCI config access): BAR index → address. */
+  fixedBars?: Readonly<Record<number, bigint>>;
+  /** Claim ports 0xCF8-0xCFB and answer reads of the 0xCF8 latch (PVH guests using conf1). */
+  claimConfigLatch?: boolean;
+  /** Log lines (default: none). */
+  log?: (line: string) => void;
+}
+
+/** One ioreq as the native engine hands it to the slow path. */
+interface SlowIoreq {
+  vcpu: number;
+  type: number;
+  addr: bigint;
+  data: bigint;
+  count: number;
+  size: number;
+  read: boolean;
+  dataIsPtr: boolean;
+  df: boolean;
+}
+
+interface NativeEngine {
+  start(): void;
+  stop(): void;
+  setRanges(ranges: { kind: 'pio' | 'mmio'; start: bigint; end: bigint; region: number; offset: number }[]): void;
+  setPciDevice(sbdf: number, configSize: number): void;
+  poll(): void;
+  stats(): Record<string, number>;
+}
+
+const IoreqEngineClass = binding['IoreqEngine'] as new (options: {
+  sync: Uint8Array;
+  nrVcpus: number;
+  buffered: Uint8Array | null;
+  atomicBuffered: boolean;
+  events: EventBinding;
+  regionTable: NativeRegionTable;
+  onIoreq: (req: SlowIoreq) => bigint | number | undefined;
+  onBadIoreq: (what: string, errno: number) => void;
+}) => NativeEngine;
+
+const CONFIG_LATCH_PORT = 0xcf8n;
+
+/** Write-watch by write-protection (HVMMEM_ioreq_server): guest writes trap synchronously. */
+class TrappedWriteWatch implements WriteWatch {
+  readonly mode: WriteWatchMode = 'trap';
+  /** Watched frames → handlers. */
+  readonly frames = new Map<number, Set<WriteWatchHandler>>();
+  private claimed = false;
+
+  constructor(private readonly server: IoreqServer) {}
+
+  watch(gpa: number, length: number, handler: WriteWatchHandler): WatchHandle {
+    if (!Number.isSafeInteger(gpa) || gpa < 0 || !Number.isSafeInteger(length) || length <= 0) {
+      throw new MdevError('EINVAL', `bad range [${gpa}, +${length})`, 'gpa');
+    }
+    const host = this.server.host;
+    if (!this.claimed) {
+      host.mapMemTypeToIoreqServer(this.server.id, HvmMemType.IOREQ_SERVER, IoreqMemAccess.WRITE);
+      this.claimed = true;
+    }
+    const first = Math.floor(gpa / XEN_PAGE_SIZE);
+    const last = Math.floor((gpa + length - 1) / XEN_PAGE_SIZE);
+    const fresh: number[] = [];
+    for (let f = first; f <= last; f++) {
+      let set = this.frames.get(f);
+      if (!set) {
+        set = new Set();
+        this.frames.set(f, set);
+        fresh.push(f);
+      }
+      set.add(handler);
+    }
+    for (const f of fresh) host.setMemType(HvmMemType.IOREQ_SERVER, BigInt(f), 1);
+    return {
+      remove: () => {
+        for (let f = first; f <= last; f++) {
+          const set = this.frames.get(f);
+          if (!set) continue;
+          set.delete(handler);
+          if (set.size === 0) {
+            this.frames.delete(f);
+            host.setMemType(HvmMemType.RAM_RW, BigInt(f), 1);
+          }
+        }
+      },
+    };
+  }
+
+  sync(): void {
+    // Writes were reported as they trapped.
+  }
+
+  /** Returns every page to ram_rw and drops the claim (server teardown). */
+  release(): void {
+    const host = this.server.host;
+    for (const f of this.frames.keys()) {
+      try {
+        host.setMemType(HvmMemType.RAM_RW, BigInt(f), 1);
+      } catch (e) {
+        this.server.log(`could not return frame ${f} to ram_rw: ${(e as Error).message}`);
+      }
+    }
+    this.frames.clear();
+    if (this.claimed) {
+      try {
+        host.mapMemTypeToIoreqServer(this.server.id, HvmMemType.IOREQ_SERVER, 0);
+      } catch (e) {
+        this.server.log(`could not release the ioreq_server claim: ${(e as Error).message}`);
+      }
+      this.claimed = false;
+    }
+  }
+}
+
+/** Serves a device as a Xen IOREQ server. */
+export class IoreqServer implements IrqSink {
+  /** The ioreq server id (valid while started). */
+  id = -1;
+  /** Guest memory as the device sees it. */
+  readonly memory: XenGuestMemory;
+  /** Write-watch of guest pages (trap mode). */
+  readonly writeWatch: TrappedWriteWatch;
+  /** The device's dispatch table. */
+  readonly regionTable: NativeRegionTable;
+  /** Counters beyond the engine's. */
+  readonly stats = { timeOffsets: 0, invalidates: 0, repOps: 0, watchedWrites: 0, latchReads: 0, intxChanges: 0, msis: 0 };
+  private readonly options: Required<Omit<IoreqServerOptions, 'pci' | 'log'>> & { pci: PciAddress | null; log: (line: string) => void };
+  private pages: IoreqPages | null = null;
+  private events: EventBinding | null = null;
+  private engine: NativeEngine | null = null;
+  private mapped = new Map<number, { kind: 'port' | 'memory'; start: bigint; end: bigint }>();
+  private pciMapped = false;
+  private latchMapped = false;
+  private latch = 0;
+  private started = false;
+  private readonly onRemap = (e: BarRemapEvent) => this.remapBar(e);
+
+  /**
+   * Prepares to serve `device` through `host` (nothing is created until {@link start}).
+   * @param device the device model (realized here)
+   * @param host the hypervisor, real or simulated
+   * @param options PCI address, placement, ring mode
+   */
+  constructor(
+    readonly device: PciDevice,
+    readonly host: XenHost,
+    options: IoreqServerOptions = {},
+  ) {
+    const pci = options.pci === undefined ? null : options.pci;
+    if (pci) {
+      const bad = (f: string, v: number, max: number) => !Number.isInteger(v) || v < 0 || v > max ? f : null;
+      const field = bad('pci.segment', pci.segment, 0xffff) ?? bad('pci.bus', pci.bus, 0xff) ?? bad('pci.device', pci.device, 31) ?? bad('pci.fn', pci.fn, 7);
+      if (field) throw new MdevError('EINVAL', 'out of range', field);
+    }
+    this.options = { bufioreq: options.bufioreq ?? 'atomic', pci, fixedBars: options.fixedBars ?? {}, claimConfigLatch: options.claimConfigLatch ?? false, log: options.log ?? (() => {}) };
+    device.realize();
+    this.regionTable = createRegionTable(device, { maxAccess: 4096, onError: (e) => this.log(`device error: ${(e as Error).stack ?? String(e)}`) });
+    this.memory = new XenGuestMemory(host);
+    this.writeWatch = new TrappedWriteWatch(this);
+  }
+
+  /** Writes a log line. */
+  log(line: string): void {
+    this.options.log(line);
+  }
+
+  /**
+   * Creates the server, maps its pages, binds one port per vCPU, claims the device's ranges,
+   * enables it and starts serving. On any failure everything done so far is undone.
+   */
+  start(): void {
+    if (this.started) throw new MdevError('EBUSY', 'already started', 'server');
+    const host = this.host;
+    try {
+      const nrVcpus = host.nrVcpus();
+      this.id = host.createIoreqServer(this.options.bufioreq);
+      const info = host.getIoreqServerInfo(this.id);
+      this.pages = host.mapIoreqPages(this.id, nrVcpus);
+      const ports = [...Array(nrVcpus).keys()].map((i) => new DataView(this.pages!.sync.buffer, this.pages!.sync.byteOffset + i * 32 + 24, 4).getUint32(0, true));
+      this.events = host.bindEvents(ports, this.options.bufioreq === 'off' ? null : info.bufioreqPort);
+      this.engine = new IoreqEngineClass({
+        sync: this.pages.sync,
+        nrVcpus,
+        buffered: this.options.bufioreq === 'off' ? null : this.pages.buffered,
+        atomicBuffered: this.options.bufioreq === 'atomic',
+        events: this.events,
+        regionTable: this.regionTable,
+        onIoreq: (req) => this.slowPath(req),
+        onBadIoreq: (what, errno) => this.log(`bad ioreq: ${what} (errno ${errno})`),
+      });
+      const pci = this.options.pci;
+      if (pci) {
+        const sbdf = pciSbdf(pci.segment, pci.bus, pci.device, pci.fn);
+        host.mapIoRange(this.id, 'pci', BigInt(sbdf), BigInt(sbdf));
+        this.pciMapped = true;
+        this.engine.setPciDevice(sbdf, this.device.config.size);
+      }
+      if (this.options.claimConfigLatch) {
+        host.mapIoRange(this.id, 'port', CONFIG_LATCH_PORT, CONFIG_LATCH_PORT + 3n);
+        this.latchMapped = true;
+      }
+      this.device.on('barRemap', this.onRemap);
+      this.device.attachGuestMemory(this.memory);
+      this.device.irq.attach(this);
+      this.placeFixedBars();
+      for (let i = 0; i <= 5; i++) {
+        const at = this.device.barAddress(i);
+        if (at !== null && !this.mapped.has(i)) this.remapBar({ index: i, from: null, to: at, size: this.device.region(i)!.size, space: this.device.region(i)!.space });
+      }
+      host.setIoreqServerState(this.id, true);
+      this.engine.start();
+      this.started = true;
+    } catch (e) {
+      this.teardown();
+      throw e;
+    }
+  }
+
+  /** Stops serving and removes everything it created: claims, ranges, ports, pages, the server. Idempotent. */
+  stop(): void {
+    if (!this.started && this.id < 0) return;
+    this.started = false;
+    this.teardown();
+  }
+
+  /** Engine counters. */
+  engineStats(): Record<string, number> {
+    return this.engine?.stats() ?? {};
+  }
+
+  private teardown(): void {
+    const host = this.host;
+    const attempt = (what: string, fn: () => void) => {
+      try {
+        fn();
+      } catch (e) {
+        this.log(`teardown: ${what}: ${(e as Error).message}`);
+      }
+    };
+    this.engine?.stop();
+    this.engine = null;
+    this.device.off('barRemap', this.onRemap);
+    if (this.device.guestMemory === this.memory) this.device.attachGuestMemory(null);
+    this.device.irq.detach();
+    if (this.id >= 0) {
+      attempt('disable', () => host.setIoreqServerState(this.id, false));
+      this.writeWatch.release();
+      for (const [index, r] of this.mapped) attempt(`unmap BAR${index}`, () => host.unmapIoRange(this.id, r.kind, r.start, r.end));
+      this.mapped.clear();
+      if (this.pciMapped) {
+        const p = this.options.pci!;
+        const sbdf = BigInt(pciSbdf(p.segment, p.bus, p.device, p.fn));
+        attempt('unmap PCI', () => host.unmapIoRange(this.id, 'pci', sbdf, sbdf));
+        this.pciMapped = false;
+      }
+      if (this.latchMapped) {
+        attempt('unmap 0xCF8', () => host.unmapIoRange(this.id, 'port', CONFIG_LATCH_PORT, CONFIG_LATCH_PORT + 3n));
+        this.latchMapped = false;
+      }
+    }
+    if (this.events) attempt('unbind', () => host.unbindEvents(this.events!));
+    this.events = null;
+    this.pages?.release();
+    this.pages = null;
+    this.memory.flush();
+    if (this.id >= 0) attempt('destroy', () => host.destroyIoreqServer(this.id));
+    this.id = -1;
+  }
+
+  /** Programs fixed BAR addresses into config space and enables decoding (no firmware on PVH). */
+  private placeFixedBars(): void {
+    const entries = Object.entries(this.options.fixedBars);
+    if (entries.length === 0) return;
+    let command = this.device.config.get(PCI.COMMAND, 2);
+    for (const [k, address] of entries) {
+      const index = Number(k);
+      const bar = this.device.bars[index];
+      if (!bar) throw new MdevError('EINVAL', `the device has no BAR${index}`, `fixedBars.${k}`);
+      if (address % BigInt(bar.region.size) !== 0n) throw new MdevError('EINVAL', `0x${address.toString(16)} is not aligned to the BAR size`, `fixedBars.${k}`);
+      const le = (v: bigint, n: number) => Uint8Array.from({ length: n }, (_, i) => Number((v >> BigInt(8 * i)) & 0xffn));
+      this.device.configWrite(PCI.BAR0 + 4 * index, le(address & 0xffffffffn, 4));
+      if (bar.kind === 'mem64') this.device.configWrite(PCI.BAR0 + 4 * index + 4, le(address >> 32n, 4));
+      command |= bar.kind === 'io' ? PCI_COMMAND.IO : PCI_COMMAND.MEMORY;
+    }
+    this.device.configWrite(PCI.COMMAND, Uint8Array.of(command & 0xff, command >> 8));
+  }
+
+  /** A BAR moved or its decoding changed: move the claimed range (what QEMU's memory listener does for Xen). */
+  private remapBar(e: BarRemapEvent): void {
+    if (e.index > 5 || this.id < 0) return; // the ROM is read by firmware through config space here
+    const old = this.mapped.get(e.index);
+    if (old) {
+      this.host.unmapIoRange(this.id, old.kind, old.start, old.end);
+      this.mapped.delete(e.index);
+    }
+    if (e.to !== null) {
+      const kind = e.space === 'pio' ? 'port' : 'memory';
+      const end = e.to + BigInt(e.size) - 1n;
+      this.host.mapIoRange(this.id, kind, e.to, end);
+      this.mapped.set(e.index, { kind, start: e.to, end });
+    }
+    this.engine?.setRanges([...this.mapped].map(([index, r]) => ({ kind: r.kind === 'port' ? 'pio' : 'mmio', start: r.start, end: r.end, region: index, offset: 0 })));
+  }
+
+  // ---- interrupts (IrqSink) ---------------------------------------------------------------
+
+  setIntx(asserted: boolean): void {
+    this.stats.intxChanges++;
+    const p = this.options.pci;
+    const pin = this.device.irq.intxPin;
+    if (!p || pin === 0) return; // no PCI routing known: a PVH guest without PCI uses MSI only
+    this.host.setPciIntxLevel(p.segment, p.bus, p.device, pin - 1, asserted);
+  }
+
+  sendMsi(message: MsiMessage): void {
+    this.stats.msis++;
+    this.host.injectMsi(message.address, message.data);
+  }
+
+  // ---- the slow path ----------------------------------------------------------------------
+
+  private slowPath(req: SlowIoreq): bigint | number | undefined {
+    try {
+      switch (req.type) {
+        case IoreqType.TIMEOFFSET:
+          this.stats.timeOffsets++;
+          return undefined;
+        case IoreqType.INVALIDATE:
+          this.stats.invalidates++;
+          this.memory.flush();
+          return undefined;
+        case IoreqType.PIO:
+          if (req.count === 1 && !req.dataIsPtr && req.addr >= CONFIG_LATCH_PORT && req.addr < CONFIG_LATCH_PORT + 4n && this.latchMapped) return this.configLatch(req);
+          return this.regionIo(req, 'pio');
+        case IoreqType.COPY:
+          return this.regionIo(req, 'mmio');
+        case IoreqType.PCI_CONFIG:
+          return -errnoFromError(new MdevError('ENODEV', 'config access for another device', 'addr'));
+        default:
+          this.log(`unknown ioreq type ${req.type}`);
+          return -22;
+      }
+    } catch (e) {
+      if (!isErrno(e)) this.log(`ioreq failed: ${(e as Error).stack ?? String(e)}`);
+      return -errnoFromError(e);
+    }
+  }
+
+  /** The 0xCF8 address latch: Xen forwards the writes but never answers the reads (PVH conf1 probing). */
+  private configLatch(req: SlowIoreq): bigint | undefined {
+    const shift = BigInt(8 * Number(req.addr - CONFIG_LATCH_PORT));
+    const mask = ((1n << BigInt(8 * req.size)) - 1n) << shift;
+    if (req.read) {
+      this.stats.latchReads++;
+      return (BigInt(this.latch >>> 0) & mask) >> shift;
+    }
+    this.latch = Number((BigInt(this.latch >>> 0) & ~mask) | ((req.data << shift) & mask)) >>> 0;
+    return undefined;
+  }
+
+  /** Finds the region and offset serving `addr`, or null. */
+  private locate(space: 'pio' | 'mmio', addr: bigint, size: number): { region: number; offset: number } | null {
+    for (const [index, r] of this.mapped) {
+      if ((r.kind === 'port') !== (space === 'pio')) continue;
+      if (addr >= r.start && addr + BigInt(size) - 1n <= r.end) return { region: index, offset: Number(addr - r.start) };
+    }
+    return null;
+  }
+
+  /** One element of `size` bytes at `addr` of the device, or of watched guest RAM. */
+  private element(space: 'pio' | 'mmio', addr: bigint, size: number, read: boolean, value: Uint8Array): void {
+    const target = this.locate(space, addr, size);
+    if (target) {
+      const err = read ? this.regionTable.read(target.region, target.offset, value) : this.regionTable.write(target.region, target.offset, value);
+      if (err !== 0) throw Object.assign(new MdevError('EIO', `region access failed with errno ${err}`, 'addr'), { errno: err });
+      return;
+    }
+    if (space === 'mmio' && this.writeWatch.frames.has(Number(addr / BigInt(XEN_PAGE_SIZE)))) {
+      // A guest access to a write-protected page (HVMMEM_ioreq_server): we perform it on RAM.
+      const gpa = Number(addr);
+      if (read) this.memory.read(gpa, value);
+      else {
+        this.memory.write(gpa, value);
+        this.stats.watchedWrites++;
+        for (const h of [...(this.writeWatch.frames.get(Math.floor(gpa / XEN_PAGE_SIZE)) ?? [])]) h({ gpa, length: size });
+      }
+      return;
+    }
+    if (read) value.fill(0xff); // nobody claims it: reads float high
+  }
+
+  /** PIO/COPY that the native path declined: rep string ops, unmapped or watched addresses. */
+  private regionIo(req: SlowIoreq, space: 'pio' | 'mmio'): bigint | undefined {
+    const value = new Uint8Array(req.size);
+    const toBig = (): bigint => value.reduceRight((acc, b) => (acc << 8n) | BigInt(b), 0n);
+    const fromBig = (v: bigint): void => value.forEach((_, i) => (value[i] = Number((v >> BigInt(8 * i)) & 0xffn)));
+    if (!req.dataIsPtr) {
+      if (req.count !== 1) throw new MdevError('EINVAL', `count ${req.count} without data_is_ptr`, 'count');
+      if (!req.read) fromBig(req.data);
+      this.element(space, req.addr, req.size, req.read, value);
+      return req.read ? toBig() : undefined;
+    }
+    // Rep string op: `data` is a guest address; elements step by size (down when df). For port I/O
+    // the port stays the same; for MMIO the device address steps too.
+    this.stats.repOps++;
+    if (req.count > 1 << 20) throw new MdevError('EINVAL', `rep count ${req.count} is implausible`, 'count');
+    const step = BigInt(req.df ? -req.size : req.size);
+    for (let i = 0; i < req.count; i++) {
+      const gpa = req.data + step * BigInt(i);
+      const dev = space === 'pio' ? req.addr : req.addr + step * BigInt(i);
+      if (gpa < 0n || dev < 0n) throw new MdevError('EFAULT', 'rep op runs below address 0', 'data');
+      if (req.read) {
+        this.element(space, dev, req.size, true, value);
+        this.memory.write(Number(gpa), value);
+      } else {
+        this.memory.read(Number(gpa), value);
+        this.element(space, dev, req.size, false, value);
+      }
+    }
+    return undefined;
+  }
+}

@@ -1,0 +1,518 @@
+// The Xen IOREQ server hot path: waits for event-channel notifications on the libuv loop, takes
+// each READY ioreq from the shared page, serves it through the region table (natively, or by a
+// synchronous JS call), and completes it.
+//
+// Shared-page discipline (XSA-262): a slot is acted on only when its state reads READY; its fields
+// are read once, after an acquire load of the state; it moves READY → INPROCESS → IORESP_READY,
+// the response data is stored before the IORESP_READY store (release), and the vCPU is notified
+// after that. The page is untrusted: a bad ioreq completes with all-ones on reads and is counted,
+// never crashes the server or stalls other vCPUs.
+#include <sys/ioctl.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include <cstdint>
+// Linux's uapi <xen/evtchn.h> uses Xen's domid_t without defining it.
+typedef uint16_t domid_t;
+#include <xen/evtchn.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <memory>
+#include <vector>
+
+#include "errors.h"
+#include "modules.h"
+#include "region_table.h"
+#include "xen_ioreq.h"
+
+namespace mdevkit {
+
+namespace {
+
+constexpr napi_type_tag kEngineTag = {0x41c5e09d7b2f6a13ULL, 0x2d8e71f4c0b95a67ULL};
+constexpr uint32_t kMaxVcpus = 4096;
+
+struct AddressRange {
+  bool pio;
+  uint64_t start;
+  uint64_t end;  // inclusive
+  uint32_t region;
+  uint64_t offset;  // region offset of `start`
+};
+
+struct EngineStats {
+  uint64_t ioreqs = 0;
+  uint64_t native = 0;
+  uint64_t js = 0;
+  uint64_t buffered = 0;
+  uint64_t bad = 0;
+  uint64_t spurious = 0;
+  uint64_t unclaimed = 0;
+  uint64_t notifications = 0;
+};
+
+class IoreqEngine;
+
+// One watched fd: a vCPU's guest→server eventfd (eventfd mode), the buffered one, or the evtchn fd.
+struct Source {
+  IoreqEngine* engine;
+  int fd;
+  int vcpu;  // -1: buffered ring; -2: evtchn device (ports identify the vCPU)
+  uv_poll_t* poll = nullptr;
+};
+
+class IoreqEngine : public Napi::ObjectWrap<IoreqEngine> {
+ public:
+  static Napi::Function Define(Napi::Env env) {
+    return DefineClass(env, "IoreqEngine",
+                       {InstanceMethod<&IoreqEngine::Start>("start"), InstanceMethod<&IoreqEngine::Stop>("stop"),
+                        InstanceMethod<&IoreqEngine::SetRanges>("setRanges"), InstanceMethod<&IoreqEngine::SetPciDevice>("setPciDevice"),
+                        InstanceMethod<&IoreqEngine::Poll>("poll"), InstanceMethod<&IoreqEngine::Stats>("stats")});
+  }
+
+  // new IoreqEngine({ sync, nrVcpus, buffered?, atomicBuffered, events, regionTable, onIoreq, onBadIoreq })
+  explicit IoreqEngine(const Napi::CallbackInfo& info) : Napi::ObjectWrap<IoreqEngine>(info), env_(info.Env()) {
+    Napi::Env env = info.Env();
+    if (!info.IsConstructCall()) ThrowTypeError(env, "IoreqEngine", "called with new");
+    if (info.Length() < 1 || !info[0].IsObject()) ThrowTypeError(env, "options", "an object");
+    Napi::Object o = info[0].As<Napi::Object>();
+    ByteView sync = ValueBytes(env, o.Get("sync"), "options.sync");
+    nr_vcpus_ = static_cast<uint32_t>(ValueU64(env, o.Get("nrVcpus"), "options.nrVcpus", false));
+    if (nr_vcpus_ == 0 || nr_vcpus_ > kMaxVcpus) ThrowRangeError(env, "options.nrVcpus", "must be in [1, 4096]");
+    if (sync.length < static_cast<size_t>(nr_vcpus_) * sizeof(XenIoreq)) ThrowRangeError(env, "options.sync", "is smaller than one ioreq per vCPU");
+    sync_ = reinterpret_cast<XenIoreq*>(sync.data);
+    refs_.push_back(Napi::Persistent(o.Get("sync")));
+    Napi::Value buffered = o.Get("buffered");
+    if (!buffered.IsNull() && !buffered.IsUndefined()) {
+      ByteView b = ValueBytes(env, buffered, "options.buffered");
+      if (b.length < kBufPagePointers + kBufIoreqSlots * 8) ThrowRangeError(env, "options.buffered", "is smaller than a buffered ioreq page");
+      buf_ = b.data;
+      refs_.push_back(Napi::Persistent(buffered));
+    }
+    atomic_buffered_ = o.Get("atomicBuffered").ToBoolean();
+    table_ = RegionTable::FromValue(env, o.Get("regionTable"), "options.regionTable");
+    refs_.push_back(Napi::Persistent(o.Get("regionTable")));
+    if (!o.Get("onIoreq").IsFunction()) ThrowTypeError(env, "options.onIoreq", "a function");
+    if (!o.Get("onBadIoreq").IsFunction()) ThrowTypeError(env, "options.onBadIoreq", "a function");
+    on_ioreq_ = Napi::Persistent(o.Get("onIoreq").As<Napi::Function>());
+    on_bad_ = Napi::Persistent(o.Get("onBadIoreq").As<Napi::Function>());
+    ParseEvents(env, o.Get("events"));
+    async_context_ = std::make_unique<Napi::AsyncContext>(env, "mdevkit.IoreqEngine");
+    info.This().As<Napi::Object>().TypeTag(&kEngineTag);
+  }
+
+  ~IoreqEngine() override {
+    // Sources are closed in Stop(); fds belong to the host binding, not to us.
+  }
+
+ private:
+  void ParseEvents(Napi::Env env, Napi::Value v) {
+    if (!v.IsObject()) ThrowTypeError(env, "options.events", "an object");
+    Napi::Object e = v.As<Napi::Object>();
+    std::string mode = e.Get("mode").IsString() ? e.Get("mode").As<Napi::String>().Utf8Value() : "";
+    auto fd_list = [&](const char* key) {
+      std::vector<int> fds;
+      Napi::Value a = e.Get(key);
+      if (!a.IsArray()) ThrowTypeError(env, std::string("options.events.") + key, "an array of fds");
+      Napi::Array arr = a.As<Napi::Array>();
+      for (uint32_t i = 0; i < arr.Length(); i++) {
+        uint64_t fd = ValueU64(env, arr.Get(i), key, false);
+        if (fd > INT32_MAX) ThrowRangeError(env, key, "fd out of range");
+        fds.push_back(static_cast<int>(fd));
+      }
+      if (fds.size() != nr_vcpus_) ThrowRangeError(env, std::string("options.events.") + key, "needs one entry per vCPU");
+      return fds;
+    };
+    if (mode == "eventfd") {
+      evtchn_ = false;
+      guest_to_server_ = fd_list("guestToServer");
+      server_to_guest_ = fd_list("serverToGuest");
+      Napi::Value b = e.Get("bufGuestToServer");
+      buf_fd_ = b.IsNumber() ? b.As<Napi::Number>().Int32Value() : -1;
+    } else if (mode == "evtchn") {
+      evtchn_ = true;
+      evtchn_fd_ = static_cast<int>(ValueU64(env, e.Get("fd"), "options.events.fd", false));
+      std::vector<int> ports = fd_list("vcpuPorts");
+      for (size_t i = 0; i < ports.size(); i++) vcpu_ports_.push_back(static_cast<uint32_t>(ports[i]));
+      Napi::Value b = e.Get("bufPort");
+      buf_port_ = b.IsNumber() ? static_cast<int64_t>(b.As<Napi::Number>().Int64Value()) : -1;
+    } else {
+      ThrowInvalid(env, "options.events.mode", "must be \"eventfd\" or \"evtchn\"");
+    }
+  }
+
+  // setRanges([{ kind: 'pio' | 'mmio', start, end, region, offset }])
+  Napi::Value SetRanges(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 1 || !info[0].IsArray()) ThrowTypeError(env, "ranges", "an array");
+    Napi::Array arr = info[0].As<Napi::Array>();
+    std::vector<AddressRange> ranges;
+    for (uint32_t i = 0; i < arr.Length(); i++) {
+      std::string f = "ranges[" + std::to_string(i) + "]";
+      if (!arr.Get(i).IsObject()) ThrowTypeError(env, f, "an object");
+      Napi::Object r = arr.Get(i).As<Napi::Object>();
+      AddressRange a;
+      std::string kind = r.Get("kind").IsString() ? r.Get("kind").As<Napi::String>().Utf8Value() : "";
+      if (kind != "pio" && kind != "mmio") ThrowInvalid(env, f + ".kind", "must be \"pio\" or \"mmio\"");
+      a.pio = kind == "pio";
+      a.start = ValueU64(env, r.Get("start"), (f + ".start").c_str());
+      a.end = ValueU64(env, r.Get("end"), (f + ".end").c_str());
+      a.region = static_cast<uint32_t>(ValueU64(env, r.Get("region"), (f + ".region").c_str(), false));
+      a.offset = ValueU64(env, r.Get("offset"), (f + ".offset").c_str());
+      if (a.end < a.start) ThrowInvalid(env, f + ".end", "is below start");
+      ranges.push_back(a);
+    }
+    ranges_ = std::move(ranges);
+    return env.Undefined();
+  }
+
+  // setPciDevice(sbdf | -1, configSize)
+  Napi::Value SetPciDevice(const Napi::CallbackInfo& info) {
+    Napi::Value v = info.Length() > 0 ? info[0] : info.Env().Undefined();
+    pci_sbdf_ = v.IsNumber() ? v.As<Napi::Number>().Int64Value() : -1;
+    config_size_ = info.Length() > 1 && info[1].IsNumber() ? info[1].As<Napi::Number>().Uint32Value() : 256;
+    return info.Env().Undefined();
+  }
+
+  Napi::Value Start(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (started_) return env.Undefined();
+    uv_loop_t* loop = nullptr;
+    if (napi_get_uv_event_loop(env, &loop) != napi_ok) ThrowInvalid(env, "loop", "no libuv loop");
+    if (evtchn_) {
+      AddSource(env, loop, evtchn_fd_, -2);
+    } else {
+      for (uint32_t i = 0; i < nr_vcpus_; i++) AddSource(env, loop, guest_to_server_[i], static_cast<int>(i));
+      if (buf_fd_ >= 0) AddSource(env, loop, buf_fd_, -1);
+    }
+    started_ = true;
+    Ref();
+    // Requests may already be waiting (queued before we started): take them now.
+    DrainAll();
+    return env.Undefined();
+  }
+
+  void AddSource(Napi::Env env, uv_loop_t* loop, int fd, int vcpu) {
+    auto s = std::make_unique<Source>();
+    s->engine = this;
+    s->fd = fd;
+    s->vcpu = vcpu;
+    s->poll = new uv_poll_t;
+    int r = uv_poll_init(loop, s->poll, fd);
+    if (r < 0) {
+      delete s->poll;
+      ThrowErrno(env, "uv_poll_init", -r);
+    }
+    s->poll->data = s.get();
+    uv_poll_start(s->poll, UV_READABLE, &IoreqEngine::OnPoll);
+    sources_.push_back(std::move(s));
+  }
+
+  Napi::Value Stop(const Napi::CallbackInfo& info) {
+    StopSources();
+    return info.Env().Undefined();
+  }
+
+  void StopSources() {
+    for (auto& s : sources_) {
+      if (s->poll != nullptr) {
+        uv_poll_stop(s->poll);
+        uv_close(reinterpret_cast<uv_handle_t*>(s->poll), [](uv_handle_t* h) { delete reinterpret_cast<uv_poll_t*>(h); });
+        s->poll = nullptr;
+      }
+    }
+    sources_.clear();
+    if (started_) {
+      started_ = false;
+      Unref();
+    }
+  }
+
+  // poll(): processes whatever is pending now (tests, and a final drain before teardown).
+  Napi::Value Poll(const Napi::CallbackInfo& info) {
+    DrainAll();
+    return info.Env().Undefined();
+  }
+
+  Napi::Value Stats(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    Napi::Object o = Napi::Object::New(env);
+    auto set = [&](const char* k, uint64_t v) { o.Set(k, Napi::Number::New(env, static_cast<double>(v))); };
+    set("ioreqs", stats_.ioreqs);
+    set("native", stats_.native);
+    set("js", stats_.js);
+    set("buffered", stats_.buffered);
+    set("bad", stats_.bad);
+    set("spurious", stats_.spurious);
+    set("unclaimed", stats_.unclaimed);
+    set("notifications", stats_.notifications);
+    return o;
+  }
+
+  // ---- event handling ------------------------------------------------------------------------
+
+  static void OnPoll(uv_poll_t* handle, int status, int events) {
+    auto* s = static_cast<Source*>(handle->data);
+    IoreqEngine* self = s->engine;
+    Napi::HandleScope scope(self->env_);
+    Napi::CallbackScope callback_scope(self->env_, *self->async_context_);
+    try {
+      if (status < 0) {
+        self->Bad("event source error", errno);
+        return;
+      }
+      if (s->vcpu == -2) {
+        self->HandleEvtchn();
+      } else {
+        uint64_t counter;
+        // Drain the eventfd first: a signal that arrives while we work re-arms it.
+        while (::read(s->fd, &counter, sizeof counter) == static_cast<ssize_t>(sizeof counter)) {
+        }
+        if (s->vcpu == -1) self->DrainBuffered();
+        else self->ServeSlot(static_cast<uint32_t>(s->vcpu));
+      }
+    } catch (const Napi::Error& e) {
+      napi_fatal_exception(self->env_, e.Value());
+    }
+  }
+
+  void HandleEvtchn() {
+    uint32_t ports[64];
+    ssize_t n = ::read(evtchn_fd_, ports, sizeof ports);
+    if (n <= 0) return;
+    size_t count = static_cast<size_t>(n) / sizeof(uint32_t);
+    for (size_t i = 0; i < count; i++) {
+      if (buf_port_ >= 0 && ports[i] == static_cast<uint32_t>(buf_port_)) {
+        DrainBuffered();
+        continue;
+      }
+      auto it = std::find(vcpu_ports_.begin(), vcpu_ports_.end(), ports[i]);
+      if (it != vcpu_ports_.end()) ServeSlot(static_cast<uint32_t>(it - vcpu_ports_.begin()));
+    }
+    // Writing the ports back unmasks them (the evtchn device's protocol).
+    ssize_t w = ::write(evtchn_fd_, ports, count * sizeof(uint32_t));
+    (void)w;
+  }
+
+  void DrainAll() {
+    for (uint32_t i = 0; i < nr_vcpus_; i++) {
+      uint8_t state = __atomic_load_n(&sync_[i].bits, __ATOMIC_ACQUIRE) & kIoreqStateMask;
+      if (state == kStateIoreqReady) ServeSlot(i);
+    }
+    DrainBuffered();
+  }
+
+  void Notify(uint32_t vcpu) {
+    stats_.notifications++;
+    if (evtchn_) {
+      struct ioctl_evtchn_notify n;
+      n.port = vcpu_ports_[vcpu];
+      ::ioctl(evtchn_fd_, IOCTL_EVTCHN_NOTIFY, &n);
+    } else {
+      uint64_t one = 1;
+      ssize_t w = ::write(server_to_guest_[vcpu], &one, sizeof one);
+      (void)w;
+    }
+  }
+
+  // ---- ioreq processing ----------------------------------------------------------------------
+
+  void ServeSlot(uint32_t vcpu) {
+    XenIoreq* slot = &sync_[vcpu];
+    uint8_t bits = __atomic_load_n(&slot->bits, __ATOMIC_ACQUIRE);
+    if ((bits & kIoreqStateMask) != kStateIoreqReady) {
+      stats_.spurious++;  // a notification with nothing READY: never act on a slot twice
+      return;
+    }
+    // Read every field once, after the acquire above; later changes by the guest are ignored.
+    XenIoreq req;
+    req.addr = __atomic_load_n(&slot->addr, __ATOMIC_RELAXED);
+    req.data = __atomic_load_n(&slot->data, __ATOMIC_RELAXED);
+    req.count = __atomic_load_n(&slot->count, __ATOMIC_RELAXED);
+    req.size = __atomic_load_n(&slot->size, __ATOMIC_RELAXED);
+    req.type = __atomic_load_n(&slot->type, __ATOMIC_RELAXED);
+    req.bits = bits;
+    __atomic_store_n(&slot->bits, static_cast<uint8_t>((bits & ~kIoreqStateMask) | kStateIoreqInprocess), __ATOMIC_RELAXED);
+    stats_.ioreqs++;
+    uint64_t data = Execute(vcpu, req);
+    if (req.bits & kIoreqDirRead) __atomic_store_n(&slot->data, data, __ATOMIC_RELAXED);
+    __atomic_store_n(&slot->bits, static_cast<uint8_t>((bits & ~kIoreqStateMask) | kStateIorespReady), __ATOMIC_RELEASE);
+    Notify(vcpu);
+  }
+
+  static uint64_t AllOnes(uint32_t size) { return size >= 8 ? ~0ULL : ((1ULL << (size * 8)) - 1); }
+
+  // Serves one access; returns the data for reads (all-ones when the access fails).
+  uint64_t Execute(uint32_t vcpu, const XenIoreq& req) {
+    bool read = (req.bits & kIoreqDirRead) != 0;
+    uint32_t size = req.size;
+    if (size != 1 && size != 2 && size != 4 && size != 8) return Bad("bad ioreq size", EINVAL, read, 8);
+    bool simple = req.count == 1 && !(req.bits & kIoreqDataIsPtr);
+    if (simple && (req.type == kIoreqTypePio || req.type == kIoreqTypeCopy)) {
+      const AddressRange* r = Find(req.type == kIoreqTypePio, req.addr, size);
+      if (r != nullptr) return Access(r->region, r->offset + (req.addr - r->start), req.data, size, read);
+    }
+    if (simple && req.type == kIoreqTypePciConfig) {
+      uint32_t sbdf = static_cast<uint32_t>(req.addr >> 32);
+      uint32_t reg = static_cast<uint32_t>(req.addr & 0xffffffffu);
+      if (static_cast<int64_t>(sbdf) == pci_sbdf_ && reg < config_size_ && size <= config_size_ - reg && size <= 4) {
+        return Access(7, reg, req.data, size, read);
+      }
+    }
+    return CallJs(vcpu, req);
+  }
+
+  uint64_t Access(uint32_t region, uint64_t offset, uint64_t data, uint32_t size, bool read) {
+    uint8_t buf[8];
+    std::memcpy(buf, &data, sizeof buf);  // little-endian host (x86_64, arm64)
+    RegionStats before = table_->stats();
+    int err = table_->Access(env_, region, offset, buf, size, !read);
+    const RegionStats& after = table_->stats();
+    if (after.js_reads + after.js_writes != before.js_reads + before.js_writes) stats_.js++;
+    else stats_.native++;
+    if (err != 0) return Bad("region access failed", err, read, size);
+    if (!read) return data;
+    uint64_t out = 0;
+    std::memcpy(&out, buf, size);
+    return out;
+  }
+
+  const AddressRange* Find(bool pio, uint64_t addr, uint32_t size) const {
+    for (const AddressRange& r : ranges_) {
+      if (r.pio == pio && addr >= r.start && addr <= r.end && size - 1 <= r.end - addr) return &r;
+    }
+    return nullptr;
+  }
+
+  // The slow path: rep/data_is_ptr copies, unmapped addresses, config latches, INVALIDATE, ...
+  uint64_t CallJs(uint32_t vcpu, const XenIoreq& req) {
+    bool read = (req.bits & kIoreqDirRead) != 0;
+    stats_.js++;
+    try {
+      Napi::Env env = env_;
+      Napi::Object o = Napi::Object::New(env);
+      o.Set("vcpu", Napi::Number::New(env, vcpu));
+      o.Set("type", Napi::Number::New(env, req.type));
+      o.Set("addr", Napi::BigInt::New(env, req.addr));
+      o.Set("data", Napi::BigInt::New(env, req.data));
+      o.Set("count", Napi::Number::New(env, req.count));
+      o.Set("size", Napi::Number::New(env, req.size));
+      o.Set("read", Napi::Boolean::New(env, read));
+      o.Set("dataIsPtr", Napi::Boolean::New(env, (req.bits & kIoreqDataIsPtr) != 0));
+      o.Set("df", Napi::Boolean::New(env, (req.bits & kIoreqDf) != 0));
+      Napi::Value r = on_ioreq_.Call({o});
+      if (r.IsBigInt()) {
+        bool lossless = false;
+        uint64_t v = r.As<Napi::BigInt>().Uint64Value(&lossless);
+        return read ? v & AllOnes(req.size) : req.data;
+      }
+      if (r.IsNumber()) {
+        double d = r.As<Napi::Number>().DoubleValue();
+        if (d < 0) return Bad("ioreq refused", static_cast<int>(-d), read, req.size);
+        return read ? static_cast<uint64_t>(d) & AllOnes(req.size) : req.data;
+      }
+      return read ? AllOnes(req.size) : req.data;
+    } catch (const Napi::Error&) {
+      return Bad("ioreq handler threw", EIO, read, req.size);
+    }
+  }
+
+  uint64_t Bad(const char* what, int err, bool read = true, uint32_t size = 8) {
+    stats_.bad++;
+    try {
+      on_bad_.Call({Napi::String::New(env_, what), Napi::Number::New(env_, err)});
+    } catch (const Napi::Error&) {
+      // Logging must not take the server down.
+    }
+    return read ? AllOnes(size) : 0;
+  }
+
+  void DrainBuffered() {
+    if (buf_ == nullptr) return;
+    auto* rp_ptr = reinterpret_cast<uint32_t*>(buf_);
+    auto* wp_ptr = reinterpret_cast<uint32_t*>(buf_ + 4);
+    const uint8_t* slots = buf_ + kBufPagePointers;
+    for (;;) {
+      uint32_t rp = __atomic_load_n(rp_ptr, __ATOMIC_ACQUIRE);
+      uint32_t wp = __atomic_load_n(wp_ptr, __ATOMIC_ACQUIRE);
+      if (rp == wp) return;
+      if (wp - rp > kBufIoreqSlots) {
+        // Pointers the guest side could only corrupt: resynchronise instead of looping.
+        Bad("buffered ring pointers out of range", EINVAL, false);
+        AdvanceRead(rp_ptr, wp - rp);
+        return;
+      }
+      const uint8_t* s = slots + (rp % kBufIoreqSlots) * 8;
+      uint8_t type = s[0];
+      uint8_t flags = s[1];
+      uint32_t word0;
+      std::memcpy(&word0, s, 4);
+      uint32_t addr = word0 >> 12;
+      uint32_t lo;
+      std::memcpy(&lo, s + 4, 4);
+      uint32_t size = 1u << ((flags >> 2) & 3);
+      uint32_t used = 1;
+      uint64_t data = lo;
+      if (size == 8) {
+        if (wp - rp < 2) return;  // the second half is not written yet
+        uint32_t hi;
+        std::memcpy(&hi, slots + ((rp + 1) % kBufIoreqSlots) * 8 + 4, 4);
+        data |= static_cast<uint64_t>(hi) << 32;
+        used = 2;
+      }
+      stats_.buffered++;
+      if (flags & 0x2) {
+        Bad("buffered ioreq is a read", EINVAL, false);
+      } else {
+        XenIoreq req{};
+        req.addr = addr;
+        req.data = data;
+        req.count = 1;
+        req.size = size;
+        req.type = type;
+        req.bits = kStateIoreqReady;
+        Execute(UINT32_MAX, req);
+      }
+      AdvanceRead(rp_ptr, used);
+    }
+  }
+
+  void AdvanceRead(uint32_t* rp_ptr, uint32_t n) {
+    // In atomic mode Xen may rebase both pointers concurrently: the read pointer is only ever
+    // advanced with an atomic add. In legacy mode a release store suffices.
+    if (atomic_buffered_) __atomic_fetch_add(rp_ptr, n, __ATOMIC_RELEASE);
+    else __atomic_store_n(rp_ptr, __atomic_load_n(rp_ptr, __ATOMIC_RELAXED) + n, __ATOMIC_RELEASE);
+  }
+
+  Napi::Env env_;
+  XenIoreq* sync_ = nullptr;
+  uint32_t nr_vcpus_ = 0;
+  uint8_t* buf_ = nullptr;
+  bool atomic_buffered_ = false;
+  RegionTable* table_ = nullptr;
+  std::vector<Napi::Reference<Napi::Value>> refs_;
+  Napi::FunctionReference on_ioreq_;
+  Napi::FunctionReference on_bad_;
+  std::unique_ptr<Napi::AsyncContext> async_context_;
+  bool evtchn_ = false;
+  int evtchn_fd_ = -1;
+  std::vector<uint32_t> vcpu_ports_;
+  int64_t buf_port_ = -1;
+  std::vector<int> guest_to_server_;
+  std::vector<int> server_to_guest_;
+  int buf_fd_ = -1;
+  std::vector<AddressRange> ranges_;
+  int64_t pci_sbdf_ = -1;
+  uint32_t config_size_ = 256;
+  std::vector<std::unique_ptr<Source>> sources_;
+  bool started_ = false;
+  EngineStats stats_;
+};
+
+}  // namespace
+
+void InitIoreqEngine(Napi::Env env, Napi::Object exports) { exports.Set("IoreqEngine", IoreqEngine::Define(env)); }
+
+}  // namespace mdevkit
