@@ -16,6 +16,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   mdevkit::InitRegionTable(env, exports);
   mdevkit::InitVfioUserConn(env, exports);
   mdevkit::InitVfioAbi(env, exports);
+  mdevkit::InitXenAbi(env, exports);
   mdevkit::InitPoll(env, exports);
   return exports;
 }

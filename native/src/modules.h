@@ -15,6 +15,7 @@ void InitMaskedStorage(Napi::Env env, Napi::Object exports); // masked_storage.c
 void InitRegionTable(Napi::Env env, Napi::Object exports);   // region_table.cc: region dispatch (native or JS)
 void InitVfioUserConn(Napi::Env env, Napi::Object exports);  // vfio_user_conn.cc: vfio-user server connection
 void InitVfioAbi(Napi::Env env, Napi::Object exports);       // vfio_abi.cc: <linux/vfio.h> layouts for ABI tests
+void InitXenAbi(Napi::Env env, Napi::Object exports);        // xen_abi.cc: Xen and privcmd/evtchn layouts for ABI tests
 void InitPoll(Napi::Env env, Napi::Object exports);          // poll.cc: blocking poll(2) for synchronous clients
 
 }  // namespace mdevkit
