@@ -20,11 +20,14 @@
         "native/src/vfio_user_conn.cc",
         "native/src/vfio_abi.cc",
         "native/src/ioreq_engine.cc",
+        "native/src/xen_abi.cc",
         "native/src/poll.cc"
       ],
       "include_dirs": [
         "<!(node -p \"require('node-addon-api').include_dir\")",
-        "native/src"
+        "native/src",
+        # Only for Linux's uapi <xen/privcmd.h> in xen_abi.cc (see native/compat/xen/interface/xen.h).
+        "native/compat"
       ],
       "defines": [
         "NAPI_VERSION=8",

@@ -57,7 +57,8 @@ export const IoreqResource = { TYPE: 0, FRAME_BUFIOREQ: 0, frameIoreq: (n: numbe
 
 /** Encodes a PCI SBDF as map_io_range takes it (XEN_DMOP_PCI_SBDF). */
 export function pciSbdf(segment: number, bus: number, device: number, fn: number): number {
-  return ((segment & 0xffff) << 16) | ((bus & 0xff) << 8) | ((device & 0x1f) << 3) | (fn & 0x7);
+  // >>> 0: segments from 0x8000 set bit 31, which JS's 32-bit `|` would make a negative number.
+  return (((segment & 0xffff) << 16) | ((bus & 0xff) << 8) | ((device & 0x1f) << 3) | (fn & 0x7)) >>> 0;
 }
 
 /** The SBDF and register of a PCI_CONFIG ioreq address (SEG 63:48, BUS 47:40, DEV 39:35, FN 34:32, REG 31:0). */

@@ -17,6 +17,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   mdevkit::InitVfioUserConn(env, exports);
   mdevkit::InitVfioAbi(env, exports);
   mdevkit::InitIoreqEngine(env, exports);
+  mdevkit::InitXenAbi(env, exports);
   mdevkit::InitPoll(env, exports);
   return exports;
 }
