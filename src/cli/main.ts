@@ -9,6 +9,7 @@ import { formatLspci } from '../pci/lspci.js';
 import { describeRegions } from './describe.js';
 import { loadDevice } from './load-device.js';
 import { serve } from './serve.js';
+import { parseBdf, privcmdHost, serveXen } from './serve-xen.js';
 import { probeListing, probeRead, probeWrite } from './probe.js';
 
 const program = new Command();
@@ -27,28 +28,80 @@ program
 
 program
   .command('serve')
-  .description('serve a device over vfio-user until SIGTERM (one device instance per socket)')
-  .argument('<device>', 'built-in device name (edu) or path to a device module')
-  .option('--vfio-user <path>', 'listen on a vfio-user socket at <path> (repeatable)', collect, [])
+  .description('serve a device over vfio-user, or as a Xen IOREQ server, until SIGTERM')
+  .argument('<device>', 'built-in device name (edu, shmem) or path to a device module')
+  .option('--vfio-user <path>', 'listen on a vfio-user socket at <path> (repeatable: one device each)', collect, [])
   .option('--socket-path <path>', 'same as --vfio-user (vhost-user backend convention)')
-  .option('--fd <n>', 'serve on an inherited socket fd (listening or connected)', parseIntOption)
-  .option('--dma-layout <layout>', 'DMA_READ/DMA_WRITE message layout: spec or qemu', 'spec')
+  .option('--fd <n>', 'serve vfio-user on an inherited socket fd (listening or connected)', parseIntOption)
+  .option('--dma-layout <layout>', 'vfio-user DMA_READ/DMA_WRITE layout: spec or qemu', 'spec')
   .option('--max-data-xfer <bytes>', 'largest REGION_READ/WRITE count accepted', parseIntOption)
-  .option('--no-twin-socket', 'do not offer twin-socket mode')
-  .option('-v, --verbose', 'log connections and errors to stderr', false)
-  .action(async (spec: string, opts: { vfioUser: string[]; socketPath?: string; fd?: number; dmaLayout: string; maxDataXfer?: number; twinSocket: boolean; verbose: boolean }) => {
-    const socketPaths = [...opts.vfioUser, ...(opts.socketPath ? [opts.socketPath] : [])];
-    await serve(spec, {
-      socketPaths,
-      ...(opts.fd !== undefined ? { fd: opts.fd } : {}),
-      server: {
-        dmaLayout: opts.dmaLayout as 'spec' | 'qemu',
-        twinSocket: opts.twinSocket,
-        ...(opts.maxDataXfer !== undefined ? { maxDataXferSize: opts.maxDataXfer } : {}),
-      },
+  .option('--no-twin-socket', 'do not offer vfio-user twin-socket mode')
+  .option('--xen <domid>', 'serve as a Xen IOREQ server for domain <domid> (needs dom0: /dev/xen/privcmd)', parseIntOption)
+  .option('--bdf <address>', 'Xen: the device\'s PCI address in the guest, SSSS:BB:DD.F (claims its config space)')
+  .option('--config-latch', 'Xen: answer reads of the 0xCF8 latch (PVH guests probing conf1)', false)
+  .option('--bufioreq <mode>', 'Xen: buffered ioreq ring: off, legacy or atomic', 'atomic')
+  .option('-v, --verbose', 'log connections and errors to stderr', false);
+for (let i = 0; i < 6; i++) program.commands.at(-1)!.option(`--bar${i} <address>`, i === 0 ? 'Xen: fixed placement of BAR0 (likewise --bar1 … --bar5), for guests without PCI config access' : undefined as unknown as string);
+program.commands.at(-1)!.action(async (spec: string, opts: ServeOpts) => {
+  if (opts.xen !== undefined) {
+    const fixedBars: Record<number, bigint> = {};
+    for (let i = 0; i < 6; i++) {
+      const v = opts[`bar${i}` as keyof ServeOpts];
+      if (typeof v === 'string') fixedBars[i] = parseAddress(v, `--bar${i}`);
+    }
+    if (!['off', 'legacy', 'atomic'].includes(opts.bufioreq)) throw new InvalidArgumentError(`--bufioreq must be off, legacy or atomic`);
+    await serveXen(spec, {
+      host: privcmdHost(opts.xen),
+      pci: opts.bdf ? parseBdf(opts.bdf) : null,
+      fixedBars,
+      claimConfigLatch: opts.configLatch,
+      bufioreq: opts.bufioreq as 'off' | 'legacy' | 'atomic',
       verbose: opts.verbose,
     });
+    return;
+  }
+  const socketPaths = [...opts.vfioUser, ...(opts.socketPath ? [opts.socketPath] : [])];
+  await serve(spec, {
+    socketPaths,
+    ...(opts.fd !== undefined ? { fd: opts.fd } : {}),
+    server: {
+      dmaLayout: opts.dmaLayout as 'spec' | 'qemu',
+      twinSocket: opts.twinSocket,
+      ...(opts.maxDataXfer !== undefined ? { maxDataXferSize: opts.maxDataXfer } : {}),
+    },
+    verbose: opts.verbose,
   });
+});
+
+interface ServeOpts {
+  vfioUser: string[];
+  socketPath?: string;
+  fd?: number;
+  dmaLayout: string;
+  maxDataXfer?: number;
+  twinSocket: boolean;
+  xen?: number;
+  bdf?: string;
+  configLatch: boolean;
+  bufioreq: string;
+  verbose: boolean;
+  bar0?: string;
+  bar1?: string;
+  bar2?: string;
+  bar3?: string;
+  bar4?: string;
+  bar5?: string;
+}
+
+function parseAddress(value: string, option: string): bigint {
+  try {
+    const v = BigInt(value);
+    if (v < 0n || v >= 1n << 64n) throw new Error('range');
+    return v;
+  } catch {
+    throw new InvalidArgumentError(`${option}: not an address: ${value}`);
+  }
+}
 
 const probeCommand = program
   .command('probe')

@@ -1,0 +1,81 @@
+/**
+ * `mdevkit serve <device> --xen <domid>` (and `--xen-sim`): runs a device model as a Xen IOREQ
+ * server until SIGTERM/SIGINT, then removes everything it created (server, ranges, claims, ports,
+ * mappings) — also when startup fails half way.
+ * @module
+ */
+import { MdevError } from '../errors.js';
+import { IoreqServer, type PciAddress } from '../../adapters/xen/ioreq-server.js';
+import type { BufioreqModeName, XenHost } from '../../adapters/xen/host.js';
+import { PrivcmdXenHost } from '../../adapters/xen/privcmd-host.js';
+import { loadDevice } from './load-device.js';
+
+/** Options of {@link serveXen}. */
+export interface ServeXenOptions {
+  /** The host to serve through (real privcmd, or a simulator's). */
+  host: XenHost;
+  /** PCI address of the device in the guest, or null for fixed placement only. */
+  pci: PciAddress | null;
+  /** Fixed BAR addresses. */
+  fixedBars: Record<number, bigint>;
+  /** Answer the 0xCF8 latch (PVH guests probing conf1). */
+  claimConfigLatch: boolean;
+  /** Buffered ring mode. */
+  bufioreq: BufioreqModeName;
+  /** Log to stderr. */
+  verbose: boolean;
+  /** Called once serving, with the server (the simulator's guest uses it). */
+  onServing?: (server: IoreqServer) => void | Promise<void>;
+}
+
+/** Parses "SSSS:BB:DD.F" or "BB:DD.F". */
+export function parseBdf(text: string): PciAddress {
+  const m = /^(?:([0-9a-fA-F]{1,4}):)?([0-9a-fA-F]{1,2}):([0-9a-fA-F]{1,2})\.([0-7])$/.exec(text);
+  if (!m) throw new MdevError('EINVAL', `expected SSSS:BB:DD.F or BB:DD.F, got ${text}`, 'bdf');
+  const device = parseInt(m[3]!, 16);
+  if (device > 31) throw new MdevError('ERANGE', `device ${device} is above 31`, 'bdf');
+  return { segment: parseInt(m[1] ?? '0', 16), bus: parseInt(m[2]!, 16), device, fn: Number(m[4]) };
+}
+
+/** Opens the real hypervisor's privcmd/evtchn for `domid`. */
+export function privcmdHost(domid: number): XenHost {
+  return new PrivcmdXenHost({ domid });
+}
+
+/** Serves until a signal; resolves after a clean teardown. */
+export async function serveXen(spec: string, options: ServeXenOptions): Promise<void> {
+  const device = await loadDevice(spec);
+  const log = options.verbose ? (line: string) => process.stderr.write(`mdevkit: ${line}\n`) : undefined;
+  const server = new IoreqServer(device, options.host, {
+    pci: options.pci,
+    fixedBars: options.fixedBars,
+    claimConfigLatch: options.claimConfigLatch,
+    bufioreq: options.bufioreq,
+    ...(log ? { log } : {}),
+  });
+  // Whatever happens from here on, the hypervisor must not be left with our server or claims.
+  const cleanup = () => {
+    server.stop();
+    options.host.close();
+  };
+  process.once('exit', cleanup);
+  try {
+    server.start();
+  } catch (e) {
+    process.removeListener('exit', cleanup);
+    cleanup();
+    throw e;
+  }
+  process.stdout.write(`mdevkit: serving ${spec} as ioreq server ${server.id} for domain ${options.host.domid} (${options.host.kind})\n`);
+  await options.onServing?.(server);
+  await new Promise<void>((resolve) => {
+    const stop = (signal: string) => {
+      if (options.verbose) process.stderr.write(`mdevkit: ${signal}: shutting down\n`);
+      resolve();
+    };
+    process.once('SIGTERM', () => stop('SIGTERM'));
+    process.once('SIGINT', () => stop('SIGINT'));
+  });
+  process.removeListener('exit', cleanup);
+  cleanup();
+}
