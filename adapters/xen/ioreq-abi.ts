@@ -53,7 +53,14 @@ export const HvmMemType = { RAM_RW: 0, RAM_RO: 1, MMIO_DM: 2, UNUSED: 3, IOREQ_S
 export const IoreqMemAccess = { READ: 1, WRITE: 2 } as const;
 
 /** XENMEM_acquire_resource: the ioreq server resource type and its frames. */
-export const IoreqResource = { TYPE: 0, FRAME_BUFIOREQ: 0, frameIoreq: (n: number) => 1 + n } as const;
+export const IoreqResource = {
+  /** XENMEM_resource_ioreq_server. */
+  TYPE: 0,
+  /** Frame of the buffered ioreq page. */
+  FRAME_BUFIOREQ: 0,
+  /** Frame of synchronous ioreq page `n`. */
+  frameIoreq: (n: number): number => 1 + n,
+} as const;
 
 /** Encodes a PCI SBDF as map_io_range takes it (XEN_DMOP_PCI_SBDF). */
 export function pciSbdf(segment: number, bus: number, device: number, fn: number): number {

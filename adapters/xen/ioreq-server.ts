@@ -77,13 +77,21 @@ const IoreqEngineClass = binding['IoreqEngine'] as new (options: {
 
 const CONFIG_LATCH_PORT = 0xcf8n;
 
-/** Write-watch by write-protection (HVMMEM_ioreq_server): guest writes trap synchronously. */
-class TrappedWriteWatch implements WriteWatch {
+/**
+ * Write-watch by write-protection (HVMMEM_ioreq_server): the server claims the memory type, watched
+ * frames become `ioreq_server` pages, and guest writes to them trap synchronously as COPY ioreqs,
+ * which the server performs on guest memory before calling the handlers.
+ */
+export class TrappedWriteWatch implements WriteWatch {
   readonly mode: WriteWatchMode = 'trap';
   /** Watched frames → handlers. */
   readonly frames = new Map<number, Set<WriteWatchHandler>>();
   private claimed = false;
 
+  /**
+   * Creates the watch for one server (the claim is made on the first watch).
+   * @param server the IOREQ server whose id claims the pages
+   */
   constructor(private readonly server: IoreqServer) {}
 
   watch(gpa: number, length: number, handler: WriteWatchHandler): WatchHandle {

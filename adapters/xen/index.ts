@@ -1,0 +1,11 @@
+/**
+ * The Xen adapter: an IOREQ server that serves a device model to a Xen HVM/PVH guest, over the real
+ * hypervisor (privcmd + evtchn in dom0) or over the simulator of Xen's side.
+ * @module
+ */
+export * from './host.js';
+export * from './ioreq-abi.js';
+export * from './abi.js';
+export * from './privcmd-host.js';
+export * from './guest-memory.js';
+export * from './ioreq-server.js';
