@@ -280,7 +280,7 @@ export class PrivcmdXenHost implements XenHost {
    * resource XENMEM_resource_ioreq_server): frame 0, the buffered ring, when the server has one
    * (asked of Xen with {@link getIoreqServerInfo}), then frames 1.. holding one 32-byte
    * `struct ioreq` per vCPU. One call maps them all into one shared, writable privcmd mapping.
-   * @param nrVcpus the guest's vCPU count ({@link nrVcpus}), `1..MAX_IOREQ_VCPUS`
+   * @param nrVcpus the guest's vCPU count (see {@link PrivcmdXenHost.nrVcpus}), `1..MAX_IOREQ_VCPUS`
    */
   mapIoreqPages(id: number, nrVcpus: number): IoreqPages {
     checkIoservid('id', id);
