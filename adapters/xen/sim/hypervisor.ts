@@ -1,0 +1,981 @@
+/**
+ * A simulated Xen hypervisor for one HVM guest domain: Xen's side of the IOREQ server interface
+ * (the device-model operations, the shared ioreq pages, the buffered ring, event channels as
+ * eventfds) over guest RAM in a memfd, so an IOREQ server written for Xen runs unchanged on any
+ * Linux machine. vCPUs of the guest run in worker threads ({@link SimVcpu}) and reach the
+ * hypervisor's state through shared memory ({@link SimVcpuDescriptor}).
+ *
+ * What is reproduced, with Xen's errno values (Xen 4.14+ `xen/common/ioreq.c`,
+ * `xen/arch/x86/hvm/dm.c`, `xen/arch/x86/mm/p2m.c`, `xen/arch/x86/mm/hap/hap.c`):
+ * - at most 8 ioreq servers (ids 0-7, the lowest free id is taken; ENOSPC when all are in use);
+ *   an unknown id is ENOENT;
+ * - per server and range type a range set of at most 256 coalesced ranges: map with end < start is
+ *   EINVAL (XSA-238), a range overlapping one of the same server's set is EEXIST, one range too many
+ *   is ENOMEM; unmap of a range not wholly mapped is ENOENT. Different servers may map overlapping
+ *   ranges; routing then prefers the highest id;
+ * - HVMMEM_ioreq_server: one server may claim the type, for writes only (other flags EINVAL; a
+ *   second claim, or a claim while pages of the type remain from an earlier owner, EBUSY); flags 0
+ *   releases it (EINVAL unless the caller owns it) and turns every remaining page back to ram_rw.
+ *   Destroying the owner drops the claim but leaves its pages typed ioreq_server: until they are
+ *   set back to ram_rw, new claims are EBUSY, and guest writes to them go straight to RAM (Xen's
+ *   p2m entries for the type are writable while nobody claims it);
+ * - set_mem_type with Xen's allow_p2m_type_change(): to ioreq_server only from ram_rw and only while
+ *   a server holds the claim, from ioreq_server only to ram_rw, otherwise between RAM types and from
+ *   mmio_dm to mmio_dm; HVMMEM_unused or an unknown type is EINVAL, as is a range that is empty or
+ *   ends beyond the last guest frame. Pages are changed one by one and the first refused page stops
+ *   the operation, leaving the earlier ones changed (as Xen does);
+ * - track_dirty_vram: one range per domain; `nr` beyond 1 GiB of frames or a bitmap shorter than
+ *   ceil(nr / 8) bytes is EINVAL; the first call for a range (or after the range changed) returns
+ *   every bit set and starts logging, later calls return and clear the frames the guest wrote;
+ *   nr 0 stops tracking;
+ * - modified_memory: does nothing unless global log-dirty mode is on (Xen returns 0 without
+ *   looking at the extents); otherwise extents are taken last to first, an empty or overflowing
+ *   extent or one whose end (exclusive) lies beyond the highest guest frame is EINVAL — the same
+ *   exclusive-versus-inclusive comparison as Xen, so an extent reaching the very last frame of RAM
+ *   is refused — and frames of extents already taken stay marked;
+ * - set_pci_intx_level (segment and bus must be 0, device <= 31, INTx <= 3), set_isa_irq_level
+ *   (IRQ <= 15) and inject_msi (fixed and lowest-priority delivery; vector 0 is an emulated PIRQ,
+ *   ERANGE without one; lowest priority with no matching vCPU ESRCH; other delivery modes EINVAL).
+ *
+ * Where the simulator stands in for Xen mechanics: event channels are eventfd pairs (one per vCPU
+ * and server, plus one for the buffered ring), ports are allocated lowest-free from 1 like Xen's
+ * per-domain port table; the ioreq and buffered pages are memfds; there is one emulator domain, so
+ * Xen's EPERM for a server created by another domain cannot occur; the p2m has no separate
+ * log-dirty type (logging is a bitmap beside it), so a frame inside the VRAM range can still be
+ * moved to ioreq_server where Xen would refuse it while the frame is write-protected for logging.
+ * After {@link SimHypervisor.close} (the domain is gone) every operation is ESRCH.
+ * @module
+ */
+import { MdevError, describe } from '../../../src/errors.js';
+import { DirtyBitmap } from '../../../src/native/dirty-bitmap.js';
+import {
+  F_SEAL_GROW,
+  F_SEAL_SEAL,
+  F_SEAL_SHRINK,
+  addSeals,
+  closeFd,
+  eventfdCreate,
+  eventfdWrite,
+  ftruncate,
+  memfdCreate,
+} from '../../../src/native/fd.js';
+import { PAGE_SIZE, mmapFd, munmap } from '../../../src/native/mmap.js';
+import type { BufioreqModeName, IoRangeKind, PfnExtent } from '../host.js';
+import { BufioreqMode, HvmMemType, IoRangeType, Ioreq, IoreqMemAccess, XEN_PAGE_SIZE } from '../ioreq-abi.js';
+import { SimInterruptCounters, isaIrqGsi, pciIntxGsi } from './interrupts.js';
+import {
+  Ctl,
+  Irq,
+  MAX_IOREQ_SERVERS,
+  MAX_IO_RANGES,
+  MAX_SIM_RAM_BYTES,
+  MAX_SIM_VCPUS,
+  NR_RANGE_TYPES,
+  RANGES_BYTES,
+  SIM_LAYOUT_VERSION,
+  Slot,
+  VRAM_MAX_PAGES,
+  ctlBytes,
+  irqBytes,
+  rangeIndex,
+  slotIndex,
+  type SimVcpuDescriptor,
+} from './layout.js';
+import { Rangeset } from './rangeset.js';
+import { selectServer, type RoutableServer, type SimSpace } from './routing.js';
+
+/** Options of {@link SimHypervisor}. */
+export interface SimHypervisorOptions {
+  /** Guest domain id, in [1, 0x7fef]. Default 1. */
+  domid?: number;
+  /** Number of vCPUs, in [1, 128]. Default 1. */
+  nrVcpus?: number;
+  /**
+   * Guest RAM in bytes, a positive multiple of 4096 up to 4 GiB (guest frames 0 .. ramBytes / 4096 - 1).
+   * The memfd is sparse: only pages the guest or a device touches take memory.
+   */
+  ramBytes: number;
+  /** How long a vCPU waits for an ioreq response before ETIMEDOUT, in ms. Default 10 000. */
+  vcpuTimeoutMs?: number;
+}
+
+/** The mappable resources of an ioreq server (what XENMEM_acquire_resource hands out). */
+export interface SimIoreqServerResources {
+  /** memfd of the synchronous ioreq page (resource frame 1). */
+  readonly ioreqFd: number;
+  /** memfd of the buffered ioreq page (resource frame 0), or null without a ring. */
+  readonly bufioreqFd: number | null;
+}
+
+/** The emulator's end of one simulated event channel, as {@link SimHypervisor.bindEventChannel} returns it. */
+export interface SimEventChannel {
+  /** The guest-side port. */
+  readonly port: number;
+  /** Identifies this allocation of the port, so a stale unbind cannot touch a reused port. */
+  readonly serial: number;
+  /** eventfd the guest signals (a vCPU's READY ioreq, or queued buffered ioreqs). */
+  readonly guestToServer: number;
+  /** eventfd the emulator signals to complete a vCPU's ioreq; null for the buffered channel. */
+  readonly serverToGuest: number | null;
+}
+
+/** One interrupt operation, as recorded by the simulator. */
+export type SimInterruptEvent =
+  | { readonly kind: 'pci-intx'; readonly device: number; readonly intx: number; readonly level: boolean; readonly gsi: number }
+  | { readonly kind: 'isa-irq'; readonly irq: number; readonly level: boolean; readonly gsi: number }
+  | { readonly kind: 'msi'; readonly address: bigint; readonly data: number; readonly vector: number; readonly vcpus: readonly number[] }
+  | { readonly kind: 'pirq'; readonly address: bigint; readonly data: number; readonly pirq: number };
+
+/** One modified_memory call, as recorded by the simulator. */
+export interface SimModifiedMemory {
+  /** The extents passed. */
+  readonly extents: readonly PfnExtent[];
+  /** Whether log-dirty mode was on, i.e. whether Xen looked at the extents and marked them. */
+  readonly logDirty: boolean;
+}
+
+interface ServerState {
+  readonly id: number;
+  readonly gen: number;
+  readonly bufMode: number;
+  enabled: boolean;
+  readonly ioreqFd: number;
+  readonly bufFd: number | null;
+  readonly bufEvtFd: number | null;
+  readonly guestToServer: readonly number[];
+  readonly serverToGuest: readonly number[];
+  readonly ports: readonly number[];
+  readonly bufPort: number | null;
+  readonly ranges: [Rangeset, Rangeset, Rangeset];
+  /** The hypervisor's own mapping of the ioreq page, to write vp_eport. */
+  readonly ioreqPage: ArrayBuffer;
+}
+
+interface PortState {
+  readonly port: number;
+  readonly serial: number;
+  readonly serverId: number;
+  readonly guestToServer: number;
+  readonly serverToGuest: number | null;
+  bound: boolean;
+}
+
+interface Zombie {
+  readonly id: number;
+  readonly fds: readonly number[];
+}
+
+const U64_MAX = (1n << 64n) - 1n;
+const BUFIOREQ_MODES: Readonly<Record<BufioreqModeName, number>> = {
+  off: BufioreqMode.OFF,
+  legacy: BufioreqMode.LEGACY,
+  atomic: BufioreqMode.ATOMIC,
+};
+const RANGE_TYPES: Readonly<Record<IoRangeKind, number>> = {
+  port: IoRangeType.PORT,
+  memory: IoRangeType.MEMORY,
+  pci: IoRangeType.PCI,
+};
+/** MSI data: delivery mode bits 10:8 (0 fixed, 1 lowest priority). */
+const MSI_DELIVERY_FIXED = 0;
+const MSI_DELIVERY_LOWEST_PRIORITY = 1;
+
+/** A simulated HVM guest domain and the part of Xen that IOREQ servers talk to. */
+export class SimHypervisor {
+  /** Guest domain id. */
+  readonly domid: number;
+  /** Number of vCPUs. */
+  readonly nrVcpus: number;
+  /** Guest RAM size in bytes. */
+  readonly ramBytes: number;
+  /** Guest RAM size in frames. */
+  readonly ramPages: number;
+  /** memfd holding guest RAM (offset = guest physical address). */
+  readonly ramFd: number;
+  /** Guest RAM as the hypervisor sees it (for toolstack-style inspection in tests and tools). */
+  readonly ram: Uint8Array;
+  /** What the guest observes of the interrupts raised so far. */
+  readonly interrupts: SimInterruptCounters;
+  /** The global log-dirty bitmap (one bit per guest frame), the toolstack's migration view. */
+  readonly logDirtyBitmap: DirtyBitmap;
+
+  private readonly vcpuTimeoutMs: number;
+  private readonly ctlBuffer: SharedArrayBuffer;
+  private readonly ctl: Int32Array;
+  private readonly rangesBuffer: SharedArrayBuffer;
+  private readonly rangeWords: BigUint64Array;
+  private readonly p2mBuffer: SharedArrayBuffer;
+  private readonly p2m: Uint8Array;
+  private readonly irqBuffer: SharedArrayBuffer;
+  private readonly irq: Int32Array;
+  private readonly irqEventFds: number[] = [];
+  private readonly vramBitmap: DirtyBitmap;
+  private readonly ramMapping: ArrayBuffer;
+
+  private readonly servers: (ServerState | undefined)[] = new Array<ServerState | undefined>(MAX_IOREQ_SERVERS).fill(undefined);
+  private readonly ports = new Map<number, PortState>();
+  private portSerial = 0;
+  private zombies: Zombie[] = [];
+  private claim: { id: number; flags: number } | null = null;
+  /** Frames currently typed ioreq_server (Xen's p2m->ioreq.entry_count). */
+  private ioreqEntries = 0;
+  private vram: { first: bigint; nr: number } | null = null;
+  private logDirtyOn = false;
+  private readonly pciIntx = new Uint8Array(32 * 4);
+  private readonly isaIrq = new Uint8Array(16);
+  private lowestPrioNext = 0;
+  private readonly interruptEvents: SimInterruptEvent[] = [];
+  private readonly modifiedMemoryCalls: SimModifiedMemory[] = [];
+  private closed = false;
+
+  /**
+   * Creates the domain: zeroed guest RAM (every frame ram_rw), no ioreq servers.
+   * @throws EINVAL naming the option at fault; EOPNOTSUPP when the host page size is not 4 KiB
+   *   (guest frames are mapped one by one)
+   */
+  constructor(options: SimHypervisorOptions) {
+    if (PAGE_SIZE !== XEN_PAGE_SIZE) {
+      throw new MdevError('EOPNOTSUPP', `the simulator maps guest frames individually and needs 4 KiB host pages, not ${PAGE_SIZE}`);
+    }
+    const { domid = 1, nrVcpus = 1, ramBytes, vcpuTimeoutMs = 10_000 } = options;
+    this.domid = intArg('options.domid', domid, 1, 0x7fef);
+    this.nrVcpus = intArg('options.nrVcpus', nrVcpus, 1, MAX_SIM_VCPUS);
+    // Guest RAM is one mapping, and Node 20 maps at most 4 GiB into one ArrayBuffer.
+    if (!Number.isSafeInteger(ramBytes) || ramBytes <= 0 || ramBytes % XEN_PAGE_SIZE !== 0 || ramBytes > MAX_SIM_RAM_BYTES) {
+      throw new MdevError('EINVAL', `must be a positive multiple of ${XEN_PAGE_SIZE} up to 4 GiB, got ${describe(ramBytes)}`, 'options.ramBytes');
+    }
+    this.vcpuTimeoutMs = intArg('options.vcpuTimeoutMs', vcpuTimeoutMs, 1, 2 ** 31 - 1);
+    this.ramBytes = ramBytes;
+    this.ramPages = ramBytes / XEN_PAGE_SIZE;
+
+    this.ctlBuffer = new SharedArrayBuffer(ctlBytes(this.nrVcpus));
+    this.ctl = new Int32Array(this.ctlBuffer);
+    this.rangesBuffer = new SharedArrayBuffer(RANGES_BYTES);
+    this.rangeWords = new BigUint64Array(this.rangesBuffer);
+    this.p2mBuffer = new SharedArrayBuffer(this.ramPages); // zero = HVMMEM_ram_rw
+    this.p2m = new Uint8Array(this.p2mBuffer);
+    this.irqBuffer = new SharedArrayBuffer(irqBytes(this.nrVcpus));
+    this.irq = new Int32Array(this.irqBuffer);
+    this.interrupts = new SimInterruptCounters(this.irqBuffer, this.nrVcpus);
+    this.vramBitmap = DirtyBitmap.createShared(VRAM_MAX_PAGES);
+    this.logDirtyBitmap = DirtyBitmap.createShared(this.ramPages);
+
+    Atomics.store(this.ctl, Ctl.magic, SIM_LAYOUT_VERSION);
+    Atomics.store(this.ctl, Ctl.claimId, -1);
+    Atomics.store(this.ctl, Ctl.nrVcpus, this.nrVcpus);
+    Atomics.store(this.ctl, Ctl.ramPages, this.ramPages);
+    for (let id = 0; id < MAX_IOREQ_SERVERS; id++) this.publishServer(id);
+
+    const fds: number[] = [];
+    try {
+      this.ramFd = sealedMemfd(`xen-sim-d${this.domid}-ram`, ramBytes);
+      fds.push(this.ramFd);
+      for (let v = 0; v < this.nrVcpus; v++) {
+        const fd = eventfdCreate(0, { nonBlocking: true });
+        fds.push(fd);
+        this.irqEventFds.push(fd);
+      }
+      this.ramMapping = mmapFd(this.ramFd, ramBytes, { writable: true, shared: true });
+    } catch (e) {
+      for (const fd of fds) closeFd(fd);
+      throw e;
+    }
+    this.ram = new Uint8Array(this.ramMapping);
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Ioreq servers
+
+  /**
+   * DMOP create_ioreq_server: takes the lowest free server id, allocates the ioreq page (and the
+   * buffered page unless `bufioreq` is 'off'), and one event channel per vCPU plus one for the
+   * buffered ring (allocated in Xen's order: vCPU 0, the buffered channel, vCPU 1, ...). The server
+   * starts disabled.
+   * @returns the server id
+   * @throws ENOSPC when 8 servers exist; EINVAL for an unknown ring mode
+   */
+  createIoreqServer(bufioreq: BufioreqModeName): number {
+    this.enter();
+    const mode = BUFIOREQ_MODES[bufioreq];
+    if (typeof bufioreq !== 'string' || mode === undefined) {
+      throw new MdevError('EINVAL', `must be 'off', 'legacy' or 'atomic', got ${describe(bufioreq)}`, 'bufioreq');
+    }
+    const id = this.servers.findIndex((s) => s === undefined);
+    if (id < 0) throw new MdevError('ENOSPC', `the domain already has ${MAX_IOREQ_SERVERS} ioreq servers`);
+
+    const fds: number[] = [];
+    let ioreqPage: ArrayBuffer | null = null;
+    try {
+      const ioreqFd = sealedMemfd(`xen-sim-d${this.domid}-ioreq${id}`, XEN_PAGE_SIZE);
+      fds.push(ioreqFd);
+      const bufFd = mode === BufioreqMode.OFF ? null : sealedMemfd(`xen-sim-d${this.domid}-bufioreq${id}`, XEN_PAGE_SIZE);
+      if (bufFd !== null) fds.push(bufFd);
+      const newEventfd = (): number => {
+        const fd = eventfdCreate(0, { nonBlocking: true });
+        fds.push(fd);
+        return fd;
+      };
+      const guestToServer: number[] = [];
+      const serverToGuest: number[] = [];
+      for (let v = 0; v < this.nrVcpus; v++) {
+        guestToServer.push(newEventfd());
+        serverToGuest.push(newEventfd());
+      }
+      const bufEvtFd = bufFd === null ? null : newEventfd();
+      ioreqPage = mmapFd(ioreqFd, XEN_PAGE_SIZE, { writable: true, shared: true });
+
+      const gen = Atomics.add(this.ctl, slotIndex(this.nrVcpus, id, Slot.gen), 1) + 1;
+      const ports: number[] = [];
+      let bufPort: number | null = null;
+      for (let v = 0; v < this.nrVcpus; v++) {
+        ports.push(this.allocatePort(id, guestToServer[v]!, serverToGuest[v]!));
+        if (v === 0 && bufEvtFd !== null) bufPort = this.allocatePort(id, bufEvtFd, null);
+      }
+      const server: ServerState = {
+        id,
+        gen,
+        bufMode: mode,
+        enabled: false,
+        ioreqFd,
+        bufFd,
+        bufEvtFd,
+        guestToServer,
+        serverToGuest,
+        ports,
+        bufPort,
+        ranges: [new Rangeset(MAX_IO_RANGES), new Rangeset(MAX_IO_RANGES), new Rangeset(MAX_IO_RANGES)],
+        ioreqPage,
+      };
+      this.servers[id] = server;
+      this.publish(() => this.publishServer(id));
+      return id;
+    } catch (e) {
+      if (ioreqPage !== null) munmap(ioreqPage);
+      for (const [port, state] of this.ports) if (state.serverId === id) this.ports.delete(port);
+      for (const fd of fds) closeFd(fd);
+      throw e;
+    }
+  }
+
+  /**
+   * DMOP get_ioreq_server_info with XEN_DMOP_no_gfns (pages are mapped through
+   * {@link ioreqServerResources} instead).
+   * @returns the port of the buffered-ioreq event channel, or null when the server has no ring
+   * @throws ENOENT for an unknown server id
+   */
+  getIoreqServerInfo(id: number): { bufioreqPort: number | null } {
+    this.enter();
+    return { bufioreqPort: this.server(id).bufPort };
+  }
+
+  /**
+   * The server's pages, as XENMEM_acquire_resource (type ioreq_server) exposes them: frame 0 the
+   * buffered page, frame 1 the synchronous page. The fds stay owned by the hypervisor; map them,
+   * do not close them.
+   * @throws ENOENT for an unknown server id
+   */
+  ioreqServerResources(id: number): SimIoreqServerResources {
+    this.enter();
+    const s = this.server(id);
+    return { ioreqFd: s.ioreqFd, bufioreqFd: s.bufFd };
+  }
+
+  /**
+   * DMOP map_io_range_to_ioreq_server: adds `[start, end]` to the server's set of `kind`
+   * (PCI ranges are SBDFs encoded as by `pciSbdf`).
+   * @throws EINVAL when end < start or for an unknown kind; ENOENT for an unknown server id;
+   *   EEXIST when the range overlaps one already in that set; ENOMEM when the set is full
+   */
+  mapIoRange(id: number, kind: IoRangeKind, start: bigint, end: bigint): void {
+    this.enter();
+    u64Arg('start', start);
+    u64Arg('end', end);
+    if (start > end) throw new MdevError('EINVAL', `end ${hex(end)} is below start ${hex(start)}`, 'end');
+    const s = this.server(id);
+    const set = s.ranges[rangeType(kind)]!;
+    if (set.overlaps(start, end)) {
+      throw new MdevError('EEXIST', `[${hex(start)}, ${hex(end)}] overlaps a ${kind} range of server ${id}`, 'start');
+    }
+    set.add(start, end);
+    this.publish(() => this.publishServer(id));
+  }
+
+  /**
+   * DMOP unmap_io_range_from_ioreq_server: removes `[start, end]`, which must lie inside one mapped
+   * range (after coalescing; a part of a range may be removed, splitting it).
+   * @throws EINVAL when end < start or for an unknown kind; ENOENT for an unknown server id or a
+   *   range not wholly mapped; ENOMEM when a split would exceed the set's limit
+   */
+  unmapIoRange(id: number, kind: IoRangeKind, start: bigint, end: bigint): void {
+    this.enter();
+    u64Arg('start', start);
+    u64Arg('end', end);
+    if (start > end) throw new MdevError('EINVAL', `end ${hex(end)} is below start ${hex(start)}`, 'end');
+    const s = this.server(id);
+    const set = s.ranges[rangeType(kind)]!;
+    if (!set.contains(start, end)) {
+      throw new MdevError('ENOENT', `[${hex(start)}, ${hex(end)}] is not mapped as one ${kind} range of server ${id}`, 'start');
+    }
+    set.remove(start, end);
+    this.publish(() => this.publishServer(id));
+  }
+
+  /**
+   * DMOP set_ioreq_server_state. Enabling writes each vCPU's event channel port into `vp_eport` of
+   * its ioreq slot (Xen writes them only then, so an emulator reads the ports after enabling, as
+   * QEMU does). A disabled server receives no ioreqs.
+   * @throws ENOENT for an unknown server id
+   */
+  setIoreqServerState(id: number, enabled: boolean): void {
+    this.enter();
+    if (typeof enabled !== 'boolean') throw new MdevError('EINVAL', `must be a boolean, got ${describe(enabled)}`, 'enabled');
+    const s = this.server(id);
+    if (enabled && !s.enabled) {
+      const page = new DataView(s.ioreqPage);
+      for (let v = 0; v < this.nrVcpus; v++) page.setUint32(v * Ioreq.sizeof + Ioreq.vpEport, s.ports[v]!, true);
+    }
+    s.enabled = enabled;
+    this.publish(() => this.publishServer(id));
+  }
+
+  /**
+   * DMOP destroy_ioreq_server: drops the server's claim on HVMMEM_ioreq_server (its pages keep
+   * the type), its ranges, event channels and pages. A vCPU waiting on the server completes its
+   * access with all-ones, as in Xen when an emulator dies with an ioreq in flight. Mappings made
+   * of the pages stay valid until unmapped.
+   * @throws ENOENT for an unknown server id
+   */
+  destroyIoreqServer(id: number): void {
+    this.enter();
+    const s = this.server(id);
+    if (this.claim?.id === id) this.claim = null;
+    s.enabled = false;
+    for (const port of [...s.ports, ...(s.bufPort === null ? [] : [s.bufPort])]) this.ports.delete(port);
+    this.servers[id] = undefined;
+    this.publish(() => {
+      this.publishServer(id);
+      this.publishGlobals();
+    });
+    // Bump the generation before looking at the use count (a vCPU raises the use count before
+    // checking the generation): either the vCPU sees the server gone, or we see it inside.
+    Atomics.add(this.ctl, slotIndex(this.nrVcpus, id, Slot.gen), 1);
+    for (const fd of s.serverToGuest) eventfdWrite(fd); // wake vCPUs blocked on this server
+    munmap(s.ioreqPage);
+    const fds = [s.ioreqFd, ...s.guestToServer, ...s.serverToGuest];
+    if (s.bufFd !== null) fds.push(s.bufFd);
+    if (s.bufEvtFd !== null) fds.push(s.bufEvtFd);
+    this.zombies.push({ id, fds });
+    this.reap();
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Event channels
+
+  /**
+   * Binds the emulator's end of the event channel whose guest-side port is `port` (what
+   * EVTCHNOP_bind_interdomain does for a real emulator). The fds stay owned by the hypervisor:
+   * duplicate them to keep them.
+   * @throws EINVAL when the port is not an unbound ioreq event channel of this domain
+   */
+  bindEventChannel(port: number): SimEventChannel {
+    this.enter();
+    const state = Number.isInteger(port) ? this.ports.get(port) : undefined;
+    if (state === undefined) throw new MdevError('EINVAL', `port ${describe(port)} is not an ioreq event channel of d${this.domid}`, 'port');
+    if (state.bound) throw new MdevError('EINVAL', `port ${port} is already bound`, 'port');
+    state.bound = true;
+    return { port, serial: state.serial, guestToServer: state.guestToServer, serverToGuest: state.serverToGuest };
+  }
+
+  /**
+   * Unbinds what {@link bindEventChannel} bound, making the port bindable again (Xen returns a
+   * closed interdomain channel's remote end to the unbound state). A port freed meanwhile (its
+   * server destroyed) is left alone.
+   */
+  unbindEventChannel(port: number, serial: number): void {
+    this.enter();
+    const state = this.ports.get(port);
+    if (state !== undefined && state.serial === serial) state.bound = false;
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Memory types and dirty tracking
+
+  /**
+   * DMOP map_mem_type_to_ioreq_server for HVMMEM_ioreq_server. `flags` XEN_DMOP_IOREQ_MEM_ACCESS_WRITE
+   * claims the type: guest writes to pages of the type become IOREQ_TYPE_COPY ioreqs to this
+   * server. `flags` 0 releases the claim and turns every page of the type back to ram_rw.
+   * @throws EINVAL for another memory type, for any flag but WRITE (READ included: Xen forwards
+   *   only writes), or when releasing a claim the server does not hold; ENOENT for an unknown server
+   *   id; EBUSY when the type is claimed (by any server, this one included) or pages of the type
+   *   remain from an earlier owner
+   */
+  mapMemTypeToIoreqServer(id: number, memType: number, flags: number): void {
+    this.enter();
+    if (memType !== HvmMemType.IOREQ_SERVER) {
+      throw new MdevError('EINVAL', `only HVMMEM_ioreq_server (${HvmMemType.IOREQ_SERVER}) can be mapped, got ${describe(memType)}`, 'memType');
+    }
+    if (!Number.isInteger(flags) || flags < 0 || flags > 0xffffffff || (flags & ~IoreqMemAccess.WRITE) !== 0) {
+      throw new MdevError('EINVAL', `only XEN_DMOP_IOREQ_MEM_ACCESS_WRITE (${IoreqMemAccess.WRITE}) or 0 is supported, got ${describe(flags)}`, 'flags');
+    }
+    this.server(id);
+    if (flags === 0) {
+      if (this.claim?.id !== id) throw new MdevError('EINVAL', `server ${id} does not hold HVMMEM_ioreq_server`, 'id');
+      this.claim = null;
+      // Xen resets the remaining entries (p2m_finish_type_change, with continuations) before the
+      // DMOP returns to the caller.
+      for (let pfn = 0; pfn < this.ramPages && this.ioreqEntries > 0; pfn++) {
+        if (Atomics.load(this.p2m, pfn) === HvmMemType.IOREQ_SERVER) {
+          Atomics.store(this.p2m, pfn, HvmMemType.RAM_RW);
+          this.ioreqEntries--;
+        }
+      }
+    } else {
+      if (this.claim !== null) throw new MdevError('EBUSY', `HVMMEM_ioreq_server is claimed by server ${this.claim.id}`, 'id');
+      if (this.ioreqEntries > 0) {
+        throw new MdevError('EBUSY', `${this.ioreqEntries} frames are still typed HVMMEM_ioreq_server from an earlier owner`, 'id');
+      }
+      this.claim = { id, flags };
+    }
+    this.publish(() => this.publishGlobals());
+  }
+
+  /**
+   * DMOP set_mem_type: changes the type of frames `[firstPfn, firstPfn + nr)`, one at a time.
+   * @throws EINVAL for an empty range or one beyond the last guest frame, for HVMMEM_unused or an
+   *   unknown type, for HVMMEM_ioreq_server while no server claims it, and at the first frame whose
+   *   current type may not change to `memType` (earlier frames keep their new type)
+   */
+  setMemType(memType: number, firstPfn: bigint, nr: number): void {
+    this.enter();
+    u64Arg('firstPfn', firstPfn);
+    const count = u32Arg('nr', nr);
+    const last = (firstPfn + BigInt(count) - 1n) & U64_MAX;
+    if (firstPfn > last || last > BigInt(this.ramPages - 1)) {
+      throw new MdevError('EINVAL', `frames [${hex(firstPfn)}, +${count}) are not within guest RAM (${this.ramPages} frames)`, 'firstPfn');
+    }
+    if (!Number.isInteger(memType) || memType < 0 || memType > HvmMemType.IOREQ_SERVER || memType === HvmMemType.UNUSED) {
+      throw new MdevError('EINVAL', `not a settable hvmmem_type_t: ${describe(memType)}`, 'memType');
+    }
+    if (memType === HvmMemType.IOREQ_SERVER && this.claim === null) {
+      throw new MdevError('EINVAL', 'no ioreq server has claimed HVMMEM_ioreq_server', 'memType');
+    }
+    const first = Number(firstPfn);
+    for (let pfn = first; pfn < first + count; pfn++) {
+      const old = Atomics.load(this.p2m, pfn);
+      if (!typeChangeAllowed(old, memType)) {
+        throw new MdevError('EINVAL', `frame ${hex(BigInt(pfn))} cannot change from type ${old} to ${memType}`, 'memType');
+      }
+      if (old === HvmMemType.IOREQ_SERVER) this.ioreqEntries--;
+      if (memType === HvmMemType.IOREQ_SERVER) this.ioreqEntries++;
+      Atomics.store(this.p2m, pfn, memType);
+    }
+  }
+
+  /** The type of guest frame `pfn` (HVMOP_get_mem_type), an HvmMemType value. */
+  memType(pfn: number | bigint): number {
+    this.enter();
+    const n = Number(pfn);
+    if (!Number.isInteger(n) || n < 0 || n >= this.ramPages) {
+      throw new MdevError('EINVAL', `must be a guest frame below ${this.ramPages}, got ${describe(pfn)}`, 'pfn');
+    }
+    return Atomics.load(this.p2m, n);
+  }
+
+  /** Frames currently typed HVMMEM_ioreq_server (Xen's p2m ioreq entry count). */
+  get ioreqServerFrames(): number {
+    return this.ioreqEntries;
+  }
+
+  /**
+   * DMOP track_dirty_vram. See the module notes for the semantics; `bitmap` receives
+   * ceil(nr / 8) bytes, bit i (LSB first) for frame firstPfn + i.
+   * @throws EINVAL when nr exceeds 1 GiB of frames or `bitmap` is too short
+   */
+  trackDirtyVram(firstPfn: bigint, nr: number, bitmap: Uint8Array): void {
+    this.enter();
+    u64Arg('firstPfn', firstPfn);
+    const count = u32Arg('nr', nr);
+    if (count > VRAM_MAX_PAGES) throw new MdevError('EINVAL', `at most ${VRAM_MAX_PAGES} frames (1 GiB) can be tracked, got ${count}`, 'nr');
+    if (!(bitmap instanceof Uint8Array)) throw new MdevError('EINVAL', `must be a Uint8Array, got ${describe(bitmap)}`, 'bitmap');
+    const bytes = Math.ceil(count / 8);
+    if (bitmap.byteLength < bytes) throw new MdevError('EINVAL', `needs ${bytes} bytes for ${count} frames, got ${bitmap.byteLength}`, 'bitmap');
+    if (count === 0) {
+      if (this.vram !== null) {
+        this.vram = null;
+        this.publish(() => this.publishGlobals());
+      }
+      return;
+    }
+    if (this.vram === null || this.vram.first !== firstPfn || this.vram.nr !== count) {
+      // A new range: everything counts as dirty and logging starts afresh. (A vCPU that marks a
+      // frame of the old range meanwhile leaves a spurious bit: one extra redraw, never a lost one.)
+      this.vramBitmap.clearAll();
+      this.vram = { first: firstPfn, nr: count };
+      this.publish(() => this.publishGlobals());
+      bitmap.fill(0xff, 0, bytes);
+      return;
+    }
+    const report = new Uint8Array(DirtyBitmap.reportByteLength(count * XEN_PAGE_SIZE, XEN_PAGE_SIZE));
+    this.vramBitmap.reportAndClear(0, count * XEN_PAGE_SIZE, XEN_PAGE_SIZE, report);
+    bitmap.set(report.subarray(0, bytes));
+  }
+
+  /**
+   * DMOP modified_memory: the device wrote these frames behind the guest's back. Marks them in the
+   * global log-dirty bitmap when log-dirty mode is on; a no-op otherwise (as in Xen). Every call is
+   * recorded in {@link modifiedMemoryLog}.
+   * @throws EINVAL (naming `extents[i]`) for an empty or overflowing extent or one ending beyond the
+   *   highest guest frame, checked only in log-dirty mode
+   */
+  modifiedMemory(extents: readonly PfnExtent[]): void {
+    this.enter();
+    if (!Array.isArray(extents)) throw new MdevError('EINVAL', `must be an array, got ${describe(extents)}`, 'extents');
+    const copy = extents.map((e, i) => {
+      u64Arg(`extents[${i}].firstPfn`, e?.firstPfn);
+      return { firstPfn: e.firstPfn, nr: u32Arg(`extents[${i}].nr`, e.nr) };
+    });
+    if (this.logDirtyOn) {
+      const maxGpfn = BigInt(this.ramPages - 1);
+      for (let i = copy.length - 1; i >= 0; i--) {
+        const { firstPfn, nr } = copy[i]!;
+        const end = (firstPfn + BigInt(nr)) & U64_MAX;
+        if (end <= firstPfn || end > maxGpfn) {
+          throw new MdevError('EINVAL', `frames [${hex(firstPfn)}, ${hex(end)}) are empty or end beyond frame ${hex(maxGpfn)}`, `extents[${i}]`);
+        }
+        for (let pfn = Number(firstPfn); pfn < Number(end); pfn++) {
+          // Xen marks frames that have a page behind them: not emulated MMIO.
+          if (Atomics.load(this.p2m, pfn) !== HvmMemType.MMIO_DM) this.logDirtyBitmap.markPage(pfn);
+        }
+      }
+    }
+    this.modifiedMemoryCalls.push({ extents: copy, logDirty: this.logDirtyOn });
+  }
+
+  /** Every modified_memory call so far, oldest first. */
+  get modifiedMemoryLog(): readonly SimModifiedMemory[] {
+    return this.modifiedMemoryCalls;
+  }
+
+  /**
+   * Turns global log-dirty mode on, as the toolstack does for live migration: from now on guest
+   * writes to RAM and modified_memory mark {@link logDirtyBitmap}.
+   * @throws EBUSY while frames are typed HVMMEM_ioreq_server (Xen refuses global log-dirty then)
+   */
+  enableLogDirty(): void {
+    this.enter();
+    if (this.ioreqEntries > 0) throw new MdevError('EBUSY', `${this.ioreqEntries} frames are typed HVMMEM_ioreq_server`);
+    this.logDirtyOn = true;
+    this.publish(() => this.publishGlobals());
+  }
+
+  /** Turns global log-dirty mode off (the bitmap keeps its bits). */
+  disableLogDirty(): void {
+    this.enter();
+    this.logDirtyOn = false;
+    this.publish(() => this.publishGlobals());
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Interrupts
+
+  /**
+   * DMOP set_pci_intx_level: drives INTx pin `intx` (0 = INTA) of device `device` on bus 0. The
+   * pin feeds GSI ((device * 4 + device / 8 + intx) mod 32) + 16 (Xen's hvm_pci_intx_gsi); a GSI
+   * going from low to high is a rising edge, delivered to vCPU 0. Asserting an asserted pin (or
+   * deasserting a deasserted one) changes nothing. PCI-ISA link routing is not modelled (the
+   * simulator's links are unrouted, as before the guest firmware programs them).
+   * @throws EINVAL unless segment and bus are 0, device <= 31 and intx <= 3
+   */
+  setPciIntxLevel(segment: number, bus: number, device: number, intx: number, level: boolean): void {
+    this.enter();
+    if (segment !== 0 || bus !== 0 || !Number.isInteger(device) || device < 0 || device > 0x1f || !Number.isInteger(intx) || intx < 0 || intx > 3) {
+      throw new MdevError('EINVAL', `no such INTx pin: ${describe(segment)}:${describe(bus)}:${describe(device)} INT${describe(intx)}`, 'device');
+    }
+    if (typeof level !== 'boolean') throw new MdevError('EINVAL', `must be a boolean, got ${describe(level)}`, 'level');
+    const gsi = pciIntxGsi(device, intx);
+    this.interruptEvents.push({ kind: 'pci-intx', device, intx, level, gsi });
+    const pin = device * 4 + intx;
+    if (this.pciIntx[pin] === (level ? 1 : 0)) return;
+    this.pciIntx[pin] = level ? 1 : 0;
+    this.driveGsi(gsi, level);
+  }
+
+  /**
+   * DMOP set_isa_irq_level: drives ISA IRQ `irq` (GSI `irq`, IRQ 0 on GSI 2), as
+   * {@link setPciIntxLevel} drives a PCI pin.
+   * @throws EINVAL when irq > 15
+   */
+  setIsaIrqLevel(irq: number, level: boolean): void {
+    this.enter();
+    if (!Number.isInteger(irq) || irq < 0 || irq > 15) throw new MdevError('EINVAL', `must be an ISA IRQ in [0, 15], got ${describe(irq)}`, 'irq');
+    if (typeof level !== 'boolean') throw new MdevError('EINVAL', `must be a boolean, got ${describe(level)}`, 'level');
+    const gsi = isaIrqGsi(irq);
+    this.interruptEvents.push({ kind: 'isa-irq', irq, level, gsi });
+    if (this.isaIrq[irq] === (level ? 1 : 0)) return;
+    this.isaIrq[irq] = level ? 1 : 0;
+    this.driveGsi(gsi, level);
+  }
+
+  /**
+   * DMOP inject_msi. Decoded as Xen does: destination ID address bits 19:12, destination mode bit 2,
+   * vector data bits 7:0, delivery mode bits 10:8. The simulated local APICs have Xen's IDs (vCPU n
+   * has APIC ID 2n) and no logical ID (no guest OS programs them), so physical destination mode
+   * reaches the vCPU with that APIC ID (or all, for 0xff) and logical mode reaches none. Vector 0
+   * is an emulated PIRQ (its number in address bits 63:40 and the destination ID); its event
+   * channel delivery is not modelled, it is counted and wakes vCPU 0.
+   * @throws ERANGE for vector 0 without a PIRQ; ESRCH for lowest-priority delivery that matches no
+   *   vCPU; EINVAL for delivery modes other than fixed and lowest priority
+   */
+  injectMsi(address: bigint, data: number): void {
+    this.enter();
+    u64Arg('address', address);
+    const d = u32Arg('data', data);
+    const low = Number(address & 0xffffffffn);
+    const dest = (low >>> 12) & 0xff;
+    const logical = ((low >>> 2) & 1) === 1;
+    const deliveryMode = (d >>> 8) & 7;
+    const vector = d & 0xff;
+    if (vector === 0) {
+      const pirq = (Number((address >> 32n) & 0xffffff00n) | dest) | 0;
+      if (pirq <= 0) throw new MdevError('ERANGE', `vector 0 without a PIRQ (address ${hex(address)})`, 'data');
+      this.interruptEvents.push({ kind: 'pirq', address, data: d, pirq });
+      Atomics.add(this.irq, Irq.pirq, 1);
+      this.deliver([0]);
+      return;
+    }
+    const matching: number[] = [];
+    for (let v = 0; v < this.nrVcpus; v++) if (!logical && (dest === 0xff || dest === 2 * v)) matching.push(v);
+    let targets: number[];
+    if (deliveryMode === MSI_DELIVERY_FIXED) {
+      targets = matching;
+    } else if (deliveryMode === MSI_DELIVERY_LOWEST_PRIORITY) {
+      if (matching.length === 0) throw new MdevError('ESRCH', `no vCPU matches destination ${dest} (${logical ? 'logical' : 'physical'})`, 'address');
+      // All simulated vCPUs have the same priority: rotate among the matching ones.
+      const pick = matching.find((v) => v >= this.lowestPrioNext) ?? matching[0]!;
+      this.lowestPrioNext = pick + 1;
+      targets = [pick];
+    } else {
+      throw new MdevError('EINVAL', `unsupported MSI delivery mode ${deliveryMode}`, 'data');
+    }
+    this.interruptEvents.push({ kind: 'msi', address, data: d, vector, vcpus: targets });
+    for (let i = 0; i < targets.length; i++) Atomics.add(this.irq, Irq.msi + vector, 1);
+    this.deliver(targets);
+  }
+
+  /** Every interrupt operation so far, oldest first. */
+  get interruptLog(): readonly SimInterruptEvent[] {
+    return this.interruptEvents;
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Routing and vCPUs
+
+  /**
+   * The server an access would reach now, or null when Xen would complete it itself (all-ones
+   * reads, dropped writes). Port accesses to 0xcfc-0xcff follow the guest's 0xcf8 latch.
+   * @param space 'pio' (addr = port), 'mmio' (guest physical address), 'pci' (SBDF << 32 | register)
+   * @param size access size in bytes (the whole access must lie in one range)
+   * @param count repetitions of a string instruction (memory accesses cover all of them)
+   * @param df direction flag of a string instruction
+   */
+  route(space: SimSpace, addr: bigint, size = 1, count = 1, df = false): number | null {
+    this.enter();
+    if (space !== 'pio' && space !== 'mmio' && space !== 'pci') throw new MdevError('EINVAL', `unknown space ${describe(space)}`, 'space');
+    u64Arg('addr', addr);
+    intArg('size', size, 1, 8);
+    intArg('count', count, 1, 0xffffffff);
+    const servers: (RoutableServer | undefined)[] = this.servers;
+    const route = selectServer(servers, { space, addr, size, count, df }, Atomics.load(this.ctl, Ctl.cf8));
+    return route === null ? null : route.id;
+  }
+
+  /**
+   * What a thread needs to run vCPU `index` ({@link SimVcpu}); plain data, pass it in `workerData`.
+   * @throws EINVAL when index is not a vCPU of the domain
+   */
+  vcpuDescriptor(index: number): SimVcpuDescriptor {
+    this.enter();
+    intArg('index', index, 0, this.nrVcpus - 1);
+    return {
+      layout: SIM_LAYOUT_VERSION,
+      domid: this.domid,
+      index,
+      nrVcpus: this.nrVcpus,
+      ramBytes: this.ramBytes,
+      ramFd: this.ramFd,
+      ctl: this.ctlBuffer,
+      ranges: this.rangesBuffer,
+      p2m: this.p2mBuffer,
+      irq: this.irqBuffer,
+      irqEventFd: this.irqEventFds[index]!,
+      vramDirty: this.vramBitmap.buffer!,
+      logDirty: this.logDirtyBitmap.buffer!,
+      timeoutMs: this.vcpuTimeoutMs,
+    };
+  }
+
+  /**
+   * Destroys the domain: every server, event channel and fd. Stop the vCPU threads first: their
+   * fds close here. Idempotent; afterwards every operation is ESRCH.
+   */
+  close(): void {
+    if (this.closed) return;
+    for (let id = 0; id < MAX_IOREQ_SERVERS; id++) if (this.servers[id] !== undefined) this.destroyIoreqServer(id);
+    this.closed = true;
+    for (const z of this.zombies) for (const fd of z.fds) closeFd(fd);
+    this.zombies = [];
+    for (const fd of this.irqEventFds) closeFd(fd);
+    munmap(this.ramMapping);
+    closeFd(this.ramFd);
+  }
+
+  // ---------------------------------------------------------------------------------------------
+
+  /** Every operation starts here: the domain must exist, and destroyed servers' fds are reclaimed. */
+  private enter(): void {
+    if (this.closed) throw new MdevError('ESRCH', `domain ${this.domid} has been destroyed`);
+    this.reap();
+  }
+
+  /** Closes the fds of destroyed servers once no vCPU is inside their slot. */
+  private reap(): void {
+    if (this.zombies.length === 0) return;
+    this.zombies = this.zombies.filter((z) => {
+      if (Atomics.load(this.ctl, slotIndex(this.nrVcpus, z.id, Slot.inUse)) !== 0) return true;
+      for (const fd of z.fds) closeFd(fd);
+      return false;
+    });
+  }
+
+  private server(id: number): ServerState {
+    if (!Number.isInteger(id) || id < 0 || id > 0xffff) throw new MdevError('EINVAL', `must be an ioservid_t, got ${describe(id)}`, 'id');
+    const s = id < MAX_IOREQ_SERVERS ? this.servers[id] : undefined;
+    if (s === undefined) throw new MdevError('ENOENT', `no ioreq server ${id} in d${this.domid}`, 'id');
+    return s;
+  }
+
+  private allocatePort(serverId: number, guestToServer: number, serverToGuest: number | null): number {
+    let port = 1;
+    while (this.ports.has(port)) port++;
+    this.ports.set(port, { port, serial: ++this.portSerial, serverId, guestToServer, serverToGuest, bound: false });
+    return port;
+  }
+
+  private driveGsi(gsi: number, level: boolean): void {
+    const index = Irq.gsiLevel + gsi;
+    if (level) {
+      if (Atomics.add(this.irq, index, 1) === 0) {
+        Atomics.add(this.irq, Irq.gsiEdges + gsi, 1);
+        this.deliver([0]);
+      }
+    } else if (Atomics.load(this.irq, index) > 0) {
+      Atomics.sub(this.irq, index, 1);
+    }
+  }
+
+  private deliver(vcpus: readonly number[]): void {
+    for (const v of vcpus) {
+      Atomics.add(this.irq, Irq.vcpuDelivered + v, 1);
+      eventfdWrite(this.irqEventFds[v]!);
+    }
+    Atomics.add(this.irq, Irq.generation, 1);
+    Atomics.notify(this.irq, Irq.generation);
+  }
+
+  /** Runs `write` under the configuration sequence lock. */
+  private publish(write: () => void): void {
+    Atomics.add(this.ctl, Ctl.seq, 1);
+    try {
+      write();
+    } finally {
+      Atomics.add(this.ctl, Ctl.seq, 1);
+      Atomics.notify(this.ctl, Ctl.seq);
+    }
+  }
+
+  private publishGlobals(): void {
+    Atomics.store(this.ctl, Ctl.claimId, this.claim === null ? -1 : this.claim.id);
+    Atomics.store(this.ctl, Ctl.claimFlags, this.claim === null ? 0 : this.claim.flags);
+    const first = this.vram?.first ?? 0n;
+    Atomics.store(this.ctl, Ctl.vramFirstLo, Number(first & 0xffffffffn) | 0);
+    Atomics.store(this.ctl, Ctl.vramFirstHi, Number(first >> 32n) | 0);
+    Atomics.store(this.ctl, Ctl.vramNr, this.vram?.nr ?? 0);
+    Atomics.store(this.ctl, Ctl.logDirty, this.logDirtyOn ? 1 : 0);
+  }
+
+  private publishServer(id: number): void {
+    const s = this.servers[id];
+    const at = (word: number): number => slotIndex(this.nrVcpus, id, word);
+    Atomics.store(this.ctl, at(Slot.alive), s === undefined ? 0 : 1);
+    Atomics.store(this.ctl, at(Slot.enabled), s?.enabled === true ? 1 : 0);
+    Atomics.store(this.ctl, at(Slot.bufMode), s?.bufMode ?? BufioreqMode.OFF);
+    Atomics.store(this.ctl, at(Slot.ioreqFd), s?.ioreqFd ?? -1);
+    Atomics.store(this.ctl, at(Slot.bufFd), s?.bufFd ?? -1);
+    Atomics.store(this.ctl, at(Slot.bufEvtFd), s?.bufEvtFd ?? -1);
+    for (let v = 0; v < this.nrVcpus; v++) {
+      Atomics.store(this.ctl, at(Slot.vcpus + 3 * v), s?.guestToServer[v] ?? -1);
+      Atomics.store(this.ctl, at(Slot.vcpus + 3 * v + 1), s?.serverToGuest[v] ?? -1);
+      Atomics.store(this.ctl, at(Slot.vcpus + 3 * v + 2), s?.ports[v] ?? 0);
+    }
+    for (let type = 0; type < NR_RANGE_TYPES; type++) {
+      let i = 0;
+      if (s !== undefined) {
+        for (const [start, end] of s.ranges[type]!.pairs()) {
+          Atomics.store(this.rangeWords, rangeIndex(id, type, i), start);
+          Atomics.store(this.rangeWords, rangeIndex(id, type, i) + 1, end);
+          i++;
+        }
+      }
+      Atomics.store(this.ctl, at(Slot.nrRanges + type), i);
+    }
+  }
+}
+
+/** Xen's allow_p2m_type_change() over the HVMMEM types the simulator's p2m holds. */
+function typeChangeAllowed(old: number, next: number): boolean {
+  if (next === HvmMemType.IOREQ_SERVER) return old === HvmMemType.RAM_RW;
+  if (old === HvmMemType.IOREQ_SERVER) return next === HvmMemType.RAM_RW;
+  const isRam = old === HvmMemType.RAM_RW || old === HvmMemType.RAM_RO;
+  return isRam || (old === HvmMemType.MMIO_DM && next === HvmMemType.MMIO_DM);
+}
+
+function rangeType(kind: IoRangeKind): number {
+  const type = typeof kind === 'string' ? RANGE_TYPES[kind] : undefined;
+  if (type === undefined) throw new MdevError('EINVAL', `must be 'port', 'memory' or 'pci', got ${describe(kind)}`, 'kind');
+  return type;
+}
+
+/** A zeroed memfd of `size` bytes, sealed against resizing (a peer's mapping can never SIGBUS). */
+function sealedMemfd(name: string, size: number): number {
+  const fd = memfdCreate(name, { allowSealing: true });
+  try {
+    ftruncate(fd, size);
+    addSeals(fd, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL);
+  } catch (e) {
+    closeFd(fd);
+    throw e;
+  }
+  return fd;
+}
+
+function intArg(field: string, value: unknown, min: number, max: number): number {
+  if (typeof value !== 'number' || !Number.isInteger(value) || value < min || value > max) {
+    throw new MdevError('EINVAL', `must be an integer in [${min}, ${max}], got ${describe(value)}`, field);
+  }
+  return value;
+}
+
+function u32Arg(field: string, value: unknown): number {
+  return intArg(field, value, 0, 0xffffffff);
+}
+
+function u64Arg(field: string, value: unknown): bigint {
+  if (typeof value !== 'bigint' || value < 0n || value > U64_MAX) {
+    throw new MdevError('EINVAL', `must be a bigint in [0, 2^64), got ${describe(value)}`, field);
+  }
+  return value;
+}
+
+function hex(v: bigint): string {
+  return `0x${v.toString(16)}`;
+}
