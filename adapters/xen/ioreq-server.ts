@@ -178,6 +178,7 @@ export class IoreqServer implements IrqSink {
   private latchMapped = false;
   private latch = 0;
   private started = false;
+  private enabled = false;
   private readonly onRemap = (e: BarRemapEvent) => this.remapBar(e);
 
   /**
@@ -221,24 +222,11 @@ export class IoreqServer implements IrqSink {
       this.id = host.createIoreqServer(this.options.bufioreq);
       const info = host.getIoreqServerInfo(this.id);
       this.pages = host.mapIoreqPages(this.id, nrVcpus);
-      const ports = [...Array(nrVcpus).keys()].map((i) => new DataView(this.pages!.sync.buffer, this.pages!.sync.byteOffset + i * 32 + 24, 4).getUint32(0, true));
-      this.events = host.bindEvents(ports, this.options.bufioreq === 'off' ? null : info.bufioreqPort);
-      this.engine = new IoreqEngineClass({
-        sync: this.pages.sync,
-        nrVcpus,
-        buffered: this.options.bufioreq === 'off' ? null : this.pages.buffered,
-        atomicBuffered: this.options.bufioreq === 'atomic',
-        events: this.events,
-        regionTable: this.regionTable,
-        onIoreq: (req) => this.slowPath(req),
-        onBadIoreq: (what, errno) => this.log(`bad ioreq: ${what} (errno ${errno})`),
-      });
       const pci = this.options.pci;
       if (pci) {
         const sbdf = pciSbdf(pci.segment, pci.bus, pci.device, pci.fn);
         host.mapIoRange(this.id, 'pci', BigInt(sbdf), BigInt(sbdf));
         this.pciMapped = true;
-        this.engine.setPciDevice(sbdf, this.device.config.size);
       }
       if (this.options.claimConfigLatch) {
         host.mapIoRange(this.id, 'port', CONFIG_LATCH_PORT, CONFIG_LATCH_PORT + 3n);
@@ -252,7 +240,24 @@ export class IoreqServer implements IrqSink {
         const at = this.device.barAddress(i);
         if (at !== null && !this.mapped.has(i)) this.remapBar({ index: i, from: null, to: at, size: this.device.region(i)!.size, space: this.device.region(i)!.space });
       }
+      // Xen fills each vCPU's vp_eport only once the server is enabled: enable, then bind.
       host.setIoreqServerState(this.id, true);
+      this.enabled = true;
+      const ports = [...Array(nrVcpus).keys()].map((i) => new DataView(this.pages!.sync.buffer, this.pages!.sync.byteOffset + i * 32 + 24, 4).getUint32(0, true));
+      this.events = host.bindEvents(ports, this.options.bufioreq === 'off' ? null : info.bufioreqPort);
+      this.engine = new IoreqEngineClass({
+        sync: this.pages.sync,
+        nrVcpus,
+        buffered: this.options.bufioreq === 'off' ? null : this.pages.buffered,
+        atomicBuffered: this.options.bufioreq === 'atomic',
+        events: this.events,
+        regionTable: this.regionTable,
+        onIoreq: (req) => this.slowPath(req),
+        onBadIoreq: (what, errno) => this.log(`bad ioreq: ${what} (errno ${errno})`),
+      });
+      if (pci) this.engine.setPciDevice(pciSbdf(pci.segment, pci.bus, pci.device, pci.fn), this.device.config.size);
+      this.syncEngineRanges();
+      // Requests that arrived between enabling and binding are taken now.
       this.engine.start();
       this.started = true;
     } catch (e) {
@@ -288,7 +293,8 @@ export class IoreqServer implements IrqSink {
     if (this.device.guestMemory === this.memory) this.device.attachGuestMemory(null);
     this.device.irq.detach();
     if (this.id >= 0) {
-      attempt('disable', () => host.setIoreqServerState(this.id, false));
+      if (this.enabled) attempt('disable', () => host.setIoreqServerState(this.id, false));
+      this.enabled = false;
       this.writeWatch.release();
       for (const [index, r] of this.mapped) attempt(`unmap BAR${index}`, () => host.unmapIoRange(this.id, r.kind, r.start, r.end));
       this.mapped.clear();
@@ -344,6 +350,10 @@ export class IoreqServer implements IrqSink {
       this.host.mapIoRange(this.id, kind, e.to, end);
       this.mapped.set(e.index, { kind, start: e.to, end });
     }
+    this.syncEngineRanges();
+  }
+
+  private syncEngineRanges(): void {
     this.engine?.setRanges([...this.mapped].map(([index, r]) => ({ kind: r.kind === 'port' ? 'pio' : 'mmio', start: r.start, end: r.end, region: index, offset: 0 })));
   }
 

@@ -320,6 +320,9 @@ class IoreqEngine : public Napi::ObjectWrap<IoreqEngine> {
   // ---- ioreq processing ----------------------------------------------------------------------
 
   void ServeSlot(uint32_t vcpu) {
+    // Buffered writes were issued before this synchronous request: serve them first (the order
+    // the guest sees, and what QEMU does before every synchronous ioreq).
+    DrainBuffered();
     XenIoreq* slot = &sync_[vcpu];
     uint8_t bits = __atomic_load_n(&slot->bits, __ATOMIC_ACQUIRE);
     if ((bits & kIoreqStateMask) != kStateIoreqReady) {

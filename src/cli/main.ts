@@ -9,7 +9,7 @@ import { formatLspci } from '../pci/lspci.js';
 import { describeRegions } from './describe.js';
 import { loadDevice } from './load-device.js';
 import { serve } from './serve.js';
-import { parseBdf, privcmdHost, serveXen } from './serve-xen.js';
+import { parseBdf, privcmdHost, serveXen, simHost } from './serve-xen.js';
 import { probeListing, probeRead, probeWrite } from './probe.js';
 
 const program = new Command();
@@ -40,10 +40,13 @@ program
   .option('--bdf <address>', 'Xen: the device\'s PCI address in the guest, SSSS:BB:DD.F (claims its config space)')
   .option('--config-latch', 'Xen: answer reads of the 0xCF8 latch (PVH guests probing conf1)', false)
   .option('--bufioreq <mode>', 'Xen: buffered ioreq ring: off, legacy or atomic', 'atomic')
+  .option('--xen-sim', 'serve as an IOREQ server on the simulator of Xen\'s side (no Xen needed)', false)
+  .option('--sim-vcpus <n>', 'simulator: guest vCPUs', parseIntOption, 1)
+  .option('--sim-ram <MiB>', 'simulator: guest RAM in MiB', parseIntOption, 64)
   .option('-v, --verbose', 'log connections and errors to stderr', false);
 for (let i = 0; i < 6; i++) program.commands.at(-1)!.option(`--bar${i} <address>`, i === 0 ? 'Xen: fixed placement of BAR0 (likewise --bar1 … --bar5), for guests without PCI config access' : undefined as unknown as string);
 program.commands.at(-1)!.action(async (spec: string, opts: ServeOpts) => {
-  if (opts.xen !== undefined) {
+  if (opts.xen !== undefined || opts.xenSim) {
     const fixedBars: Record<number, bigint> = {};
     for (let i = 0; i < 6; i++) {
       const v = opts[`bar${i}` as keyof ServeOpts];
@@ -51,7 +54,7 @@ program.commands.at(-1)!.action(async (spec: string, opts: ServeOpts) => {
     }
     if (!['off', 'legacy', 'atomic'].includes(opts.bufioreq)) throw new InvalidArgumentError(`--bufioreq must be off, legacy or atomic`);
     await serveXen(spec, {
-      host: privcmdHost(opts.xen),
+      host: opts.xenSim ? simHost(opts.simVcpus, opts.simRam) : privcmdHost(opts.xen!),
       pci: opts.bdf ? parseBdf(opts.bdf) : null,
       fixedBars,
       claimConfigLatch: opts.configLatch,
@@ -81,6 +84,9 @@ interface ServeOpts {
   maxDataXfer?: number;
   twinSocket: boolean;
   xen?: number;
+  xenSim: boolean;
+  simVcpus: number;
+  simRam: number;
   bdf?: string;
   configLatch: boolean;
   bufioreq: string;

@@ -8,6 +8,8 @@ import { MdevError } from '../errors.js';
 import { IoreqServer, type PciAddress } from '../../adapters/xen/ioreq-server.js';
 import type { BufioreqModeName, XenHost } from '../../adapters/xen/host.js';
 import { PrivcmdXenHost } from '../../adapters/xen/privcmd-host.js';
+import { SimHypervisor } from '../../adapters/xen/sim/hypervisor.js';
+import { SimXenHost } from '../../adapters/xen/sim/host.js';
 import { loadDevice } from './load-device.js';
 
 /** Options of {@link serveXen}. */
@@ -35,6 +37,15 @@ export function parseBdf(text: string): PciAddress {
   const device = parseInt(m[3]!, 16);
   if (device > 31) throw new MdevError('ERANGE', `device ${device} is above 31`, 'bdf');
   return { segment: parseInt(m[1] ?? '0', 16), bus: parseInt(m[2]!, 16), device, fn: Number(m[4]) };
+}
+
+/** A simulated guest domain and its host (the simulator of Xen's side). */
+export function simHost(nrVcpus: number, ramMiB: number): XenHost {
+  const hypervisor = new SimHypervisor({ nrVcpus, ramBytes: ramMiB * 1024 * 1024 });
+  const host = new SimXenHost(hypervisor);
+  const close = host.close.bind(host);
+  // The simulated domain lives as long as its host.
+  return Object.assign(host, { close: () => (close(), hypervisor.close()) });
 }
 
 /** Opens the real hypervisor's privcmd/evtchn for `domid`. */

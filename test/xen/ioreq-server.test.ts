@@ -1,0 +1,173 @@
+// The IOREQ server adapter end to end through the simulator of Xen's side: the adapter code that
+// runs on real Xen, a simulated guest whose vCPU runs in a worker thread and blocks on each access.
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { EduDevice, EDU } from '../../examples/edu/index.js';
+import { SharedMemoryDevice, SHMEM } from '../../examples/shmem/index.js';
+import { IoreqServer } from '../../adapters/xen/ioreq-server.js';
+import { HvmMemType, pciSbdf } from '../../adapters/xen/ioreq-abi.js';
+import { SimHypervisor } from '../../adapters/xen/sim/hypervisor.js';
+import { SimXenHost } from '../../adapters/xen/sim/host.js';
+import { SimVcpuThread } from '../../adapters/xen/sim/vcpu-thread.js';
+import { PCI, PCI_COMMAND, PCI_MSI } from '../../src/pci/constants.js';
+
+const SBDF = pciSbdf(0, 0, 5, 0);
+const BAR = 0xfe000000n;
+
+let hv: SimHypervisor;
+let host: SimXenHost;
+let vcpu: SimVcpuThread;
+let server: IoreqServer | null = null;
+
+beforeEach(async () => {
+  hv = new SimHypervisor({ nrVcpus: 2, ramBytes: 16 << 20, vcpuTimeoutMs: 5000 });
+  host = new SimXenHost(hv);
+  vcpu = await SimVcpuThread.start(hv.vcpuDescriptor(1), { timeoutMs: 5000 });
+});
+afterEach(async () => {
+  server?.stop();
+  server = null;
+  await vcpu.close();
+  host.close();
+  hv.close();
+});
+
+const cfg = (reg: number, size: 1 | 2 | 4, data?: number) =>
+  vcpu.access({ space: 'pci', addr: (BigInt(SBDF) << 32n) | BigInt(reg), size, dir: data === undefined ? 'read' : 'write', ...(data === undefined ? {} : { data: BigInt(data) }) });
+const mmio = (addr: bigint, size: 1 | 2 | 4 | 8, data?: bigint) => vcpu.access({ space: 'mmio', addr, size, dir: data === undefined ? 'read' : 'write', ...(data === undefined ? {} : { data }) });
+
+describe('IOREQ server over the simulator', () => {
+  it('is found by PCI config, serves its BAR once programmed, and follows BAR moves', async () => {
+    const device = new EduDevice();
+    server = new IoreqServer(device, host, { pci: { segment: 0, bus: 0, device: 5, fn: 0 } });
+    server.start();
+    expect(await cfg(PCI.VENDOR_ID, 4)).toBe(0x11e81234n);
+    expect(await mmio(BAR, 4)).toBe(0xffffffffn); // not decoding yet: unclaimed
+    await cfg(PCI.BAR0, 4, 0xffffffff);
+    expect(await cfg(PCI.BAR0, 4)).toBe(0xfff00000n); // sizing through the guest's config cycles
+    await cfg(PCI.BAR0, 4, Number(BAR));
+    await cfg(PCI.COMMAND, 2, PCI_COMMAND.MEMORY | PCI_COMMAND.MASTER);
+    expect(await mmio(BAR + BigInt(EDU.ID), 4)).toBe(BigInt(EDU.ID_VALUE));
+    await mmio(BAR + BigInt(EDU.FACTORIAL), 4, 7n);
+    expect(await mmio(BAR + BigInt(EDU.FACTORIAL), 4)).toBe(5040n);
+    await mmio(BAR + BigInt(EDU.DMA_SRC), 8, 0x1122334455667788n);
+    expect(await mmio(BAR + BigInt(EDU.DMA_SRC), 8)).toBe(0x1122334455667788n);
+    // Move the BAR: the old range is released, the new one served.
+    await cfg(PCI.BAR0, 4, 0xfd000000);
+    expect(await mmio(BAR + BigInt(EDU.ID), 4)).toBe(0xffffffffn);
+    expect(await mmio(0xfd000000n + BigInt(EDU.ID), 4)).toBe(BigInt(EDU.ID_VALUE));
+    expect(server.engineStats()).toMatchObject({ bad: 0 });
+    expect(server.engineStats().native).toBeGreaterThan(0);
+  });
+
+  it('does DMA into guest RAM through foreign mappings and reports it with modified_memory', async () => {
+    const device = new EduDevice();
+    server = new IoreqServer(device, host, { pci: { segment: 0, bus: 0, device: 5, fn: 0 }, fixedBars: { 0: BAR } });
+    server.start();
+    await cfg(PCI.COMMAND, 2, PCI_COMMAND.MEMORY | PCI_COMMAND.MASTER);
+    await vcpu.ramWrite(0x10000, Uint8Array.of(1, 2, 3, 4));
+    await mmio(BAR + BigInt(EDU.DMA_SRC), 8, 0x10000n);
+    await mmio(BAR + BigInt(EDU.DMA_DST), 8, BigInt(EDU.DMA_BUFFER));
+    await mmio(BAR + BigInt(EDU.DMA_COUNT), 8, 4n);
+    await mmio(BAR + BigInt(EDU.DMA_CMD), 8, BigInt(EDU.DMA_START));
+    expect([...device.buffer.subarray(0, 4)]).toEqual([1, 2, 3, 4]);
+    await mmio(BAR + BigInt(EDU.DMA_SRC), 8, BigInt(EDU.DMA_BUFFER));
+    await mmio(BAR + BigInt(EDU.DMA_DST), 8, 0x20ffen);
+    await mmio(BAR + BigInt(EDU.DMA_CMD), 8, BigInt(EDU.DMA_START | EDU.DMA_TO_RAM));
+    expect([...(await vcpu.ramRead(0x20ffe, 4))]).toEqual([1, 2, 3, 4]);
+    expect(hv.modifiedMemoryLog.at(-1)?.extents).toEqual([{ firstPfn: 0x20n, nr: 2 }]);
+  });
+
+  it('copies rep string ops between guest memory and the device', async () => {
+    const device = new EduDevice();
+    server = new IoreqServer(device, host, { pci: { segment: 0, bus: 0, device: 5, fn: 0 }, fixedBars: { 0: BAR } });
+    server.start();
+    await vcpu.ramWrite(0x30000, Uint8Array.from([...Array(16).keys()]));
+    // rep movsd from guest RAM into the device's DMA buffer (MMIO: the device address steps too).
+    await vcpu.access({ space: 'mmio', addr: BAR + BigInt(EDU.DMA_BUFFER), size: 4, dir: 'write', count: 4, dataIsPtr: true, data: 0x30000n });
+    expect([...device.buffer.subarray(0, 16)]).toEqual([...Array(16).keys()]);
+    // and back out, in reverse (df): 4 elements ending at the given addresses.
+    await vcpu.access({ space: 'mmio', addr: BAR + BigInt(EDU.DMA_BUFFER + 12), size: 4, dir: 'read', count: 4, dataIsPtr: true, data: 0x40000n + 12n, df: true });
+    expect([...(await vcpu.ramRead(0x40000, 16))]).toEqual([...Array(16).keys()]);
+    expect(server.stats.repOps).toBe(2);
+  });
+
+  it('delivers MSI and INTx through the hypervisor', async () => {
+    const device = new EduDevice();
+    server = new IoreqServer(device, host, { pci: { segment: 0, bus: 0, device: 5, fn: 0 }, fixedBars: { 0: BAR } });
+    server.start();
+    await mmio(BAR + BigInt(EDU.IRQ_RAISE), 4, 1n); // INTx first (MSI off)
+    expect(hv.interruptLog.at(-1)).toMatchObject({ kind: 'pci-intx', device: 5, intx: 0, level: true });
+    await mmio(BAR + BigInt(EDU.IRQ_ACK), 4, 1n);
+    expect(hv.interruptLog.at(-1)).toMatchObject({ kind: 'pci-intx', level: false });
+    const msi = device.msi!.offset;
+    await cfg(msi + PCI_MSI.ADDRESS_LO, 4, 0xfee00000);
+    await cfg(msi + PCI_MSI.DATA_64, 2, 0x0031);
+    await cfg(msi + PCI_MSI.FLAGS, 2, PCI_MSI.FLAGS_ENABLE);
+    await mmio(BAR + BigInt(EDU.IRQ_RAISE), 4, 2n);
+    expect(hv.interruptLog.at(-1)).toMatchObject({ kind: 'msi', address: 0xfee00000n, data: 0x31, vector: 0x31 });
+    expect(server.stats.msis).toBe(1);
+  });
+
+  it('write-protects watched guest pages: writes trap, are performed, and reported synchronously', async () => {
+    const device = new EduDevice();
+    server = new IoreqServer(device, host, { pci: { segment: 0, bus: 0, device: 5, fn: 0 } });
+    server.start();
+    const seen: { gpa: number; length: number }[] = [];
+    const handle = server.writeWatch.watch(0x50000, 4096, (e) => seen.push(e));
+    expect(server.writeWatch.mode).toBe('trap');
+    expect(hv.memType(0x50)).toBe(HvmMemType.IOREQ_SERVER);
+    await vcpu.ramWrite(0x50010, Uint8Array.of(0xaa, 0xbb, 0xcc, 0xdd));
+    expect(seen).toEqual([{ gpa: 0x50010, length: 4 }]);
+    expect([...(await vcpu.ramRead(0x50010, 4))]).toEqual([0xaa, 0xbb, 0xcc, 0xdd]);
+    await vcpu.ramWrite(0x51000, Uint8Array.of(1)); // not watched: no trap
+    expect(seen).toHaveLength(1);
+    handle.remove();
+    expect(hv.memType(0x50)).toBe(HvmMemType.RAM_RW);
+  });
+
+  for (const mode of ['legacy', 'atomic'] as const) {
+    it(`drains buffered writes before the next synchronous ioreq (${mode} ring)`, async () => {
+      // Buffered ioreqs carry 20-bit addresses: a guest with 512 KiB of RAM leaves 0xa0000 to MMIO,
+      // as the VGA hole does on real machines.
+      const small = new SimHypervisor({ nrVcpus: 1, ramBytes: 512 << 10, vcpuTimeoutMs: 5000 });
+      const smallHost = new SimXenHost(small);
+      const cpu = await SimVcpuThread.start(small.vcpuDescriptor(0), { timeoutMs: 5000 });
+      const device = new SharedMemoryDevice();
+      const s = new IoreqServer(device, smallHost, { fixedBars: { 0: 0xa0000n }, bufioreq: mode });
+      try {
+        s.start();
+        for (let i = 0; i < 600; i++) expect(await cpu.bufferedWrite(0xa0000n + BigInt(SHMEM.INTR_MASK), 4, BigInt(i))).toBe('buffered'); // wraps the 511-slot ring
+        expect(await cpu.bufferedWrite(0xa0000n + BigInt(SHMEM.INTR_MASK), 8, 0x0000_0000_0000_005an)).toBe('buffered'); // two slots
+        expect(await cpu.access({ space: 'mmio', addr: 0xa0000n + BigInt(SHMEM.SHARED_SIZE), size: 4, dir: 'read' })).toBe(BigInt(SHMEM.SHARED_BYTES));
+        expect(device.regs.get('INTR_MASK')).toBe(0x5a);
+        expect(s.engineStats().buffered).toBe(601);
+      } finally {
+        s.stop();
+        await cpu.close();
+        smallHost.close();
+        small.close();
+        device.shared.release();
+        device.mailbox.release();
+      }
+    });
+  }
+
+  it('tears down everything: ranges, claim, pages, the server — also after a failed start', async () => {
+    const device = new EduDevice();
+    server = new IoreqServer(device, host, { pci: { segment: 0, bus: 0, device: 5, fn: 0 }, fixedBars: { 0: BAR } });
+    server.start();
+    server.writeWatch.watch(0x60000, 4096, () => {});
+    server.stop();
+    expect(await mmio(BAR, 4)).toBe(0xffffffffn);
+    expect(await cfg(PCI.VENDOR_ID, 4)).toBe(0xffffffffn);
+    expect(hv.memType(0x60)).toBe(HvmMemType.RAM_RW);
+    // All 8 server slots are free again: a failed start (bad fixed BAR) leaves none behind either.
+    for (let i = 0; i < 8; i++) {
+      const bad = new IoreqServer(new EduDevice(), host, { fixedBars: { 3: BAR } });
+      expect(() => bad.start()).toThrow(expect.objectContaining({ field: 'fixedBars.3' }));
+    }
+    const ids = [...Array(8).keys()].map(() => host.createIoreqServer('off'));
+    expect(ids).toHaveLength(8);
+    for (const id of ids) host.destroyIoreqServer(id);
+  });
+});
