@@ -26,6 +26,7 @@ function candidates(path: string): string[] {
   const forms = (p: string): string[] => {
     if (existsSync(p) && statSync(p).isDirectory()) return ['index.js', 'index.mjs'].map((f) => join(p, f));
     if (p.endsWith('.ts')) return [p.replace(/\.ts$/, '.js')];
+    if (!/\.[cm]?js$/.test(p)) return [`${p}.js`, p];
     return [p];
   };
   forms(abs).forEach(add);
@@ -44,13 +45,25 @@ function isDevice(v: unknown): v is PciDevice {
   return typeof v === 'object' && v !== null && 'configAccessor' in v && typeof (v as PciDevice).realize === 'function';
 }
 
+/**
+ * The runnable file of a module named by a built-in name or a path (sources in this package map to
+ * their compiled copies in dist/). `field` names the argument in errors.
+ */
+export function resolveModule(spec: string, builtins: Readonly<Record<string, string>> = BUILTIN_DEVICES, field = 'device'): string {
+  const path = builtins[spec] !== undefined ? join(packageRoot(), builtins[spec]!) : spec;
+  const file = candidates(path).find((p) => existsSync(p) && statSync(p).isFile());
+  if (!file) throw new MdevError('ENOENT', `no module at ${spec} (tried ${candidates(path).join(', ')}; built-ins: ${Object.keys(builtins).join(', ')})`, field);
+  return file;
+}
+
+/** Built-in guest drivers, by device name. */
+export const BUILTIN_DRIVERS: Readonly<Record<string, string>> = {
+  edu: 'examples/edu/driver',
+};
+
 /** Loads and realizes the device named by `spec` (built-in name or module path). */
 export async function loadDevice(spec: string): Promise<PciDevice> {
-  const path = BUILTIN_DEVICES[spec] !== undefined ? join(packageRoot(), BUILTIN_DEVICES[spec]!) : spec;
-  const file = candidates(path).find((p) => existsSync(p) && statSync(p).isFile());
-  if (!file) {
-    throw new MdevError('ENOENT', `no device module at ${spec} (tried ${candidates(path).join(', ')}; built-ins: ${Object.keys(BUILTIN_DEVICES).join(', ')})`, 'device');
-  }
+  const file = resolveModule(spec);
   const mod = (await import(pathToFileURL(file).href)) as { default?: unknown };
   const factory = mod.default;
   if (typeof factory !== 'function') throw new MdevError('EINVAL', `${file} has no default export creating a device`, 'device');

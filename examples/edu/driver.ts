@@ -1,0 +1,82 @@
+/**
+ * A guest driver for the edu device, written once against the neutral interface: it checks the
+ * identity and liveness registers, computes factorials, moves data by DMA both ways through guest
+ * RAM, and takes interrupts (MSI when the device has it). It returns what it observed so runs over
+ * different mediation paths can be compared.
+ * @module
+ */
+import type { DriverResult, GuestDriverHost } from '../../src/guest-driver.js';
+import { PCI, PCI_COMMAND, PCI_MSI } from '../../src/pci/constants.js';
+import { EDU } from './index.js';
+
+function findCapability(host: GuestDriverHost, id: number): number {
+  let ptr = host.cfgRead(PCI.CAPABILITY_LIST, 1) & 0xfc;
+  for (let guard = 0; ptr !== 0 && guard < 48; guard++) {
+    if (host.cfgRead(ptr, 1) === id) return ptr;
+    ptr = host.cfgRead(ptr + 1, 1) & 0xfc;
+  }
+  return 0;
+}
+
+/** Runs the edu driver. */
+export default function eduDriver(host: GuestDriverHost): DriverResult {
+  const r32 = (off: number) => Number(host.mmioRead(0, off, 4));
+  const w32 = (off: number, v: number) => host.mmioWrite(0, off, 4, v);
+  const w64 = (off: number, v: number) => host.mmioWrite(0, off, 8, BigInt(v));
+  const vendor = host.cfgRead(PCI.VENDOR_ID, 2);
+  const device = host.cfgRead(PCI.DEVICE_ID, 2);
+  host.cfgWrite(PCI.COMMAND, 2, host.cfgRead(PCI.COMMAND, 2) | PCI_COMMAND.MEMORY | PCI_COMMAND.MASTER);
+  const id = r32(EDU.ID);
+  w32(EDU.LIVENESS, 0x12345678);
+  const liveness = r32(EDU.LIVENESS);
+  const factorials: number[] = [];
+  for (const n of [0, 1, 5, 10, 12]) {
+    w32(EDU.FACTORIAL, n);
+    factorials.push(r32(EDU.FACTORIAL));
+  }
+  // DMA: a pattern from guest RAM into the device buffer and back to another place in RAM.
+  const src = host.ram.base + 0x1000;
+  const dst = host.ram.base + 0x3ffc; // straddles a page
+  const pattern = Uint8Array.from({ length: 64 }, (_, i) => (i * 7 + 3) & 0xff);
+  host.ram.write(src, pattern);
+  w64(EDU.DMA_SRC, src);
+  w64(EDU.DMA_DST, EDU.DMA_BUFFER);
+  w64(EDU.DMA_COUNT, pattern.length);
+  w64(EDU.DMA_CMD, EDU.DMA_START);
+  w64(EDU.DMA_SRC, EDU.DMA_BUFFER);
+  w64(EDU.DMA_DST, dst);
+  w64(EDU.DMA_CMD, EDU.DMA_START | EDU.DMA_TO_RAM);
+  const back = host.ram.read(dst, pattern.length);
+  const dmaOk = back.every((b, i) => b === pattern[i]);
+  // Interrupts: MSI when present (the VMM side wires it when the guest enables it), else INTx.
+  const msi = findCapability(host, 0x05);
+  if (msi) {
+    host.cfgWrite(msi + PCI_MSI.ADDRESS_LO, 4, 0xfee00000);
+    host.cfgWrite(msi + PCI_MSI.ADDRESS_HI, 4, 0);
+    host.cfgWrite(msi + PCI_MSI.DATA_64, 2, 0x0041);
+    host.cfgWrite(msi + PCI_MSI.FLAGS, 2, PCI_MSI.FLAGS_ENABLE);
+  }
+  const irqsBefore = host.interruptCount();
+  w32(EDU.IRQ_RAISE, 0x8);
+  const gotIrq = host.waitForInterrupt(5000);
+  const irqStatus = r32(EDU.IRQ_STATUS);
+  w32(EDU.IRQ_ACK, 0x8);
+  w32(EDU.STATUS, EDU.STATUS_IRQ_FACT); // interrupt on factorial completion
+  w32(EDU.FACTORIAL, 4);
+  const gotFactIrq = host.waitForInterrupt(5000);
+  w32(EDU.IRQ_ACK, 0xffffffff);
+  return {
+    vendor,
+    device,
+    id,
+    liveness,
+    factorials,
+    dmaOk,
+    msi: msi !== 0,
+    gotIrq,
+    gotFactIrq,
+    irqStatus,
+    interrupts: host.interruptCount() - irqsBefore,
+    finalIrqStatus: r32(EDU.IRQ_STATUS),
+  };
+}
