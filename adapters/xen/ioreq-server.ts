@@ -8,6 +8,7 @@
 import { MdevError, isErrno } from '../../src/errors.js';
 import type { IrqSink, MsiMessage } from '../../src/irq.js';
 import { binding } from '../../src/native/binding.js';
+import type { DirtyBitmap } from '../../src/native/dirty-bitmap.js';
 import { PCI_COMMAND, PCI } from '../../src/pci/constants.js';
 import type { BarRemapEvent, PciDevice } from '../../src/pci/device.js';
 import { createRegionTable, errnoFromError, type NativeRegionTable } from '../../src/region-table.js';
@@ -271,6 +272,22 @@ export class IoreqServer implements IrqSink {
     if (!this.started && this.id < 0) return;
     this.started = false;
     this.teardown();
+  }
+
+  /**
+   * Collects guest writes to `[firstPfn, firstPfn + nr)` since the last call (Xen's
+   * track_dirty_vram: one range per domain, cleared on read) and ORs them into `into` starting at
+   * page `intoFirstPage`. Returns how many frames were dirty. The first call for a range reports
+   * every frame dirty, as Xen does when it starts tracking a new range.
+   */
+  collectDirtyVram(firstPfn: bigint, nr: number, into: DirtyBitmap, intoFirstPage = 0): number {
+    if (!Number.isInteger(nr) || nr <= 0) throw new MdevError('EINVAL', `must be a positive integer, got ${nr}`, 'nr');
+    const bits = new Uint8Array(Math.ceil(nr / 8));
+    this.host.trackDirtyVram(firstPfn, nr, bits);
+    into.mergeFrom(intoFirstPage, bits, nr);
+    let dirty = 0;
+    for (const b of bits) for (let v = b; v; v &= v - 1) dirty++;
+    return dirty;
   }
 
   /** Engine counters. */

@@ -9,6 +9,7 @@ import { SimHypervisor } from '../../adapters/xen/sim/hypervisor.js';
 import { SimXenHost } from '../../adapters/xen/sim/host.js';
 import { SimVcpuThread } from '../../adapters/xen/sim/vcpu-thread.js';
 import { PCI, PCI_COMMAND, PCI_MSI } from '../../src/pci/constants.js';
+import { DirtyBitmap } from '../../src/native/dirty-bitmap.js';
 
 const SBDF = pciSbdf(0, 0, 5, 0);
 const BAR = 0xfe000000n;
@@ -151,6 +152,21 @@ describe('IOREQ server over the simulator', () => {
       }
     });
   }
+
+  it('collects guest writes to VRAM with track_dirty_vram into the native dirty bitmap', async () => {
+    server = new IoreqServer(new EduDevice(), host, { pci: { segment: 0, bus: 0, device: 5, fn: 0 } });
+    server.start();
+    const vram = new DirtyBitmap(64);
+    // The first call starts tracking and reports everything (Xen's behaviour for a new range).
+    expect(server.collectDirtyVram(0x400n, 64, vram)).toBe(64);
+    vram.clearAll();
+    await vcpu.ramWrite(0x400000 + 3 * 4096 + 10, Uint8Array.of(1));
+    await vcpu.ramWrite(0x400000 + 40 * 4096, Uint8Array.of(2, 3));
+    await vcpu.ramWrite(0x300000, Uint8Array.of(9)); // outside the range
+    expect(server.collectDirtyVram(0x400n, 64, vram)).toBe(2);
+    expect([...vram.setPages()]).toEqual([3, 40]);
+    expect(server.collectDirtyVram(0x400n, 64, vram)).toBe(0); // cleared on read
+  });
 
   it('tears down everything: ranges, claim, pages, the server — also after a failed start', async () => {
     const device = new EduDevice();
