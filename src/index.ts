@@ -28,3 +28,4 @@ export * from './native/watcher.js';
 export * from './native/dirty-bitmap.js';
 export * from './native/poll.js';
 export * from './region-table.js';
+export * from './guest-driver.js';

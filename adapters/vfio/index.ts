@@ -8,3 +8,5 @@ export * from './server.js';
 export * from './dma.js';
 export * from './irqs.js';
 export * from './client.js';
+export * from './driver-host.js';
+export { runDriverOverVfioUser } from './driver-runner.js';

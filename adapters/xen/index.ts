@@ -9,3 +9,4 @@ export * from './abi.js';
 export * from './privcmd-host.js';
 export * from './guest-memory.js';
 export * from './ioreq-server.js';
+export * from './sim/index.js';

@@ -17,3 +17,7 @@ export type { SimSpace, Route, RouteRequest, RoutableServer } from './routing.js
 export { Rangeset, RangeList } from './rangeset.js';
 export type { RangeLookup } from './rangeset.js';
 export * from './layout.js';
+export { SimDriverHost } from './driver-host.js';
+export type { SimDriverHostOptions } from './driver-host.js';
+export { runDriverOnSim } from './driver-run.js';
+export type { DriverWorkerData } from './driver-run.js';
