@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { execFile } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import { promisify } from 'node:util';
 import { join } from 'node:path';
 import { packageRoot } from '../src/native/binding.js';
@@ -26,7 +26,35 @@ describe('mdevkit CLI (compiled, as npm start runs it)', () => {
   it('fails with a clear message for a missing module', async () => {
     await expect(run(process.execPath, [cli, 'lspci', 'no/such/device'], { cwd: root })).rejects.toMatchObject({
       code: 1,
-      stderr: expect.stringContaining('ENOENT: device: no device module at no/such/device'),
+      stderr: expect.stringContaining('ENOENT: device: no module at no/such/device'),
     });
+  });
+});
+
+describe('mdevkit serve --xen / --xen-sim', () => {
+  it('--xen outside dom0 fails with a clear error and leaves nothing behind', async () => {
+    await expect(run(process.execPath, [cli, 'serve', 'edu', '--xen', '5', '--bdf', '00:05.0'], { cwd: root })).rejects.toMatchObject({
+      code: 1,
+      stderr: expect.stringContaining('ENOENT: no /dev/xen/privcmd'),
+    });
+  });
+
+  it('rejects a malformed --bdf', async () => {
+    await expect(run(process.execPath, [cli, 'serve', 'edu', '--xen-sim', '--bdf', '00:32.0'], { cwd: root })).rejects.toMatchObject({ code: 1, stderr: expect.stringContaining('bdf') });
+  });
+
+  it('--xen-sim serves until SIGTERM and exits cleanly', async () => {
+    const proc = spawn(process.execPath, [cli, 'serve', 'edu', '--xen-sim', '--bdf', '00:05.0', '--bar0', '0xfe000000', '-v'], { cwd: root, stdio: ['ignore', 'pipe', 'pipe'] });
+    const exited = new Promise<number | null>((resolve) => proc.once('exit', resolve));
+    await new Promise<void>((resolve, reject) => {
+      let out = '';
+      proc.stdout.on('data', (d: Buffer) => {
+        out += d.toString();
+        if (out.includes('serving edu as ioreq server 0 for domain 1 (sim)')) resolve();
+      });
+      proc.once('exit', (code) => reject(new Error(`exited ${code} before serving`)));
+    });
+    proc.kill('SIGTERM');
+    expect(await exited).toBe(0);
   });
 });
