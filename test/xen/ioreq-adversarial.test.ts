@@ -17,7 +17,7 @@ import { SimXenHost } from '../../adapters/xen/sim/host.js';
 import { SimVcpuThread } from '../../adapters/xen/sim/vcpu-thread.js';
 import { packageRoot } from '../../src/native/binding.js';
 import { PCI } from '../../src/pci/constants.js';
-import { HostileXen, until, type HostileRequest } from './hostile-xen.js';
+import { HostileXen, until, type HostileRequest, type RawSlot } from './hostile-xen.js';
 
 const BAR = 0xfe000000n;
 const SBDF = pciSbdf(0, 0, 5, 0);
@@ -297,16 +297,18 @@ describe('IOREQ server against a hostile Xen: slot states (XSA-262)', () => {
   });
 
   it('keeps serving a correct vCPU while the other vCPU slot holds garbage and its doorbell rings', async () => {
-    const garbage = (i: number) => ({
-      addr: BigInt(i) * 0x9e3779b97f4a7c15n & U64_ONES,
-      data: U64_ONES - BigInt(i),
-      count: (i * 2654435761) >>> 0,
-      size: [0, 3, 16, 0xffffffff, 4][i % 5]!,
-      vpEport: 0xffffffff,
-      pad: 0xffff,
-      bits: [IoreqState.READY | IoreqBits.DATA_IS_PTR | IoreqBits.DF, IoreqState.INPROCESS, 0x0f, IoreqState.READY | 0x80, IoreqState.IORESP_READY][i % 5]!,
-      type: [0xff, IoreqType.COPY, IoreqType.PCI_CONFIG, IoreqType.INVALIDATE, 0x42][i % 5]!,
-    });
+    const junk = { vpEport: 0xffffffff, pad: 0xffff };
+    const garbage = (i: number): RawSlot =>
+      [
+        // READY, bad everything: data_is_ptr + df, unknown type, size 0, a scrambled count.
+        { ...junk, addr: (BigInt(i) * 0x9e3779b97f4a7c15n) & U64_ONES, data: U64_ONES - BigInt(i), count: (i * 2654435761) >>> 0, size: 0, bits: IoreqState.READY | IoreqBits.DATA_IS_PTR | IoreqBits.DF, type: 0xff },
+        // Not READY (INPROCESS, an invalid state, IORESP_READY): must be left alone.
+        { ...junk, addr: BAR, data: 1n, count: 1, size: 4, bits: IoreqState.INPROCESS, type: IoreqType.COPY },
+        { ...junk, addr: 0n, data: 0n, count: 0, size: 16, bits: 0x0f, type: IoreqType.PCI_CONFIG },
+        { ...junk, addr: BAR, data: 0n, count: 1, size: 4, bits: IoreqState.IORESP_READY | IoreqBits.DIR_READ, type: IoreqType.COPY },
+        // READY and legal but as heavy as Xen makes them: a 4096-element rep op through the slow path.
+        { ...junk, addr: BAR + BigInt(EDU.DMA_BUFFER), data: 0x100000n, count: XEN_MAX_REPS, size: 1, bits: IoreqState.READY | IoreqBits.DATA_IS_PTR, type: IoreqType.COPY },
+      ][i % 5]!;
     const ops = Array.from({ length: 40 }, (_, i) =>
       i % 2 === 0
         ? (['access', { space: 'mmio', addr: BAR + BigInt(EDU.ID), size: 4, dir: 'read' }] as const)
@@ -369,7 +371,7 @@ describe('IOREQ server against a hostile Xen: the buffered ring', () => {
   /** A barrier: a synchronous ioreq drains the ring before it is served. */
   const syncBarrier = async () => expect(await hostile({ type: IoreqType.COPY, addr: BAR + BigInt(EDU.ID), size: 4, read: true })).toBe(BigInt(EDU.ID_VALUE));
 
-  it('refuses read entries (counted), and serves the write entries around them in order', async () => {
+  it('refuses read entries (counted), and serves the write entries around them', async () => {
     const wp = xen.writePointer;
     xen.putEntry(wp, { type: IoreqType.TIMEOFFSET, sizeCode: 2, addr: 0, data: 1 });
     xen.putEntry(wp + 1, { type: IoreqType.COPY, sizeCode: 2, read: true, addr: 0x4, data: 0 });
