@@ -77,6 +77,10 @@ const IoreqEngineClass = binding['IoreqEngine'] as new (options: {
 }) => NativeEngine;
 
 const CONFIG_LATCH_PORT = 0xcf8n;
+/** Repetitions Xen puts in one rep string ioreq at most (hvmemul_linear_to_phys clips to 4096). */
+const MAX_REPS = 4096;
+/** One past the highest address. */
+const U64_LIMIT = 1n << 64n;
 
 /**
  * Write-watch by write-protection (HVMMEM_ioreq_server): the server claims the memory type, watched
@@ -475,20 +479,32 @@ export class IoreqServer implements IrqSink {
     // Rep string op: `data` is a guest address; elements step by size (down when df). For port I/O
     // the port stays the same; for MMIO the device address steps too.
     this.stats.repOps++;
-    if (req.count > 1 << 20) throw new MdevError('EINVAL', `rep count ${req.count} is implausible`, 'count');
+    // The ioreq cannot report a partial count back to Xen, so a rep op is done whole or not at all:
+    // everything that can be refused is refused before the first element moves. Xen clips a string
+    // instruction to 4096 repetitions per ioreq (hvmemul_linear_to_phys); more only comes from a
+    // corrupt page, and would hold this thread — every vCPU — for as long as it takes to copy.
+    if (req.count > MAX_REPS) throw new MdevError('EINVAL', `rep count ${req.count} exceeds Xen's ${MAX_REPS}`, 'count');
+    if (req.count === 0) return undefined;
+    const span = BigInt(req.size) * BigInt(req.count - 1); // from the first element to the last
+    const lowest = (at: bigint): bigint => (req.df ? at - span : at);
+    const gpaLow = lowest(req.data);
+    const devLow = space === 'pio' ? req.addr : lowest(req.addr);
+    const end = (low: bigint, elements: number): bigint => low + BigInt(req.size) * BigInt(elements);
+    if (gpaLow < 0n || devLow < 0n || end(gpaLow, req.count) > U64_LIMIT || end(devLow, space === 'pio' ? 1 : req.count) > U64_LIMIT) {
+      throw new MdevError('EFAULT', 'rep op runs below address 0 or beyond 2^64', 'data');
+    }
+    // The guest buffer is one block: read (or, for a read from the device, probed) in one go, so an
+    // unmapped buffer fails before the device sees any access, and a read into guest memory is one
+    // write and one modified_memory call rather than one per element.
+    const block = new Uint8Array(req.size * req.count);
+    this.memory.read(Number(gpaLow), block);
     const step = BigInt(req.df ? -req.size : req.size);
     for (let i = 0; i < req.count; i++) {
-      const gpa = req.data + step * BigInt(i);
+      const at = (req.df ? req.count - 1 - i : i) * req.size; // element i's place in the block
       const dev = space === 'pio' ? req.addr : req.addr + step * BigInt(i);
-      if (gpa < 0n || dev < 0n) throw new MdevError('EFAULT', 'rep op runs below address 0', 'data');
-      if (req.read) {
-        this.element(space, dev, req.size, true, value);
-        this.memory.write(Number(gpa), value);
-      } else {
-        this.memory.read(Number(gpa), value);
-        this.element(space, dev, req.size, false, value);
-      }
+      this.element(space, dev, req.size, req.read, block.subarray(at, at + req.size));
     }
+    if (req.read) this.memory.write(Number(gpaLow), block);
     return undefined;
   }
 }

@@ -435,11 +435,20 @@ class IoreqEngine : public Napi::ObjectWrap<IoreqEngine> {
   void DrainBuffered() {
     if (buf_ == nullptr) return;
     auto* rp_ptr = reinterpret_cast<uint32_t*>(buf_);
-    auto* wp_ptr = reinterpret_cast<uint32_t*>(buf_ + 4);
+    auto* pointers = reinterpret_cast<uint64_t*>(buf_);  // page-aligned: an aligned 8-byte word
     const uint8_t* slots = buf_ + kBufPagePointers;
-    for (;;) {
-      uint32_t rp = __atomic_load_n(rp_ptr, __ATOMIC_ACQUIRE);
-      uint32_t wp = __atomic_load_n(wp_ptr, __ATOMIC_ACQUIRE);
+    // At most one ring's worth of entries per call. The ring never holds more than 511, so this
+    // covers every entry published before the call; one published during it brings a notification
+    // of its own. Unbounded, a producer that keeps the ring non-empty would hold the server here
+    // for ever, and the synchronous ioreq this drain runs ahead of (ServeSlot) would never be served.
+    for (uint32_t budget = kBufIoreqSlots; budget > 0; budget--) {
+      // Both pointers in one 64-bit load (the `full` word of Xen's union bufioreq_pointers). In
+      // atomic mode Xen rebases them together with one cmpxchg on that word while we drain; two
+      // 32-bit loads straddling it see a read pointer from before and a write pointer from after,
+      // 511 apart, and the resynchronisation below would then skip live entries or replay old ones.
+      uint64_t both = __atomic_load_n(pointers, __ATOMIC_ACQUIRE);
+      uint32_t rp = static_cast<uint32_t>(both);  // read_pointer: the low half (little-endian host)
+      uint32_t wp = static_cast<uint32_t>(both >> 32);
       if (rp == wp) return;
       if (wp - rp > kBufIoreqSlots) {
         // Pointers the guest side could only corrupt: resynchronise instead of looping.
