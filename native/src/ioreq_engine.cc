@@ -340,7 +340,8 @@ class IoreqEngine : public Napi::ObjectWrap<IoreqEngine> {
     __atomic_store_n(&slot->bits, static_cast<uint8_t>((bits & ~kIoreqStateMask) | kStateIoreqInprocess), __ATOMIC_RELAXED);
     stats_.ioreqs++;
     uint64_t data = Execute(vcpu, req);
-    if (req.bits & kIoreqDirRead) __atomic_store_n(&slot->data, data, __ATOMIC_RELAXED);
+    // With data_is_ptr, `data` is the guest buffer's address, not a value: leave it alone.
+    if ((req.bits & kIoreqDirRead) && !(req.bits & kIoreqDataIsPtr)) __atomic_store_n(&slot->data, data, __ATOMIC_RELAXED);
     __atomic_store_n(&slot->bits, static_cast<uint8_t>((bits & ~kIoreqStateMask) | kStateIorespReady), __ATOMIC_RELEASE);
     Notify(vcpu);
   }

@@ -45,6 +45,14 @@ describe('edu device', () => {
     expect(readInt(bar, EDU.IRQ_STATUS, 4)).toBe(0);
   });
 
+  it('answers huge factorial inputs at once (n! mod 2^32 is 0 from 34 on)', () => {
+    const { bar } = setup();
+    writeInt(bar, EDU.FACTORIAL, 4, 33);
+    expect(readInt(bar, EDU.FACTORIAL, 4)).toBe(2147483648);
+    writeInt(bar, EDU.FACTORIAL, 4, 0xffffffff);
+    expect(readInt(bar, EDU.FACTORIAL, 4)).toBe(0);
+  });
+
   it('uses MSI when the guest enables it', () => {
     const { d, bar, cfg, msis, intx } = setup();
     const o = d.msi!.offset;

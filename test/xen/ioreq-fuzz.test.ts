@@ -33,12 +33,6 @@ beforeAll(() => {
   hv = new SimHypervisor({ nrVcpus: NR_VCPUS, ramBytes: RAM_BYTES, vcpuTimeoutMs: 10_000 });
   host = new SimXenHost(hv);
   device = new EduDevice();
-  // edu computes n! by looping n times (examples/edu is not under test here): a hostile FACTORIAL
-  // write of up to 2^32 - 1 would hold the server's thread for seconds. n! mod 2^32 is 0 from
-  // n = 34 on (34! has 32 factors of 2), so clamping there gives the same register value, bounded.
-  const edu = device as unknown as { computeFactorial(n: number): void };
-  const computeFactorial = edu.computeFactorial.bind(device);
-  edu.computeFactorial = (n) => computeFactorial(Math.min(n >>> 0, 34));
   server = new IoreqServer(device, host, { pci: { segment: 0, bus: 0, device: 5, fn: 0 }, fixedBars: { 0: BAR }, log: () => {} });
   server.start();
   xen = new HostileXen(hv, server.id);
