@@ -1266,18 +1266,7 @@ export class VfioUserClient {
   irqInfo(index: number): IrqInfoReply {
     checkU32('index', index);
     const L = Layout.irqInfo;
-    const { reply } = this.argszTransact(
-      Command.DEVICE_GET_IRQ_INFO,
-      (argsz) => {
-        const b = new Uint8Array(L.sizeof);
-        const dv = view(b);
-        dv.setUint32(L.argsz, argsz, true);
-        dv.setUint32(L.index, index, true);
-        return b;
-      },
-      L.sizeof,
-      L.sizeof,
-    );
+    const reply = this.indexedInfo(Command.DEVICE_GET_IRQ_INFO, L, index);
     this.noFds(reply, Command.DEVICE_GET_IRQ_INFO);
     const dv = view(reply.payload);
     const replyIndex = dv.getUint32(L.index, true);
