@@ -1205,7 +1205,7 @@ export class VfioUserClient {
   }
 
   /** An info request `{argsz, flags 0, index, …}` of `L.sizeof` bytes, retried as argsz grows. */
-  private indexedInfo(command: number, L: { sizeof: number; argsz: number; index: number }, index: number): RawMessage {
+  private indexedInfo(command: number, L: { sizeof: number; argsz: number; index: number }, index: number): Incoming {
     return this.argszTransact(
       command,
       (argsz) => {
