@@ -153,6 +153,18 @@ describe('IOREQ server over the simulator', () => {
     });
   }
 
+  it('answers the 0xCF8 latch for PVH guests, so Linux finds conf1 and the device behind it', async () => {
+    server = new IoreqServer(new EduDevice(), host, { pci: { segment: 0, bus: 0, device: 5, fn: 0 }, claimConfigLatch: true });
+    server.start();
+    const pio = (addr: bigint, size: 1 | 2 | 4, data?: bigint) => vcpu.access({ space: 'pio', addr, size, dir: data === undefined ? 'read' : 'write', ...(data === undefined ? {} : { data }) });
+    await pio(0xcf8n, 4, 0x80000000n); // Linux's pci_check_type1() probe
+    expect(await pio(0xcf8n, 4)).toBe(0x80000000n);
+    expect(await pio(0xcfbn, 1)).toBe(0x80n);
+    await pio(0xcf8n, 4, 0x80000000n | (5n << 11n)); // bus 0, device 5, register 0
+    expect(await pio(0xcfcn, 4)).toBe(0x11e81234n); // a config cycle by SBDF
+    expect(server.stats.latchReads).toBe(2);
+  });
+
   it('collects guest writes to VRAM with track_dirty_vram into the native dirty bitmap', async () => {
     server = new IoreqServer(new EduDevice(), host, { pci: { segment: 0, bus: 0, device: 5, fn: 0 } });
     server.start();
