@@ -54,3 +54,63 @@ export type GuestDriver = (host: GuestDriverHost) => DriverResult;
 export function asNumber(v: number | bigint): number {
   return typeof v === 'bigint' ? Number(v) : v;
 }
+
+/** Counts and timings of a driver's accesses on one path. */
+export interface TrapStats {
+  /** Accesses by kind. */
+  traps: { cfgRead: number; cfgWrite: number; mmioRead: number; mmioWrite: number; pioRead: number; pioWrite: number; total: number };
+  /** Round-trip time of each access, in microseconds, in call order. */
+  rttUs: number[];
+}
+
+/**
+ * Wraps a host so every access is counted and timed (wall clock around the call: the whole trap
+ * round trip as the guest sees it).
+ */
+export function instrument(host: GuestDriverHost): { host: GuestDriverHost; stats: TrapStats } {
+  const stats: TrapStats = { traps: { cfgRead: 0, cfgWrite: 0, mmioRead: 0, mmioWrite: 0, pioRead: 0, pioWrite: 0, total: 0 }, rttUs: [] };
+  const timed = <T>(kind: keyof TrapStats['traps'], fn: () => T): T => {
+    const t0 = process.hrtime.bigint();
+    const r = fn();
+    stats.rttUs.push(Number(process.hrtime.bigint() - t0) / 1000);
+    stats.traps[kind]++;
+    stats.traps.total++;
+    return r;
+  };
+  const wrapped: GuestDriverHost = {
+    path: host.path,
+    ram: host.ram,
+    cfgRead: (o, s) => timed('cfgRead', () => host.cfgRead(o, s)),
+    cfgWrite: (o, s, v) => timed('cfgWrite', () => host.cfgWrite(o, s, v)),
+    mmioRead: (b, o, s) => timed('mmioRead', () => host.mmioRead(b, o, s)),
+    mmioWrite: (b, o, s, v) => timed('mmioWrite', () => host.mmioWrite(b, o, s, v)),
+    pioRead: (b, o, s) => timed('pioRead', () => host.pioRead(b, o, s)),
+    pioWrite: (b, o, s, v) => timed('pioWrite', () => host.pioWrite(b, o, s, v)),
+    waitForInterrupt: (t) => host.waitForInterrupt(t),
+    interruptCount: () => host.interruptCount(),
+  };
+  return { host: wrapped, stats };
+}
+
+/** The p-th percentile (0-100) of `values` (nearest rank); 0 for none. */
+export function percentile(values: readonly number[], p: number): number {
+  if (values.length === 0) return 0;
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))]!;
+}
+
+/** One driver run on one path: its result and what it cost. */
+export interface DriverRun {
+  /** What the driver returned. */
+  result: DriverResult;
+  /** Accesses by kind. */
+  traps: TrapStats['traps'];
+  /** Round trip of each access, microseconds. */
+  rttUs: number[];
+  /** Interrupts the guest took. */
+  interrupts: number;
+  /** Wall time of the run, milliseconds. */
+  elapsedMs: number;
+  /** Guest pages the device wrote, as the path reports them (null if the path could not tell). */
+  dirtyPages: number | null;
+}

@@ -29,3 +29,4 @@ export * from './native/dirty-bitmap.js';
 export * from './native/poll.js';
 export * from './region-table.js';
 export * from './guest-driver.js';
+export * from './cli/compare.js';

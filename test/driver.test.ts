@@ -19,7 +19,7 @@ describe('the edu driver over both mediation paths', () => {
     const server = await startServer({ device: 'edu' });
     let vfio;
     try {
-      vfio = await runDriverOverVfioUser(server.paths[0]!, driver);
+      vfio = (await runDriverOverVfioUser(server.paths[0]!, driver)).result;
     } finally {
       expect(await server.stop()).toBe(0);
     }
@@ -29,7 +29,7 @@ describe('the edu driver over both mediation paths', () => {
     xenServer.start();
     let xen;
     try {
-      xen = await runDriverOnSim(hv, driver, { sbdf: pciSbdf(0, 0, 5, 0) });
+      xen = (await runDriverOnSim(hv, driver, { sbdf: pciSbdf(0, 0, 5, 0) })).result;
     } finally {
       xenServer.stop();
       host.close();

@@ -9,6 +9,7 @@ import { formatLspci } from '../pci/lspci.js';
 import { describeRegions } from './describe.js';
 import { loadDevice } from './load-device.js';
 import { serve } from './serve.js';
+import { compare, formatComparison } from './compare.js';
 import { parseBdf, privcmdHost, serveXen, simHost } from './serve-xen.js';
 import { probeListing, probeRead, probeWrite } from './probe.js';
 
@@ -108,6 +109,18 @@ function parseAddress(value: string, option: string): bigint {
     throw new InvalidArgumentError(`${option}: not an address: ${value}`);
   }
 }
+
+program
+  .command('compare')
+  .description('run one guest driver over vfio-user and over Xen (simulator); check identical results; report costs side by side')
+  .argument('<device>', 'built-in device name (edu) or path to a device module')
+  .argument('[driver]', 'built-in driver name or path to a driver module (default: the device\'s own)')
+  .option('--json', 'print one JSON object instead of the table', false)
+  .action(async (device: string, driver: string | undefined, opts: { json: boolean }) => {
+    const r = await compare(device, driver ?? device);
+    process.stdout.write((opts.json ? JSON.stringify(r, null, 2) : formatComparison(r)) + '\n');
+    if (!r.identical) process.exitCode = 3;
+  });
 
 const probeCommand = program
   .command('probe')

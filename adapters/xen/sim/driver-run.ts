@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { MdevError } from '../../../src/errors.js';
 import { packageRoot } from '../../../src/native/binding.js';
-import type { DriverResult } from '../../../src/guest-driver.js';
+import type { DriverRun } from '../../../src/guest-driver.js';
 import type { SimHypervisor } from './hypervisor.js';
 import type { SimDriverHostOptions } from './driver-host.js';
 
@@ -33,14 +33,24 @@ function workerScript(): string {
   return join(packageRoot(), 'dist', 'adapters', 'xen', 'sim', 'driver-worker.js');
 }
 
-/** Runs the driver module at `driverFile` (a compiled .js file) on vCPU `vcpuIndex` of `hypervisor`. */
-export function runDriverOnSim(hypervisor: SimHypervisor, driverFile: string, host: SimDriverHostOptions, options: { vcpuIndex?: number; timeoutMs?: number } = {}): Promise<DriverResult> {
+/**
+ * Runs the driver module at `driverFile` (a compiled .js file) on vCPU `vcpuIndex` of `hypervisor`.
+ * `dirtyPages` is filled from the modified_memory calls the server made during the run.
+ */
+export function runDriverOnSim(hypervisor: SimHypervisor, driverFile: string, host: SimDriverHostOptions, options: { vcpuIndex?: number; timeoutMs?: number } = {}): Promise<DriverRun> {
   const vcpuIndex = options.vcpuIndex ?? 0;
   const data: DriverWorkerData = { descriptor: hypervisor.vcpuDescriptor(vcpuIndex), vcpuIndex, host, driverUrl: pathToFileURL(driverFile).href, timeoutMs: options.timeoutMs ?? 10_000 };
+  const logBefore = hypervisor.modifiedMemoryLog.length;
   return new Promise((resolve, reject) => {
     const worker = new Worker(workerScript(), { workerData: data });
-    worker.once('message', (msg: { ok: true; result: DriverResult } | { ok: false; error: { code: string; message: string } }) => {
-      if (msg.ok) resolve(msg.result);
+    worker.once('message', (msg: { ok: true; run: DriverRun } | { ok: false; error: { code: string; message: string } }) => {
+      if (msg.ok) {
+        const frames = new Set<bigint>();
+        for (const call of hypervisor.modifiedMemoryLog.slice(logBefore)) {
+          for (const e of call.extents) for (let i = 0; i < e.nr; i++) frames.add(e.firstPfn + BigInt(i));
+        }
+        resolve({ ...msg.run, dirtyPages: frames.size });
+      }
       else reject(new MdevError(msg.error.code || 'EIO', `driver failed on the Xen path: ${msg.error.message}`, 'driver'));
       void worker.terminate();
     });

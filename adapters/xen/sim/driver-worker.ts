@@ -3,7 +3,7 @@
  * @module
  */
 import { parentPort, workerData } from 'node:worker_threads';
-import type { GuestDriver } from '../../../src/guest-driver.js';
+import { instrument, type GuestDriver } from '../../../src/guest-driver.js';
 import { SimDriverHost } from './driver-host.js';
 import type { DriverWorkerData } from './driver-run.js';
 import { SimVcpu } from './vcpu.js';
@@ -15,7 +15,12 @@ if (parentPort !== null && workerData !== null && typeof workerData === 'object'
   try {
     const mod = (await import(data.driverUrl)) as { default: GuestDriver };
     const host = new SimDriverHost(vcpu, data.vcpuIndex, data.host);
-    port.postMessage({ ok: true, result: mod.default(host) });
+    const before = host.interruptCount();
+    const { host: timed, stats } = instrument(host);
+    const t0 = process.hrtime.bigint();
+    const result = mod.default(timed);
+    const elapsedMs = Number(process.hrtime.bigint() - t0) / 1e6;
+    port.postMessage({ ok: true, run: { result, traps: stats.traps, rttUs: stats.rttUs, interrupts: host.interruptCount() - before, elapsedMs, dirtyPages: null } });
   } catch (e) {
     const err = e as { code?: string; message?: string };
     port.postMessage({ ok: false, error: { code: err.code ?? 'EIO', message: err.message ?? String(e) } });

@@ -1,0 +1,148 @@
+/**
+ * `mdevkit compare <device> <driver>`: runs one guest driver over both mediation paths — vfio-user
+ * (the device served by `mdevkit serve` in one process, the client as VMM in another) and Xen (the
+ * IOREQ server adapter on the simulator, the vCPU in a worker) — checks that the device-visible
+ * results are identical, and reports what each path cost.
+ * @module
+ */
+import { spawn } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { isDeepStrictEqual } from 'node:util';
+import { MdevError } from '../errors.js';
+import { percentile, type DriverResult, type DriverRun } from '../guest-driver.js';
+import { packageRoot } from '../native/binding.js';
+import type { WriteWatchMode } from '../write-watch.js';
+import { runDriverOverVfioUser } from '../../adapters/vfio/driver-runner.js';
+import { IoreqServer } from '../../adapters/xen/ioreq-server.js';
+import { pciSbdf } from '../../adapters/xen/ioreq-abi.js';
+import { SimHypervisor } from '../../adapters/xen/sim/hypervisor.js';
+import { SimXenHost } from '../../adapters/xen/sim/host.js';
+import { runDriverOnSim } from '../../adapters/xen/sim/driver-run.js';
+import { BUILTIN_DRIVERS, loadDevice, resolveModule } from './load-device.js';
+
+/** One path's figures. */
+export interface PathReport {
+  /** What the driver returned. */
+  result: DriverResult;
+  /** Accesses by kind. */
+  traps: DriverRun['traps'];
+  /** Median access round trip, µs. */
+  rttP50Us: number;
+  /** 99th-percentile access round trip, µs. */
+  rttP99Us: number;
+  /** Accesses per second over the run. */
+  accessesPerSec: number;
+  /** Interrupts the guest took. */
+  interrupts: number;
+  /** Guest pages the device wrote, as the path reports them (vfio-user DMA logging; Xen modified_memory). */
+  dirtyPages: number | null;
+  /** How this path detects guest writes to watched pages. */
+  writeWatchMode: WriteWatchMode;
+  /** SHA-256 of the framebuffer, for display devices (null otherwise). */
+  framebufferSha256: string | null;
+}
+
+/** The comparison. */
+export interface ComparisonReport {
+  /** True when both paths gave the same driver results. */
+  identical: boolean;
+  /** Result keys that differ. */
+  differences: string[];
+  /** Per-path figures. */
+  paths: { 'vfio-user': PathReport; xen: PathReport };
+}
+
+function report(run: DriverRun, mode: WriteWatchMode): PathReport {
+  const total = run.traps.total;
+  return {
+    result: run.result,
+    traps: run.traps,
+    rttP50Us: Math.round(percentile(run.rttUs, 50) * 10) / 10,
+    rttP99Us: Math.round(percentile(run.rttUs, 99) * 10) / 10,
+    accessesPerSec: run.elapsedMs > 0 ? Math.round((total / run.elapsedMs) * 1000) : 0,
+    interrupts: run.interrupts,
+    dirtyPages: run.dirtyPages,
+    writeWatchMode: mode,
+    framebufferSha256: typeof run.result['framebufferSha256'] === 'string' ? run.result['framebufferSha256'] : null,
+  };
+}
+
+async function overVfioUser(deviceSpec: string, driverFile: string): Promise<DriverRun> {
+  const dir = mkdtempSync(join(tmpdir(), 'mdevkit-compare-'));
+  const socket = join(dir, 'device.sock');
+  const cli = join(packageRoot(), 'dist', 'src', 'cli', 'main.js');
+  const server = spawn(process.execPath, [cli, 'serve', deviceSpec, '--vfio-user', socket], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const exited = new Promise<number | null>((resolve) => server.once('exit', resolve));
+  try {
+    await new Promise<void>((resolve, reject) => {
+      let out = '';
+      let err = '';
+      server.stdout!.on('data', (d: Buffer) => {
+        out += d.toString();
+        if (out.includes(`socket ${socket}`)) resolve();
+      });
+      server.stderr!.on('data', (d: Buffer) => (err += d.toString()));
+      server.once('exit', (code) => reject(new MdevError('EIO', `the vfio-user server exited (${code}): ${err.trim()}`, 'device')));
+    });
+    return await runDriverOverVfioUser(socket, driverFile);
+  } finally {
+    server.kill('SIGTERM');
+    await exited;
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+async function overXenSim(deviceSpec: string, driverFile: string): Promise<DriverRun> {
+  const device = await loadDevice(deviceSpec);
+  const hypervisor = new SimHypervisor({ nrVcpus: 1, ramBytes: 16 << 20 });
+  const host = new SimXenHost(hypervisor);
+  const pci = { segment: 0, bus: 0, device: 5, fn: 0 };
+  const server = new IoreqServer(device, host, { pci });
+  try {
+    server.start();
+    return await runDriverOnSim(hypervisor, driverFile, { sbdf: pciSbdf(pci.segment, pci.bus, pci.device, pci.fn) });
+  } finally {
+    server.stop();
+    host.close();
+    hypervisor.close();
+  }
+}
+
+/** Runs `driverSpec` against `deviceSpec` over both paths and compares. */
+export async function compare(deviceSpec: string, driverSpec: string): Promise<ComparisonReport> {
+  const driverFile = resolveModule(driverSpec, BUILTIN_DRIVERS, 'driver');
+  const vfio = await overVfioUser(deviceSpec, driverFile);
+  const xen = await overXenSim(deviceSpec, driverFile);
+  const keys = new Set([...Object.keys(vfio.result), ...Object.keys(xen.result)]);
+  const differences = [...keys].filter((k) => !isDeepStrictEqual(vfio.result[k], xen.result[k]));
+  return {
+    identical: differences.length === 0,
+    differences,
+    paths: { 'vfio-user': report(vfio, 'compare'), xen: report(xen, 'trap') },
+  };
+}
+
+/** The side-by-side table. */
+export function formatComparison(r: ComparisonReport): string {
+  const a = r.paths['vfio-user'];
+  const b = r.paths.xen;
+  const rows: [string, string, string][] = [
+    ['driver results', r.identical ? 'identical' : `DIFFER: ${r.differences.join(', ')}`, ''],
+    ['traps (total)', String(a.traps.total), String(b.traps.total)],
+    ['  config read / write', `${a.traps.cfgRead} / ${a.traps.cfgWrite}`, `${b.traps.cfgRead} / ${b.traps.cfgWrite}`],
+    ['  MMIO read / write', `${a.traps.mmioRead} / ${a.traps.mmioWrite}`, `${b.traps.mmioRead} / ${b.traps.mmioWrite}`],
+    ['  PIO read / write', `${a.traps.pioRead} / ${a.traps.pioWrite}`, `${b.traps.pioRead} / ${b.traps.pioWrite}`],
+    ['round trip p50 (µs)', a.rttP50Us.toFixed(1), b.rttP50Us.toFixed(1)],
+    ['round trip p99 (µs)', a.rttP99Us.toFixed(1), b.rttP99Us.toFixed(1)],
+    ['accesses / s', String(a.accessesPerSec), String(b.accessesPerSec)],
+    ['interrupts', String(a.interrupts), String(b.interrupts)],
+    ['dirty pages reported', a.dirtyPages === null ? '-' : String(a.dirtyPages), b.dirtyPages === null ? '-' : String(b.dirtyPages)],
+    ['write-watch mode', a.writeWatchMode, b.writeWatchMode],
+  ];
+  const w0 = Math.max(...rows.map((x) => x[0].length), 6);
+  const w1 = Math.max(...rows.map((x) => x[1].length), 'vfio-user (KVM)'.length);
+  const line = (x: [string, string, string]) => `${x[0].padEnd(w0)}  ${x[1].padEnd(w1)}  ${x[2]}`;
+  return [line(['', 'vfio-user (KVM)', 'xen (simulator)']), line(['-'.repeat(w0), '-'.repeat(w1), '-'.repeat(15)]), ...rows.map(line)].join('\n');
+}
