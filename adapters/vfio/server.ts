@@ -19,6 +19,7 @@ import type { PciDevice } from '../../src/pci/device.js';
 import { createRegionTable, errnoFromError, type NativeRegionTable, type RegionTableStats } from '../../src/region-table.js';
 import { VfioDmaSpace, type DmaTransport } from './dma.js';
 import { VfioIrqState } from './irqs.js';
+import { CompareWriteWatch } from '../../src/write-watch.js';
 import {
   CAPABILITY_DEFAULTS,
   Command,
@@ -113,6 +114,8 @@ export class VfioUserSession {
   readonly dma: VfioDmaSpace;
   /** Interrupt configuration. */
   readonly irqs: VfioIrqState;
+  /** Write-watch in compare mode over the client's DMA windows. */
+  readonly writeWatch: CompareWriteWatch;
   private readonly conn: NativeConnection;
   private negotiated = false;
   private twin = false;
@@ -140,6 +143,9 @@ export class VfioUserSession {
       maxDataXfer: opts.maxDataXferSize,
     });
     server.device.attachGuestMemory(this.dma);
+    // vfio-user cannot write-protect guest pages: watched pages are compared at sync points.
+    this.writeWatch = new CompareWriteWatch(this.dma);
+    server.device.attachWriteWatch(this.writeWatch);
     this.irqs.attach();
     this.conn.start();
   }
@@ -165,6 +171,7 @@ export class VfioUserSession {
     // Spec: on client disconnect, unmap DMA, close IRQ fds, keep the device state.
     const device = this.server.device;
     if (device.guestMemory === this.dma) device.attachGuestMemory(null);
+    if (device.writeWatch === this.writeWatch) device.attachWriteWatch(null);
     this.irqs.disconnect();
     this.dma.close();
     this.onClosed(this, reason);

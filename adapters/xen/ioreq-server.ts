@@ -239,6 +239,7 @@ export class IoreqServer implements IrqSink {
       }
       this.device.on('barRemap', this.onRemap);
       this.device.attachGuestMemory(this.memory);
+      this.device.attachWriteWatch(this.writeWatch);
       this.device.irq.attach(this);
       this.placeFixedBars();
       for (let i = 0; i <= 5; i++) {
@@ -312,6 +313,7 @@ export class IoreqServer implements IrqSink {
     this.engine = null;
     this.device.off('barRemap', this.onRemap);
     if (this.device.guestMemory === this.memory) this.device.attachGuestMemory(null);
+    if (this.device.writeWatch === this.writeWatch) this.device.attachWriteWatch(null);
     this.device.irq.detach();
     if (this.id >= 0) {
       if (this.enabled) attempt('disable', () => host.setIoreqServerState(this.id, false));

@@ -15,6 +15,7 @@ import type { PciDevice } from '../pci/device.js';
 export const BUILTIN_DEVICES: Readonly<Record<string, string>> = {
   edu: 'examples/edu',
   shmem: 'examples/shmem',
+  vgpu: 'examples/vgpu',
 };
 
 function candidates(path: string): string[] {
@@ -59,6 +60,7 @@ export function resolveModule(spec: string, builtins: Readonly<Record<string, st
 /** Built-in guest drivers, by device name. */
 export const BUILTIN_DRIVERS: Readonly<Record<string, string>> = {
   edu: 'examples/edu/driver',
+  vgpu: 'examples/vgpu/driver',
 };
 
 /** Loads and realizes the device named by `spec` (built-in name or module path). */

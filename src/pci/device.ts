@@ -11,6 +11,7 @@ import { Region, type RegionAccessor } from '../regions.js';
 import { InterruptController } from '../irq.js';
 import { decodeState, encodeState, type StateSection } from '../state.js';
 import type { GuestMemory } from '../guest-memory.js';
+import type { WriteWatch } from '../write-watch.js';
 import { ConfigSpace } from './config-space.js';
 import {
   addDeviceSerialNumber,
@@ -446,6 +447,21 @@ export class PciDevice {
   /** The attached guest memory, or null. */
   get guestMemory(): GuestMemory | null {
     return this.memory;
+  }
+
+  private watcher: WriteWatch | null = null;
+
+  /**
+   * Gives the device the adapter's write-watch service (trap mode on Xen, compare mode on
+   * vfio-user), or takes it away (null).
+   */
+  attachWriteWatch(watch: WriteWatch | null): void {
+    this.watcher = watch;
+  }
+
+  /** The attached write-watch service, or null. */
+  get writeWatch(): WriteWatch | null {
+    return this.watcher;
   }
 
   private dmaMemory(): GuestMemory {

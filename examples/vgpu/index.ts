@@ -1,0 +1,314 @@
+/**
+ * A small but honest mediated GPU. The guest driver builds command buffers in its own RAM and rings
+ * a doorbell; the device fetches them by DMA and draws into VRAM. Source images are addressed
+ * through a GTT — a page table in guest RAM that the device *shadows*: it keeps its own copy and
+ * learns of the guest's updates through write-watch (a synchronous trap on Xen; on vfio-user, which
+ * cannot write-protect guest pages, a compare of the watched page at doorbell time). Fences write a
+ * value into guest RAM and raise an interrupt (MSI-X vector 0, INTx otherwise).
+ *
+ * BAR0 (64 KiB, trapped): registers below, the MSI-X table at 0x8000 and PBA at 0x9000.
+ * BAR2 (64-bit prefetchable, 1 MiB, mappable): VRAM, a memfd shared with the VMM.
+ *
+ * | off   | register        | access | meaning |
+ * |-------|-----------------|--------|---------|
+ * | 0x000 | ID              | RO     | 0x55504756 ("VGPU") |
+ * | 0x004 | VERSION         | RO     | 0x00010000 |
+ * | 0x008 | CONTROL         | RW     | bit 0: engine enabled |
+ * | 0x010 | INT_STATUS      | W1C    | bit 0 fence, bit 1 error |
+ * | 0x014 | INT_MASK        | RW     | which status bits interrupt |
+ * | 0x020 | DOORBELL        | WO     | process the ring up to RING_TAIL |
+ * | 0x028 | RING_BASE       | RW 64  | guest address of the command ring |
+ * | 0x030 | RING_SIZE       | RW     | bytes, a power of two in [64, 1 MiB] |
+ * | 0x034 | RING_HEAD       | RO     | device consumer offset |
+ * | 0x038 | RING_TAIL       | RW     | driver producer offset |
+ * | 0x040 | GTT_ROOT        | RW 64  | guest address of the GTT page (512 u64 entries: gpa \| 1) |
+ * | 0x060 | SCANOUT_OFFSET  | RW     | VRAM offset of the plane |
+ * | 0x064 | SCANOUT_STRIDE  | RW     | bytes per line |
+ * | 0x068 | SCANOUT_FORMAT  | RW     | 1 = XRGB8888 |
+ * | 0x06c | SCANOUT_WIDTH   | RW     | pixels |
+ * | 0x070 | SCANOUT_HEIGHT  | RW     | lines |
+ * | 0x080 | FENCE_VALUE     | RO     | last fence completed |
+ * | 0x088 | ERROR           | RO     | last error code (0 none) |
+ * | 0x090 | WATCH_MODE      | RO     | 1 trap, 2 compare, 0 none (how GTT updates are seen) |
+ * | 0x094 | GTT_UPDATES     | RO     | GTT entry updates shadowed |
+ * | 0x0a0 | SCANOUT_HASH[8] | RO     | SHA-256 of the visible plane (computed when word 0 is read) |
+ *
+ * Commands (32 bytes each, little-endian): FILL_RECT {op 1, vramOffset, stride, u16 width, u16 height,
+ * color}; BLIT {op 2, dstOffset, u64 srcGva, srcStride, dstStride, u16 width, u16 height} copies
+ * XRGB pixels from GPU virtual addresses (translated through the shadowed GTT) into VRAM;
+ * FENCE {op 3, value, u64 gpa} writes `value` to guest RAM and signals.
+ * @module
+ */
+import { createHash } from 'node:crypto';
+import { PciDevice } from '../../src/pci/device.js';
+import { createMemfdBacking, type MemfdBacking } from '../../src/ram.js';
+import { Region } from '../../src/regions.js';
+import { RegisterBlock } from '../../src/registers.js';
+import type { WatchHandle } from '../../src/write-watch.js';
+
+/** Register offsets, commands and limits. */
+export const VGPU = {
+  ID: 0x000,
+  VERSION: 0x004,
+  CONTROL: 0x008,
+  INT_STATUS: 0x010,
+  INT_MASK: 0x014,
+  DOORBELL: 0x020,
+  RING_BASE: 0x028,
+  RING_SIZE: 0x030,
+  RING_HEAD: 0x034,
+  RING_TAIL: 0x038,
+  GTT_ROOT: 0x040,
+  SCANOUT_OFFSET: 0x060,
+  SCANOUT_STRIDE: 0x064,
+  SCANOUT_FORMAT: 0x068,
+  SCANOUT_WIDTH: 0x06c,
+  SCANOUT_HEIGHT: 0x070,
+  FENCE_VALUE: 0x080,
+  ERROR: 0x088,
+  WATCH_MODE: 0x090,
+  GTT_UPDATES: 0x094,
+  SCANOUT_HASH: 0x0a0,
+  MSIX_TABLE: 0x8000,
+  MSIX_PBA: 0x9000,
+  ID_VALUE: 0x55504756,
+  BAR0_SIZE: 0x10000,
+  VRAM_SIZE: 1 << 20,
+  CMD_SIZE: 32,
+  OP_FILL_RECT: 1,
+  OP_BLIT: 2,
+  OP_FENCE: 3,
+  INT_FENCE: 0x1,
+  INT_ERROR: 0x2,
+  FORMAT_XRGB8888: 1,
+  GTT_ENTRIES: 512,
+  ERR_DISABLED: 1,
+  ERR_RING: 2,
+  ERR_DMA: 3,
+  ERR_BAD_COMMAND: 4,
+  ERR_VRAM_RANGE: 5,
+  ERR_GTT_FAULT: 6,
+} as const;
+
+const PAGE = 4096;
+
+/** The vGPU. */
+export class VirtualGpu extends PciDevice {
+  /** BAR0 registers. */
+  readonly regs;
+  /** VRAM behind BAR2. */
+  readonly vram: MemfdBacking;
+  /** The device's copy of the GTT (GPU page → guest address, 0 = not present). */
+  readonly shadowGtt = new Float64Array(VGPU.GTT_ENTRIES);
+  private gttWatch: WatchHandle | null = null;
+
+  constructor() {
+    super({ vendorId: 0x1b36, deviceId: 0x7fa0, classCode: 0x038000, revision: 1, name: 'vgpu', configSize: 4096 });
+    const w1cStatus = VGPU.INT_FENCE | VGPU.INT_ERROR;
+    this.regs = new RegisterBlock('vgpu', 0x100, {
+      ID: { offset: VGPU.ID, width: 4, reset: VGPU.ID_VALUE, readOnly: true },
+      VERSION: { offset: VGPU.VERSION, width: 4, reset: 0x00010000, readOnly: true },
+      CONTROL: { offset: VGPU.CONTROL, width: 4, rw: 0x1 },
+      INT_STATUS: { offset: VGPU.INT_STATUS, width: 4, w1c: w1cStatus, onWrite: () => this.updateIrq() },
+      INT_MASK: { offset: VGPU.INT_MASK, width: 4, rw: w1cStatus, onWrite: () => this.updateIrq() },
+      DOORBELL: { offset: VGPU.DOORBELL, width: 4, readOnly: true, onWrite: () => this.processRing() },
+      RING_BASE: { offset: VGPU.RING_BASE, width: 8, rw: ~0xfffn & 0xffffffffffffffffn },
+      RING_SIZE: { offset: VGPU.RING_SIZE, width: 4 },
+      RING_HEAD: { offset: VGPU.RING_HEAD, width: 4, readOnly: true },
+      RING_TAIL: { offset: VGPU.RING_TAIL, width: 4 },
+      GTT_ROOT: { offset: VGPU.GTT_ROOT, width: 8, rw: ~0xfffn & 0xffffffffffffffffn, onWrite: () => this.loadGtt() },
+      SCANOUT_OFFSET: { offset: VGPU.SCANOUT_OFFSET, width: 4 },
+      SCANOUT_STRIDE: { offset: VGPU.SCANOUT_STRIDE, width: 4 },
+      SCANOUT_FORMAT: { offset: VGPU.SCANOUT_FORMAT, width: 4 },
+      SCANOUT_WIDTH: { offset: VGPU.SCANOUT_WIDTH, width: 4 },
+      SCANOUT_HEIGHT: { offset: VGPU.SCANOUT_HEIGHT, width: 4 },
+      FENCE_VALUE: { offset: VGPU.FENCE_VALUE, width: 4, readOnly: true },
+      ERROR: { offset: VGPU.ERROR, width: 4, readOnly: true },
+      WATCH_MODE: { offset: VGPU.WATCH_MODE, width: 4, readOnly: true, onRead: (r) => r.set(this.writeWatch === null ? 0 : this.writeWatch.mode === 'trap' ? 1 : 2) },
+      GTT_UPDATES: { offset: VGPU.GTT_UPDATES, width: 4, readOnly: true },
+      ...Object.fromEntries(
+        [...Array(8).keys()].map((i) => [`HASH_${i}`, { offset: VGPU.SCANOUT_HASH + 4 * i, width: 4 as const, readOnly: true, ...(i === 0 ? { onRead: () => this.hashScanout() } : {}) }]),
+      ),
+    });
+    this.vram = createMemfdBacking(VGPU.VRAM_SIZE, 'vgpu-vram');
+    const bar0 = new Region('regs', VGPU.BAR0_SIZE, { accessor: this.regs });
+    this.addBar(0, bar0);
+    this.addBar(2, new Region('vram', VGPU.VRAM_SIZE, { backing: this.vram, mmapAreas: [{ offset: 0, size: VGPU.VRAM_SIZE }] }), { kind: 'mem64', prefetchable: true });
+    this.addPowerManagement();
+    this.addMsix({ vectors: 1, tableBar: 0, tableOffset: VGPU.MSIX_TABLE, pbaOffset: VGPU.MSIX_PBA });
+    this.addPciExpress({ flr: true });
+  }
+
+  private fail(code: number): void {
+    this.regs.set('ERROR', code);
+    this.regs.reg('INT_STATUS').setBits(VGPU.INT_ERROR);
+    this.updateIrq();
+  }
+
+  private updateIrq(): void {
+    const pending = this.regs.get('INT_STATUS') & this.regs.get('INT_MASK');
+    if (pending === 0) {
+      this.irq.lower();
+      return;
+    }
+    this.irq.raise(0);
+  }
+
+  /** Reads the GTT page into the shadow and watches it for guest updates. */
+  private loadGtt(): void {
+    this.gttWatch?.remove();
+    this.gttWatch = null;
+    this.shadowGtt.fill(0);
+    const root = Number(this.regs.get64('GTT_ROOT'));
+    if (root === 0) return;
+    try {
+      this.refreshGtt(root, 0, PAGE);
+      const watch = this.writeWatch;
+      if (watch) this.gttWatch = watch.watch(root, PAGE, (e) => this.refreshGtt(root, e.gpa - root, e.length, true));
+    } catch {
+      this.fail(VGPU.ERR_DMA);
+    }
+  }
+
+  /** Re-reads the GTT entries covering [from, from+length) of the page. */
+  private refreshGtt(root: number, from: number, length: number, update = false): void {
+    const first = Math.floor(from / 8);
+    const last = Math.min(VGPU.GTT_ENTRIES - 1, Math.floor((from + length - 1) / 8));
+    const bytes = new Uint8Array((last - first + 1) * 8);
+    this.dmaRead(root + first * 8, bytes);
+    const v = new DataView(bytes.buffer);
+    for (let i = first; i <= last; i++) {
+      const e = v.getBigUint64((i - first) * 8, true);
+      this.shadowGtt[i] = e & 1n ? Number(e & ~0xfffn) : 0;
+    }
+    if (update) this.regs.set('GTT_UPDATES', (this.regs.get('GTT_UPDATES') + (last - first + 1)) >>> 0);
+  }
+
+  /** Runs the commands between RING_HEAD and RING_TAIL. */
+  private processRing(): void {
+    if (!(this.regs.get('CONTROL') & 1)) return this.fail(VGPU.ERR_DISABLED);
+    // Writes to watched pages since the last doorbell become visible here (compare mode).
+    this.writeWatch?.sync();
+    const size = this.regs.get('RING_SIZE');
+    const base = Number(this.regs.get64('RING_BASE'));
+    let head = this.regs.get('RING_HEAD');
+    const tail = this.regs.get('RING_TAIL');
+    if (size < 64 || size > 1 << 20 || size & (size - 1) || head >= size || tail >= size || head % VGPU.CMD_SIZE || tail % VGPU.CMD_SIZE) {
+      return this.fail(VGPU.ERR_RING);
+    }
+    const cmd = new Uint8Array(VGPU.CMD_SIZE);
+    const v = new DataView(cmd.buffer);
+    while (head !== tail) {
+      try {
+        this.dmaRead(base + head, cmd);
+      } catch {
+        return this.fail(VGPU.ERR_DMA);
+      }
+      const error = this.execute(v);
+      head = (head + VGPU.CMD_SIZE) & (size - 1);
+      this.regs.set('RING_HEAD', head);
+      if (error) return this.fail(error);
+    }
+  }
+
+  /** Executes one command; returns an error code or 0. */
+  private execute(v: DataView): number {
+    const op = v.getUint32(0, true);
+    const vram = this.vram.bytes;
+    const inVram = (offset: number, stride: number, width: number, height: number) =>
+      width > 0 && height > 0 && stride >= width * 4 && offset + (height - 1) * stride + width * 4 <= vram.length;
+    switch (op) {
+      case VGPU.OP_FILL_RECT: {
+        const offset = v.getUint32(4, true);
+        const stride = v.getUint32(8, true);
+        const width = v.getUint16(12, true);
+        const height = v.getUint16(14, true);
+        const color = v.getUint32(16, true);
+        if (!inVram(offset, stride, width, height)) return VGPU.ERR_VRAM_RANGE;
+        const pixel = new Uint8Array(new Uint32Array([color]).buffer);
+        for (let y = 0; y < height; y++) {
+          const row = offset + y * stride;
+          for (let x = 0; x < width; x++) vram.set(pixel, row + x * 4);
+        }
+        return 0;
+      }
+      case VGPU.OP_BLIT: {
+        const dst = v.getUint32(4, true);
+        const srcGva = Number(v.getBigUint64(8, true));
+        const srcStride = v.getUint32(16, true);
+        const dstStride = v.getUint32(20, true);
+        const width = v.getUint16(24, true);
+        const height = v.getUint16(26, true);
+        if (!inVram(dst, dstStride, width, height) || srcStride < width * 4) return VGPU.ERR_VRAM_RANGE;
+        for (let y = 0; y < height; y++) {
+          let gva = srcGva + y * srcStride;
+          let out = dst + y * dstStride;
+          let left = width * 4;
+          while (left > 0) {
+            const page = Math.floor(gva / PAGE);
+            const gpa = page < VGPU.GTT_ENTRIES ? this.shadowGtt[page]! : 0;
+            if (gpa === 0) return VGPU.ERR_GTT_FAULT;
+            const n = Math.min(left, PAGE - (gva % PAGE));
+            try {
+              this.dmaRead(gpa + (gva % PAGE), vram.subarray(out, out + n));
+            } catch {
+              return VGPU.ERR_DMA;
+            }
+            gva += n;
+            out += n;
+            left -= n;
+          }
+        }
+        return 0;
+      }
+      case VGPU.OP_FENCE: {
+        const value = v.getUint32(4, true);
+        const gpa = Number(v.getBigUint64(8, true));
+        try {
+          this.dmaWrite(gpa, new Uint8Array(new Uint32Array([value]).buffer));
+        } catch {
+          return VGPU.ERR_DMA;
+        }
+        this.regs.set('FENCE_VALUE', value);
+        this.regs.reg('INT_STATUS').setBits(VGPU.INT_FENCE);
+        this.updateIrq();
+        return 0;
+      }
+      default:
+        return VGPU.ERR_BAD_COMMAND;
+    }
+  }
+
+  /** The visible plane as tightly packed XRGB8888 rows (empty if it is not configured or out of VRAM). */
+  scanout(): { width: number; height: number; pixels: Uint8Array } {
+    const width = this.regs.get('SCANOUT_WIDTH');
+    const height = this.regs.get('SCANOUT_HEIGHT');
+    const stride = this.regs.get('SCANOUT_STRIDE');
+    const offset = this.regs.get('SCANOUT_OFFSET');
+    const vram = this.vram.bytes;
+    if (this.regs.get('SCANOUT_FORMAT') !== VGPU.FORMAT_XRGB8888 || width === 0 || height === 0 || stride < width * 4 || offset + (height - 1) * stride + width * 4 > vram.length) {
+      return { width: 0, height: 0, pixels: new Uint8Array(0) };
+    }
+    const pixels = new Uint8Array(width * height * 4);
+    for (let y = 0; y < height; y++) pixels.set(vram.subarray(offset + y * stride, offset + y * stride + width * 4), y * width * 4);
+    return { width, height, pixels };
+  }
+
+  private hashScanout(): void {
+    const digest = createHash('sha256').update(this.scanout().pixels).digest();
+    for (let i = 0; i < 8; i++) this.regs.set(`HASH_${i}` as never, digest.readUInt32LE(i * 4));
+  }
+
+  protected override onReset(): void {
+    this.gttWatch?.remove();
+    this.gttWatch = null;
+    this.shadowGtt.fill(0);
+    this.vram.bytes.fill(0);
+  }
+}
+
+/** Device-module entry point. */
+export default function createDevice(): VirtualGpu {
+  return new VirtualGpu();
+}
+
