@@ -21,7 +21,8 @@
         "native/src/vfio_abi.cc",
         "native/src/ioreq_engine.cc",
         "native/src/xen_abi.cc",
-        "native/src/poll.cc"
+        "native/src/poll.cc",
+        "native/src/page_scan.cc"
       ],
       "include_dirs": [
         "<!(node -p \"require('node-addon-api').include_dir\")",

@@ -30,3 +30,4 @@ export * from './native/poll.js';
 export * from './region-table.js';
 export * from './guest-driver.js';
 export * from './cli/compare.js';
+export * from './display.js';

@@ -19,6 +19,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   mdevkit::InitIoreqEngine(env, exports);
   mdevkit::InitXenAbi(env, exports);
   mdevkit::InitPoll(env, exports);
+  mdevkit::InitPageScan(env, exports);
   return exports;
 }
 

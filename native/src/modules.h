@@ -17,6 +17,7 @@ void InitVfioUserConn(Napi::Env env, Napi::Object exports);  // vfio_user_conn.c
 void InitVfioAbi(Napi::Env env, Napi::Object exports);       // vfio_abi.cc: <linux/vfio.h> layouts for ABI tests
 void InitIoreqEngine(Napi::Env env, Napi::Object exports);   // ioreq_engine.cc: Xen IOREQ server hot path
 void InitXenAbi(Napi::Env env, Napi::Object exports);        // xen_abi.cc: Xen and privcmd/evtchn layouts for ABI tests
+void InitPageScan(Napi::Env env, Napi::Object exports);      // page_scan.cc: changed-page detection by hashing
 void InitPoll(Napi::Env env, Napi::Object exports);          // poll.cc: blocking poll(2) for synchronous clients
 
 }  // namespace mdevkit

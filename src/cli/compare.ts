@@ -14,6 +14,7 @@ import { MdevError } from '../errors.js';
 import { percentile, type DriverResult, type DriverRun } from '../guest-driver.js';
 import { packageRoot } from '../native/binding.js';
 import type { WriteWatchMode } from '../write-watch.js';
+import type { PciDevice } from '../pci/device.js';
 import { runDriverOverVfioUser } from '../../adapters/vfio/driver-runner.js';
 import { IoreqServer } from '../../adapters/xen/ioreq-server.js';
 import { pciSbdf } from '../../adapters/xen/ioreq-abi.js';
@@ -94,7 +95,15 @@ async function overVfioUser(deviceSpec: string, driverFile: string): Promise<Dri
   }
 }
 
-async function overXenSim(deviceSpec: string, driverFile: string): Promise<DriverRun> {
+/** Hooks into a comparison run. */
+export interface CompareHooks {
+  /** Called when a path starts and finishes (progress reporting). */
+  progress?: (line: string) => void;
+  /** Called with the Xen path's device after the driver ran, before teardown (e.g. to read its scanout). */
+  onXenDevice?: (device: PciDevice) => void;
+}
+
+async function overXenSim(deviceSpec: string, driverFile: string, hooks: CompareHooks = {}): Promise<DriverRun> {
   const device = await loadDevice(deviceSpec);
   const hypervisor = new SimHypervisor({ nrVcpus: 1, ramBytes: 16 << 20 });
   const host = new SimXenHost(hypervisor);
@@ -102,7 +111,9 @@ async function overXenSim(deviceSpec: string, driverFile: string): Promise<Drive
   const server = new IoreqServer(device, host, { pci });
   try {
     server.start();
-    return await runDriverOnSim(hypervisor, driverFile, { sbdf: pciSbdf(pci.segment, pci.bus, pci.device, pci.fn) });
+    const run = await runDriverOnSim(hypervisor, driverFile, { sbdf: pciSbdf(pci.segment, pci.bus, pci.device, pci.fn) });
+    hooks.onXenDevice?.(device);
+    return run;
   } finally {
     server.stop();
     host.close();
@@ -111,10 +122,12 @@ async function overXenSim(deviceSpec: string, driverFile: string): Promise<Drive
 }
 
 /** Runs `driverSpec` against `deviceSpec` over both paths and compares. */
-export async function compare(deviceSpec: string, driverSpec: string): Promise<ComparisonReport> {
+export async function compare(deviceSpec: string, driverSpec: string, hooks: CompareHooks = {}): Promise<ComparisonReport> {
   const driverFile = resolveModule(driverSpec, BUILTIN_DRIVERS, 'driver');
+  hooks.progress?.(`vfio-user: serving ${deviceSpec} in one process, its driver in another (the client as VMM)…`);
   const vfio = await overVfioUser(deviceSpec, driverFile);
-  const xen = await overXenSim(deviceSpec, driverFile);
+  hooks.progress?.(`xen (simulator): IOREQ server here, the driver on a simulated vCPU in a worker…`);
+  const xen = await overXenSim(deviceSpec, driverFile, hooks);
   const keys = new Set([...Object.keys(vfio.result), ...Object.keys(xen.result)]);
   const differences = [...keys].filter((k) => !isDeepStrictEqual(vfio.result[k], xen.result[k]));
   return {

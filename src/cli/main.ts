@@ -10,6 +10,7 @@ import { describeRegions } from './describe.js';
 import { loadDevice } from './load-device.js';
 import { serve } from './serve.js';
 import { compare, formatComparison } from './compare.js';
+import { demo } from './demo.js';
 import { parseBdf, privcmdHost, serveXen, simHost } from './serve-xen.js';
 import { probeListing, probeRead, probeWrite } from './probe.js';
 
@@ -120,6 +121,14 @@ program
     const r = await compare(device, driver ?? device);
     process.stdout.write((opts.json ? JSON.stringify(r, null, 2) : formatComparison(r)) + '\n');
     if (!r.identical) process.exitCode = 3;
+  });
+
+program
+  .command('demo')
+  .description('the vGPU and its driver over vfio-user and Xen (simulator): frame as PNG, comparison table')
+  .option('--out <file>', 'where to write the PNG (default: a file in the temp directory)')
+  .action(async (opts: { out?: string }) => {
+    await demo(opts.out);
   });
 
 const probeCommand = program
