@@ -70,23 +70,25 @@ export async function serveXen(spec: string, options: ServeXenOptions): Promise<
     options.host.close();
   };
   process.once('exit', cleanup);
+  // Signal handlers go in before we announce ourselves: a prompt SIGTERM must shut down cleanly.
+  let signalled: (signal: string) => void = () => {};
+  const stopped = new Promise<string>((resolve) => (signalled = resolve));
+  const onSignal = (signal: NodeJS.Signals) => signalled(signal);
+  process.once('SIGTERM', onSignal);
+  process.once('SIGINT', onSignal);
   try {
     server.start();
   } catch (e) {
     process.removeListener('exit', cleanup);
+    process.removeListener('SIGTERM', onSignal);
+    process.removeListener('SIGINT', onSignal);
     cleanup();
     throw e;
   }
   process.stdout.write(`mdevkit: serving ${spec} as ioreq server ${server.id} for domain ${options.host.domid} (${options.host.kind})\n`);
   await options.onServing?.(server);
-  await new Promise<void>((resolve) => {
-    const stop = (signal: string) => {
-      if (options.verbose) process.stderr.write(`mdevkit: ${signal}: shutting down\n`);
-      resolve();
-    };
-    process.once('SIGTERM', () => stop('SIGTERM'));
-    process.once('SIGINT', () => stop('SIGINT'));
-  });
+  const signal = await stopped;
+  if (options.verbose) process.stderr.write(`mdevkit: ${signal}: shutting down\n`);
   process.removeListener('exit', cleanup);
   cleanup();
 }

@@ -26,6 +26,12 @@ export async function serve(spec: string, options: ServeOptions): Promise<void> 
     throw new MdevError('EINVAL', 'give --vfio-user PATH (or --socket-path PATH, or --fd N)', 'socket');
   }
   const servers: VfioUserServer[] = [];
+  // Signal handlers go in before we announce ourselves: a prompt SIGTERM must shut down cleanly.
+  let signalled: (signal: string) => void = () => {};
+  const stopped = new Promise<string>((resolve) => (signalled = resolve));
+  const onSignal = (signal: NodeJS.Signals) => signalled(signal);
+  process.once('SIGTERM', onSignal);
+  process.once('SIGINT', onSignal);
   const log = options.verbose ? (line: string) => process.stderr.write(`mdevkit: ${line}\n`) : undefined;
   const make = async (): Promise<VfioUserServer> => {
     const device = await loadDevice(spec);
@@ -45,16 +51,12 @@ export async function serve(spec: string, options: ServeOptions): Promise<void> 
       process.stdout.write(`mdevkit: serving ${spec} on ${kind} fd ${options.fd}\n`);
     }
   } catch (e) {
+    process.removeListener('SIGTERM', onSignal);
+    process.removeListener('SIGINT', onSignal);
     for (const s of servers) s.close();
     throw e;
   }
-  await new Promise<void>((resolve) => {
-    const stop = (signal: string) => {
-      if (options.verbose) process.stderr.write(`mdevkit: ${signal}: shutting down\n`);
-      for (const s of servers) s.close();
-      resolve();
-    };
-    process.once('SIGTERM', () => stop('SIGTERM'));
-    process.once('SIGINT', () => stop('SIGINT'));
-  });
+  const signal = await stopped;
+  if (options.verbose) process.stderr.write(`mdevkit: ${signal}: shutting down\n`);
+  for (const s of servers) s.close();
 }
