@@ -50,6 +50,16 @@ export type DriverResult = Record<string, string | number | boolean | null | str
 /** A driver module's default export. */
 export type GuestDriver = (host: GuestDriverHost) => DriverResult;
 
+/** Offset of the first standard capability with `id` in the device's config space, or 0. */
+export function findCapability(host: GuestDriverHost, id: number): number {
+  let ptr = host.cfgRead(0x34, 1) & 0xfc;
+  for (let guard = 0; ptr !== 0 && guard < 48; guard++) {
+    if (host.cfgRead(ptr, 1) === id) return ptr;
+    ptr = host.cfgRead(ptr + 1, 1) & 0xfc;
+  }
+  return 0;
+}
+
 /** Reads a value as a number (drivers mostly use ≤ 4-byte registers). */
 export function asNumber(v: number | bigint): number {
   return typeof v === 'bigint' ? Number(v) : v;

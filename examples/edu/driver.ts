@@ -5,18 +5,10 @@
  * different mediation paths can be compared.
  * @module
  */
-import type { DriverResult, GuestDriverHost } from '../../src/guest-driver.js';
+import { findCapability, type DriverResult, type GuestDriverHost } from '../../src/guest-driver.js';
 import { PCI, PCI_COMMAND, PCI_MSI } from '../../src/pci/constants.js';
 import { EDU } from './index.js';
 
-function findCapability(host: GuestDriverHost, id: number): number {
-  let ptr = host.cfgRead(PCI.CAPABILITY_LIST, 1) & 0xfc;
-  for (let guard = 0; ptr !== 0 && guard < 48; guard++) {
-    if (host.cfgRead(ptr, 1) === id) return ptr;
-    ptr = host.cfgRead(ptr + 1, 1) & 0xfc;
-  }
-  return 0;
-}
 
 /** Runs the edu driver. */
 export default function eduDriver(host: GuestDriverHost): DriverResult {

@@ -5,7 +5,7 @@
  * through write-watch — and blits again. It reports fences, errors and the scanout's SHA-256.
  * @module
  */
-import type { DriverResult, GuestDriverHost } from '../../src/guest-driver.js';
+import { findCapability, type DriverResult, type GuestDriverHost } from '../../src/guest-driver.js';
 import { PCI, PCI_COMMAND, PCI_MSIX } from '../../src/pci/constants.js';
 import { VGPU } from './index.js';
 
@@ -43,14 +43,6 @@ function command(words: (number | bigint)[], layout: ('u32' | 'u64' | 'u16x2')[]
   return b;
 }
 
-function findCapability(host: GuestDriverHost, id: number): number {
-  let ptr = host.cfgRead(PCI.CAPABILITY_LIST, 1) & 0xfc;
-  for (let guard = 0; ptr !== 0 && guard < 48; guard++) {
-    if (host.cfgRead(ptr, 1) === id) return ptr;
-    ptr = host.cfgRead(ptr + 1, 1) & 0xfc;
-  }
-  return 0;
-}
 
 /** Runs the vGPU driver. */
 export default function vgpuDriver(host: GuestDriverHost): DriverResult {
