@@ -12,7 +12,7 @@
  * Options: `--quick` (short runs), `--placement same|split|both` (default both: `same` pins both
  * ends to CPU 0, `split` the server side to CPU 0 and the client side to CPU 1, with taskset),
  * `--json <file>`, `--out <dir>` (histograms; default a new directory under the temp dir),
- * `--only vfio,xen,dirty,scale`.
+ * `--only vfio,xen,dirty,dma,scale`.
  *
  * Prints the markdown table on stdout, progress on stderr. Every child process and socket is
  * cleaned up on every way out.
@@ -27,7 +27,7 @@ import { parseArgs } from './common.js';
 import { benchScript, canPin, cleanupAll, finished, installCleanup, releaseDir, spawnNode, startServe, trackDir, vmRssKiB, type Pin } from './procs.js';
 import { histogramSvg, jsonFigures, markdownTable, summarize, type Figure } from './stats.js';
 
-const USAGE = 'usage: npm run bench -- [--quick] [--placement same|split|both] [--json <file>] [--out <dir>] [--only vfio,xen,dirty,scale]';
+const USAGE = 'usage: npm run bench -- [--quick] [--placement same|split|both] [--json <file>] [--out <dir>] [--only vfio,xen,dirty,dma,scale]';
 function usage(problem: string): never {
   process.stderr.write(`bench: ${problem}\n${USAGE}\n`);
   process.exit(2);
@@ -45,16 +45,16 @@ if (args.has('help')) {
 }
 for (const k of args.keys()) if (!['quick', 'placement', 'json', 'out', 'only'].includes(k)) usage(`unknown option --${k}`);
 const quick = args.get('quick') === 'true';
-const only = new Set((args.get('only') ?? 'vfio,xen,dirty,scale').split(','));
-for (const o of only) if (!['vfio', 'xen', 'dirty', 'scale'].includes(o)) usage(`--only: unknown benchmark ${o}`);
+const only = new Set((args.get('only') ?? 'vfio,xen,dirty,dma,scale').split(','));
+for (const o of only) if (!['vfio', 'xen', 'dirty', 'dma', 'scale'].includes(o)) usage(`--only: unknown benchmark ${o}`);
 const placementArg = args.get('placement') ?? 'both';
 if (!['same', 'split', 'both'].includes(placementArg)) usage('--placement must be same, split or both');
 for (const k of ['json', 'out']) if (args.get(k) === 'true') usage(`--${k} needs a path`);
 
 /** Sizes of the runs: latency phases are `rounds` × (`warmup` + `iters`) per path. */
 const cfg = quick
-  ? { iters: 2000, warmup: 500, rounds: 1, scaleIters: 3000, scaleWarmup: 640, dirtySmall: 40, dirtyLarge: 6, dirtyRounds: 1 }
-  : { iters: 10_000, warmup: 2000, rounds: 3, scaleIters: 30_000, scaleWarmup: 2000, dirtySmall: 300, dirtyLarge: 40, dirtyRounds: 2 };
+  ? { iters: 2000, warmup: 500, rounds: 1, scaleIters: 3000, scaleWarmup: 640, dirtySmall: 40, dirtyLarge: 6, dirtyRounds: 1, dmaReps: 20 }
+  : { iters: 10_000, warmup: 2000, rounds: 3, scaleIters: 30_000, scaleWarmup: 2000, dirtySmall: 300, dirtyLarge: 40, dirtyRounds: 2, dmaReps: 200 };
 const CHILD_TIMEOUT_MS = 120_000;
 const SCALE_DEVICES = [1, 8, 64];
 
@@ -198,6 +198,25 @@ async function benchDirty(): Promise<void> {
   }
 }
 
+async function benchDma(): Promise<void> {
+  const placement = pinning ? 'cpu0' : 'unpinned';
+  log(`DMA throughput [${placement}]`);
+  const out = resultFile();
+  const child = spawnNode(pinning ? 0 : null, [benchScript('dma'), '--reps', String(cfg.dmaReps), '--out', out]);
+  await finished(child, 'DMA benchmark', CHILD_TIMEOUT_MS);
+  const res = readResult<Record<string, { write: number[]; read: number[]; copy: number[] }>>(out);
+  for (const [key, r] of Object.entries(res)) {
+    const [path, sizeText] = key.split(' ');
+    const size = Number(sizeText);
+    const label = size >= 1 << 20 ? `${size >> 20} MiB` : `${size >> 10} KiB`;
+    const what = path === 'xen' ? 'Xen map cache (simulator)' : 'vfio-user DMA window (fd)';
+    latencyFigure(`DMA write ${label}, ${what}`, placement, r.write.map((ms) => ms * 1000), `memcpy ${label}`, r.copy.map((ms) => ms * 1000), `dma-write-${path}-${size}`);
+    latencyFigure(`DMA read ${label}, ${what}`, placement, r.read.map((ms) => ms * 1000), `memcpy ${label}`, r.copy.map((ms) => ms * 1000), `dma-read-${path}-${size}`);
+    const gibs = (ms: number[]): string => (size / 2 ** 30 / (summarize(ms).p50 / 1000)).toFixed(2);
+    notes.push(`DMA ${label} via ${what}: write ${gibs(r.write)} GiB/s, read ${gibs(r.read)} GiB/s, memcpy ${gibs(r.copy)} GiB/s`);
+  }
+}
+
 async function benchScale(placement: string, pin: Pin): Promise<void> {
   if (!socketFloors.has(placement)) {
     for (let r = 0; r < cfg.rounds; r++) await addSocketFloor(placement, pin);
@@ -256,6 +275,7 @@ try {
     if (only.has('scale')) await benchScale(name, pin);
   }
   if (only.has('dirty')) await benchDirty();
+  if (only.has('dma')) await benchDma();
 } catch (e) {
   cleanupAll();
   process.stderr.write(`bench: ${(e as Error).stack ?? String(e)}\n`);
