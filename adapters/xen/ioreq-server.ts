@@ -62,6 +62,7 @@ interface NativeEngine {
   setRanges(ranges: { kind: 'pio' | 'mmio'; start: bigint; end: bigint; region: number; offset: number }[]): void;
   setPciDevice(sbdf: number, configSize: number): void;
   poll(): void;
+  setBusyPoll(on: boolean): void;
   stats(): Record<string, number>;
 }
 
@@ -293,6 +294,15 @@ export class IoreqServer implements IrqSink {
     let dirty = 0;
     for (const b of bits) for (let v = b; v; v &= v - 1) dirty++;
     return dirty;
+  }
+
+  /**
+   * Poll mode: serve slots on every turn of the event loop instead of waiting for event-channel
+   * notifications (lower latency for spinning vCPUs, at the cost of this thread's CPU).
+   */
+  setBusyPoll(on: boolean): void {
+    if (!this.engine) throw new MdevError('EBUSY', 'start the server first', 'server');
+    this.engine.setBusyPoll(on);
   }
 
   /** Engine counters. */

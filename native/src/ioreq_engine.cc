@@ -69,7 +69,8 @@ class IoreqEngine : public Napi::ObjectWrap<IoreqEngine> {
     return DefineClass(env, "IoreqEngine",
                        {InstanceMethod<&IoreqEngine::Start>("start"), InstanceMethod<&IoreqEngine::Stop>("stop"),
                         InstanceMethod<&IoreqEngine::SetRanges>("setRanges"), InstanceMethod<&IoreqEngine::SetPciDevice>("setPciDevice"),
-                        InstanceMethod<&IoreqEngine::Poll>("poll"), InstanceMethod<&IoreqEngine::Stats>("stats")});
+                        InstanceMethod<&IoreqEngine::Poll>("poll"), InstanceMethod<&IoreqEngine::SetBusyPoll>("setBusyPoll"),
+                        InstanceMethod<&IoreqEngine::Stats>("stats")});
   }
 
   // new IoreqEngine({ sync, nrVcpus, buffered?, atomicBuffered, events, regionTable, onIoreq, onBadIoreq })
@@ -216,6 +217,7 @@ class IoreqEngine : public Napi::ObjectWrap<IoreqEngine> {
   }
 
   void StopSources() {
+    StopIdle();
     for (auto& s : sources_) {
       if (s->poll != nullptr) {
         uv_poll_stop(s->poll);
@@ -228,6 +230,45 @@ class IoreqEngine : public Napi::ObjectWrap<IoreqEngine> {
       started_ = false;
       Unref();
     }
+  }
+
+  // setBusyPoll(on): poll-mode serving. The slots are checked on every turn of the event loop (an
+  // idle handle keeps the loop from sleeping), so a vCPU spinning on its slot is served without an
+  // event-channel wakeup. It burns this thread's CPU while on; it never touches the device from
+  // another thread, so register storage keeps a single writer.
+  Napi::Value SetBusyPoll(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    bool on = ArgBool(info, 0, "on", true);
+    if (on && idle_ == nullptr) {
+      if (!started_) ThrowInvalid(env, "on", "start the engine first", EBUSY);
+      uv_loop_t* loop = nullptr;
+      if (napi_get_uv_event_loop(env, &loop) != napi_ok) ThrowInvalid(env, "loop", "no libuv loop");
+      idle_ = new uv_idle_t;
+      uv_idle_init(loop, idle_);
+      idle_->data = this;
+      uv_idle_start(idle_, &IoreqEngine::OnIdle);
+    } else if (!on) {
+      StopIdle();
+    }
+    return env.Undefined();
+  }
+
+  static void OnIdle(uv_idle_t* handle) {
+    auto* self = static_cast<IoreqEngine*>(handle->data);
+    Napi::HandleScope scope(self->env_);
+    Napi::CallbackScope callback_scope(self->env_, *self->async_context_);
+    try {
+      self->DrainAll();
+    } catch (const Napi::Error& e) {
+      napi_fatal_exception(self->env_, e.Value());
+    }
+  }
+
+  void StopIdle() {
+    if (idle_ == nullptr) return;
+    uv_idle_stop(idle_);
+    uv_close(reinterpret_cast<uv_handle_t*>(idle_), [](uv_handle_t* h) { delete reinterpret_cast<uv_idle_t*>(h); });
+    idle_ = nullptr;
   }
 
   // poll(): processes whatever is pending now (tests, and a final drain before teardown).
@@ -520,6 +561,7 @@ class IoreqEngine : public Napi::ObjectWrap<IoreqEngine> {
   int64_t pci_sbdf_ = -1;
   uint32_t config_size_ = 256;
   std::vector<std::unique_ptr<Source>> sources_;
+  uv_idle_t* idle_ = nullptr;
   bool started_ = false;
   EngineStats stats_;
 };

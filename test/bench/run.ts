@@ -167,15 +167,20 @@ async function benchXen(placement: string, pin: Pin): Promise<void> {
   const cpu = split ? null : pin.server;
   const child = spawnNode(cpu, [benchScript('xen'), '--iters', String(cfg.rounds * cfg.iters), '--warmup', String(cfg.warmup), '--out', out, ...(split ? ['--split'] : [])]);
   await finished(child, 'Xen benchmark', CHILD_TIMEOUT_MS);
-  const res = readResult<{ floor: number[]; native: number[]; js: number[]; engine: Record<string, number> }>(out);
+  const res = readResult<{ floor: number[]; native: number[]; js: number[]; busyFloor?: number[]; busy?: number[]; engine: Record<string, number> }>(out);
   const perPath = cfg.rounds * cfg.iters + cfg.warmup;
   // The engine's own counters say where each access was served: check the paths are what they claim.
-  if (res.engine['native']! < perPath || res.engine['js']! < perPath || res.engine['bad']! !== 0) {
+  if (res.engine['native']! < perPath * (res.busy ? 2 : 1) || res.engine['js']! < perPath || res.engine['bad']! !== 0) {
     throw new Error(`Xen engine counters do not match the phases: ${JSON.stringify(res.engine)}`);
   }
   const floorName = 'shared page + eventfd ping-pong';
   latencyFigure('Xen sim 4 B MMIO read, native register (edu ID)', placement, res.native, floorName, res.floor, 'xen-native');
   latencyFigure('Xen sim 4 B config read, JS handler', placement, res.js, floorName, res.floor, 'xen-js');
+  if (res.busy && res.busyFloor) {
+    latencyFigure('Xen sim 4 B MMIO read, busy-poll (vCPU spins, server polls)', placement, res.busy, 'shared-page busy-poll ping-pong', res.busyFloor, 'xen-busy');
+  } else {
+    notes.push(`Xen busy-poll [${placement}]: not run — busy polling needs the two sides on different CPUs (use --placement split)`);
+  }
 }
 
 async function benchDirty(): Promise<void> {

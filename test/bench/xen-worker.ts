@@ -27,8 +27,8 @@ export interface XenWorkerData {
 
 /** A phase to run. */
 export type XenPhase =
-  | { cmd: 'sim'; access: SimAccess; expect: bigint; iters: number; warmup: number }
-  | { cmd: 'floor'; iters: number; warmup: number }
+  | { cmd: 'sim'; access: SimAccess; expect: bigint; iters: number; warmup: number; busy?: boolean }
+  | { cmd: 'floor'; iters: number; warmup: number; busy?: boolean }
   | { cmd: 'exit' };
 
 const WAIT_MS = 10_000;
@@ -37,13 +37,15 @@ if (parentPort !== null) {
   const port = parentPort;
   const data = workerData as XenWorkerData;
   const vcpu = new SimVcpu(data.descriptor, { timeoutMs: WAIT_MS });
+  // The same vCPU, spinning on its slot instead of sleeping (used one at a time, never together).
+  const spinning = new SimVcpu(data.descriptor, { timeoutMs: WAIT_MS, busyPoll: true });
   const words = new Int32Array(data.page);
 
   const sim = (p: Extract<XenPhase, { cmd: 'sim' }>): Float64Array => {
     const samples = new Float64Array(p.iters);
     for (let i = 0; i < p.warmup + p.iters; i++) {
       const t0 = performance.now();
-      const v = vcpu.access(p.access);
+      const v = (p.busy ? spinning : vcpu).access(p.access);
       const t1 = performance.now();
       if (v !== p.expect) throw new Error(`vCPU read 0x${v.toString(16)}, expected 0x${p.expect.toString(16)}`);
       if (i >= p.warmup) samples[i - p.warmup] = us(t1 - t0);
@@ -55,11 +57,17 @@ if (parentPort !== null) {
     const samples = new Float64Array(p.iters);
     for (let i = 0; i < p.warmup + p.iters; i++) {
       const t0 = performance.now();
-      Atomics.store(words, 0, i);
-      eventfdWrite(data.g2s);
-      for (;;) {
-        if (!waitReadable(data.s2g, WAIT_MS)) throw new Error('floor: main thread silent for 10 s');
-        if (eventfdRead(data.s2g) !== null) break;
+      Atomics.store(words, 0, i + 1);
+      if (p.busy) {
+        // Busy floor: both sides spin on the shared page, no wakeups at all.
+        const deadline = t0 + WAIT_MS;
+        while (Atomics.load(words, 1) !== i + 1) if (performance.now() > deadline) throw new Error('busy floor: main thread silent for 10 s');
+      } else {
+        eventfdWrite(data.g2s);
+        for (;;) {
+          if (!waitReadable(data.s2g, WAIT_MS)) throw new Error('floor: main thread silent for 10 s');
+          if (eventfdRead(data.s2g) !== null) break;
+        }
       }
       const v = Atomics.load(words, 1);
       const t1 = performance.now();
@@ -72,6 +80,7 @@ if (parentPort !== null) {
   port.on('message', (p: XenPhase) => {
     if (p.cmd === 'exit') {
       vcpu.close();
+      spinning.close();
       port.close();
       return;
     }

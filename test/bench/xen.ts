@@ -69,33 +69,49 @@ try {
   const run = async (phase: XenPhase, serveFloor: boolean): Promise<Float64Array> => {
     const reply = next();
     w.postMessage(phase);
-    if (serveFloor && phase.cmd === 'floor') {
+    if (serveFloor && phase.cmd === 'floor' && phase.busy) {
+      // The main thread's half of the busy floor: spin on the request word, answer at once.
+      for (let i = 0; i < phase.warmup + phase.iters; i++) {
+        const deadline = performance.now() + WAIT_MS;
+        while (Atomics.load(words, 0) !== i + 1) if (performance.now() > deadline) throw new Error('busy floor: vCPU thread silent for 10 s');
+        Atomics.store(words, 1, i + 1);
+      }
+    } else if (serveFloor && phase.cmd === 'floor') {
       // The main thread's half of the floor, blocking like the vCPU's.
       for (let i = 0; i < phase.warmup + phase.iters; i++) {
         for (;;) {
           if (!waitReadable(g2s, WAIT_MS)) throw new Error('floor: vCPU thread silent for 10 s');
           if (eventfdRead(g2s) !== null) break;
         }
-        Atomics.store(words, 1, Atomics.load(words, 0) + 1);
+        Atomics.store(words, 1, Atomics.load(words, 0));
         eventfdWrite(s2g);
       }
     }
+    if (phase.cmd === 'sim' && phase.busy) server.setBusyPoll(true);
     const r = await reply;
+    if (phase.cmd === 'sim' && phase.busy) server.setBusyPoll(false);
     if (r['ok'] !== true) throw new Error(String(r['error']));
     return r['samples'] as Float64Array;
   };
   const cfg = { space: 'pci' as const, addr: BigInt(SBDF) << 32n, size: 4 as const, dir: 'read' as const };
-  const phases = {
+  const phases: Record<string, (n: number, w: number) => XenPhase> = {
     floor: (n: number, w: number): XenPhase => ({ cmd: 'floor', iters: n, warmup: w }),
     native: (n: number, w: number): XenPhase => ({ cmd: 'sim', access: { space: 'mmio', addr: BAR + BigInt(EDU.ID), size: 4, dir: 'read' }, expect: BigInt(EDU.ID_VALUE), iters: n, warmup: w }),
     js: (n: number, w: number): XenPhase => ({ cmd: 'sim', access: cfg, expect: BigInt((EDU_IDENTITY.deviceId << 16) | EDU_IDENTITY.vendorId), iters: n, warmup: w }),
   };
-  const result: Record<string, number[]> = { floor: [], native: [], js: [] };
+  // Busy polling only makes sense with the two sides on different CPUs: on one CPU each spinner
+  // waits for the other's time slice to end.
+  if (split) {
+    phases['busyFloor'] = (n, w) => ({ cmd: 'floor', iters: n, warmup: w, busy: true });
+    phases['busy'] = (n, w) => ({ ...(phases['native']!(n, w) as Extract<XenPhase, { cmd: 'sim' }>), busy: true });
+  }
+  const result: Record<string, number[]> = Object.fromEntries(Object.keys(phases).map((k) => [k, []]));
   // Warm every path up, then alternate blocks so that drifts of the machine hit all paths alike.
-  for (const [name, phase] of Object.entries(phases)) await run(phase(0, warmup), name === 'floor');
+  const isFloor = (name: string) => name === 'floor' || name === 'busyFloor';
+  for (const [name, phase] of Object.entries(phases)) await run(phase(0, warmup), isFloor(name));
   for (let done = 0; done < iters; done += BLOCK) {
     const n = Math.min(BLOCK, iters - done);
-    for (const [name, phase] of Object.entries(phases)) result[name]!.push(...(await run(phase(n, 0), name === 'floor')));
+    for (const [name, phase] of Object.entries(phases)) result[name]!.push(...(await run(phase(n, 0), isFloor(name))));
   }
   const stats = server.engineStats();
   writeResult(out, { ...result, engine: stats });

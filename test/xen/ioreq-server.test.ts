@@ -165,6 +165,21 @@ describe('IOREQ server over the simulator', () => {
     expect(server.stats.latchReads).toBe(2);
   });
 
+  it('serves a spinning vCPU in poll mode, and goes back to event-driven serving', async () => {
+    server = new IoreqServer(new EduDevice(), host, { pci: { segment: 0, bus: 0, device: 5, fn: 0 }, fixedBars: { 0: BAR } });
+    server.start();
+    server.setBusyPoll(true);
+    const spinner = await SimVcpuThread.start(hv.vcpuDescriptor(0), { timeoutMs: 5000, busyPoll: true });
+    try {
+      for (let i = 0; i < 50; i++) expect(await spinner.access({ space: 'mmio', addr: BAR + BigInt(EDU.ID), size: 4, dir: 'read' })).toBe(BigInt(EDU.ID_VALUE));
+    } finally {
+      await spinner.close();
+    }
+    server.setBusyPoll(false);
+    expect(await mmio(BAR + BigInt(EDU.ID), 4)).toBe(BigInt(EDU.ID_VALUE));
+    expect(server.engineStats().native).toBeGreaterThanOrEqual(51);
+  });
+
   it('collects guest writes to VRAM with track_dirty_vram into the native dirty bitmap', async () => {
     server = new IoreqServer(new EduDevice(), host, { pci: { segment: 0, bus: 0, device: 5, fn: 0 } });
     server.start();

@@ -74,6 +74,8 @@ export type BufferedWriteOutcome =
 export interface SimVcpuOptions {
   /** Overrides the descriptor's ioreq response timeout, in ms. */
   timeoutMs?: number;
+  /** Spin on the slot's state instead of sleeping on the event channel (pairs with a busy-polling server). */
+  busyPoll?: boolean;
 }
 
 interface ServerView extends RoutableServer {
@@ -132,6 +134,7 @@ export class SimVcpu {
   private readonly vramDirty: DirtyBitmap;
   private readonly logDirty: DirtyBitmap;
   private readonly timeoutMs: number;
+  private readonly busyPoll: boolean;
   private snap: Snapshot | null = null;
   private readonly pages = new Map<number, ServerPages>();
   private closed = false;
@@ -165,6 +168,7 @@ export class SimVcpu {
       throw new MdevError('EINVAL', `must be an integer number of ms, got ${describe(timeout)}`, 'timeoutMs');
     }
     this.timeoutMs = timeout;
+    this.busyPoll = options.busyPoll ?? false;
     this.ramAb = mmapFd(d.ramFd, d.ramBytes, { writable: true, shared: true });
     this.ram = new Uint8Array(this.ramAb);
   }
@@ -495,6 +499,7 @@ export class SimVcpu {
       if (left <= 0) {
         throw new MdevError('ETIMEDOUT', `server ${server.id} did not complete vCPU ${this.index}'s ioreq within ${this.timeoutMs} ms`);
       }
+      if (this.busyPoll) continue; // spin: the state is re-read at once
       if (waitReadable(server.s2g, left)) eventfdRead(server.s2g);
     }
   }
