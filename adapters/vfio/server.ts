@@ -15,6 +15,7 @@ import { binding } from '../../src/native/binding.js';
 import { closeFd } from '../../src/native/fd.js';
 import { acceptUnix, connectUnix, listenUnix, socketPair } from '../../src/native/socket.js';
 import { FdWatcher } from '../../src/native/watcher.js';
+import { POLLERR, POLLHUP, POLLNVAL, POLLRDHUP, pollFds } from '../../src/native/poll.js';
 import type { PciDevice } from '../../src/pci/device.js';
 import { createRegionTable, errnoFromError, type NativeRegionTable, type RegionTableStats } from '../../src/region-table.js';
 import { VfioDmaSpace, type DmaTransport } from './dma.js';
@@ -525,7 +526,7 @@ export class VfioUserSession {
 }
 
 /** Clients accepted while another is connected, served in turn. */
-const MAX_WAITING_CLIENTS = 4;
+const MAX_WAITING_CLIENTS = 16;
 
 function tryClose(fd: number): void {
   try {
@@ -661,6 +662,7 @@ export class VfioUserServer {
         // One client per device socket (the protocol does not multiplex clients). A reconnecting
         // client can be accepted before we have read the old connection's EOF, so a few wait
         // their turn instead of being refused.
+        if (this.waiting.length >= MAX_WAITING_CLIENTS) this.pruneWaiting();
         if (this.waiting.length >= MAX_WAITING_CLIENTS) {
           this.log('refusing a client: one is connected and others are waiting');
           tryClose(fd);
@@ -671,6 +673,16 @@ export class VfioUserServer {
       }
       this.startSession(fd);
     }
+  }
+
+  /** Drops waiting clients that have already hung up (they would only be served an EOF). */
+  private pruneWaiting(): void {
+    const revents = pollFds(this.waiting.map((fd) => ({ fd, events: POLLRDHUP })), 0);
+    this.waiting = this.waiting.filter((fd, i) => {
+      const gone = (revents[i]! & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)) !== 0;
+      if (gone) tryClose(fd);
+      return !gone;
+    });
   }
 
   private startSession(fd: number): void {
