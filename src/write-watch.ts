@@ -24,6 +24,8 @@ export interface WatchHandle {
 export interface WriteWatch {
   /** The detection mode this path provides. */
   readonly mode: WriteWatchMode;
+  /** Writes reported to handlers so far. */
+  readonly events: number;
   /** Watches the pages covering `[gpa, gpa+length)`. */
   watch(gpa: number, length: number, handler: WriteWatchHandler): WatchHandle;
   /**
@@ -46,6 +48,7 @@ interface CompareEntry {
 /** Write-watch by comparison against snapshots (the fallback where pages cannot be protected). */
 export class CompareWriteWatch implements WriteWatch {
   readonly mode: WriteWatchMode = 'compare';
+  events = 0;
   private readonly entries = new Set<CompareEntry>();
   private readonly scratch = new Uint8Array(WATCH_PAGE_SIZE);
 
@@ -84,7 +87,10 @@ export class CompareWriteWatch implements WriteWatch {
         }
         if (first < 0) continue;
         old.set(page);
-        if (this.entries.has(e)) e.handler({ gpa: e.gpa + off + first, length: last - first + 1 });
+        if (this.entries.has(e)) {
+          this.events++;
+          e.handler({ gpa: e.gpa + off + first, length: last - first + 1 });
+        }
       }
     }
   }

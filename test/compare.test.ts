@@ -15,7 +15,7 @@ describe('mdevkit compare', () => {
     expect(r.differences).toEqual([]);
     for (const path of ['vfio-user', 'xen'] as const) {
       const p = r.paths[path];
-      expect(p).toMatchObject({ framebufferSha256: null, interrupts: 2, dirtyPages: 2 });
+      expect(p).toMatchObject({ framebufferSha256: null, interrupts: 2, dirtyPages: 2, dmaBytesRead: 64, dmaBytesWritten: 64, writeWatchEvents: 0 });
       expect(p.traps.total).toBe(p.traps.cfgRead + p.traps.cfgWrite + p.traps.mmioRead + p.traps.mmioWrite + p.traps.pioRead + p.traps.pioWrite);
       expect(p.traps.total).toBeGreaterThan(20);
       expect(p.rttP99Us).toBeGreaterThanOrEqual(p.rttP50Us);
@@ -30,7 +30,7 @@ describe('mdevkit compare', () => {
     const { stdout } = await run(process.execPath, [join(packageRoot(), 'dist/src/cli/main.js'), 'compare', 'edu']);
     expect(stdout).toMatch(/vfio-user \(KVM\)\s+xen \(simulator\)/);
     expect(stdout).toMatch(/driver results\s+identical/);
-    expect(stdout).toMatch(/write-watch mode\s+compare\s+trap/);
+    expect(stdout).toMatch(/write-watch events \/ mode\s+\d+ \/ compare\s+\d+ \/ trap/);
   });
 
   it('fails clearly for an unknown driver', async () => {

@@ -57,7 +57,7 @@ describe('mdevkit demo (npm start)', () => {
       const { stdout } = await promisify(execFile)(process.execPath, [join(packageRoot(), 'dist/src/cli/main.js'), 'demo', '--out', out]);
       expect(stdout).toContain(`scanout written to ${out} (128×128, 16 VRAM pages found drawn by the page scan)`);
       expect(stdout).toContain('both paths drew the same frame');
-      expect(stdout).toMatch(/write-watch mode\s+compare\s+trap/);
+      expect(stdout).toMatch(/write-watch events \/ mode\s+\d+ \/ compare\s+\d+ \/ trap/);
       const png = PNG.sync.read(readFileSync(out));
       expect([png.width, png.height]).toEqual([128, 128]);
       expect(rgba(png, 0, 0)).toEqual([0x20, 0x30, 0x40, 0xff]);

@@ -37,6 +37,11 @@ describe('vGPU over both mediation paths', () => {
       expect(p.result).toMatchObject({ id: VGPU.ID_VALUE, fence1: 1, fence2: 2, irq1: true, irq2: true, error: 0, ringHead: 6 * 32, gttUpdateSeen: true });
       expect(p.framebufferSha256).toBe(expected);
       expect(p.interrupts).toBe(2);
+      // Read: 6 commands × 32 B + the GTT page (4096) + the updated entry (8) + blit sources
+      // (64×64×4 and 64×20×4). Written: two 4-byte fences.
+      expect(p.dmaBytesRead).toBe(6 * 32 + 4096 + 8 + 64 * 64 * 4 + 64 * 20 * 4);
+      expect(p.dmaBytesWritten).toBe(8);
+      expect(p.writeWatchEvents).toBe(1);
     }
     expect(r.paths['vfio-user'].writeWatchMode).toBe('compare');
     expect(r.paths.xen.writeWatchMode).toBe('trap');
@@ -85,6 +90,24 @@ describe('vGPU device', () => {
     writeInt(bar, VGPU.DOORBELL, 4, 1);
     expect(readInt(bar, VGPU.ERROR, 4)).toBe(VGPU.ERR_RING);
     expect(d.vram.bytes.every((b) => b === 0)).toBe(true);
+  });
+
+  it('signals fences with INTx when MSI-X is off, and with MSI-X vector 0 when it is on', () => {
+    const { d, bar, submit } = setup();
+    const intx: boolean[] = [];
+    const msis: number[] = [];
+    d.irq.attach({ setIntx: (l) => intx.push(l), sendMsi: (m) => msis.push(m.vector) });
+    writeInt(bar, VGPU.INT_MASK, 4, VGPU.INT_FENCE);
+    submit([VGPU.OP_FENCE, 1, 0x102000, 0]);
+    expect(intx).toEqual([true]);
+    writeInt(bar, VGPU.INT_STATUS, 4, VGPU.INT_FENCE); // W1C ack lowers the line
+    expect(intx).toEqual([true, false]);
+    writeInt(bar, VGPU.MSIX_TABLE + 12, 4, 0); // unmask entry 0
+    d.configWrite(d.msix!.offset + 2, Uint8Array.of(0, 0x80)); // MSI-X enable
+    submit([VGPU.OP_FENCE, 2, 0x102000, 0]);
+    expect(msis).toEqual([0]);
+    expect(intx).toEqual([true, false]);
+    d.vram.release();
   });
 
   it('fills, fences into guest RAM and exposes the scanout hash', () => {

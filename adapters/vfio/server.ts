@@ -563,6 +563,8 @@ export class VfioUserServer {
   private socketPath: string | null = null;
   private current: VfioUserSession | null = null;
   private waiting: number[] = [];
+  /** Write-watch events of sessions that have ended (compare mode, found at sync points). */
+  private pastWriteWatchEvents = 0;
   private readonly sessionListeners: ((event: 'connect' | 'disconnect', session: VfioUserSession, reason?: string) => void)[] = [];
 
   /**
@@ -687,6 +689,7 @@ export class VfioUserServer {
 
   private startSession(fd: number): void {
     const session = new VfioUserSession(this, fd, (s, reason) => {
+      this.pastWriteWatchEvents += s.writeWatch.events;
       if (this.current === s) this.current = null;
       this.log(`client disconnected: ${reason}`);
       for (const l of [...this.sessionListeners]) l('disconnect', s, reason);
@@ -706,6 +709,16 @@ export class VfioUserServer {
   /** Subscribes to connect/disconnect events. */
   onSession(listener: (event: 'connect' | 'disconnect', session: VfioUserSession, reason?: string) => void): void {
     this.sessionListeners.push(listener);
+  }
+
+  /** What the device did over this server's life: DMA bytes, write-watch events, where accesses were served. */
+  deviceStats(): { dmaBytesRead: number; dmaBytesWritten: number; writeWatchEvents: number; regions: RegionTableStats } {
+    return {
+      dmaBytesRead: this.device.dmaStats.bytesRead,
+      dmaBytesWritten: this.device.dmaStats.bytesWritten,
+      writeWatchEvents: this.pastWriteWatchEvents + (this.current?.writeWatch.events ?? 0),
+      regions: this.regionTable.stats(),
+    };
   }
 
   /** The socket path, when listening on one. */

@@ -90,6 +90,8 @@ const U64_LIMIT = 1n << 64n;
  */
 export class TrappedWriteWatch implements WriteWatch {
   readonly mode: WriteWatchMode = 'trap';
+  /** Writes reported to handlers so far. */
+  events = 0;
   /** Watched frames → handlers. */
   readonly frames = new Map<number, Set<WriteWatchHandler>>();
   private claimed = false;
@@ -470,6 +472,7 @@ export class IoreqServer implements IrqSink {
       else {
         this.memory.write(gpa, value);
         this.stats.watchedWrites++;
+        this.writeWatch.events++;
         for (const h of [...(this.writeWatch.frames.get(Math.floor(gpa / XEN_PAGE_SIZE)) ?? [])]) h({ gpa, length: size });
       }
       return;

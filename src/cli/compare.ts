@@ -6,7 +6,7 @@
  * @module
  */
 import { spawn } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { isDeepStrictEqual } from 'node:util';
@@ -41,6 +41,12 @@ export interface PathReport {
   dirtyPages: number | null;
   /** How this path detects guest writes to watched pages. */
   writeWatchMode: WriteWatchMode;
+  /** Writes to watched pages the device was told of. */
+  writeWatchEvents: number;
+  /** Bytes the device read from guest memory by DMA. */
+  dmaBytesRead: number;
+  /** Bytes the device wrote to guest memory by DMA. */
+  dmaBytesWritten: number;
   /** SHA-256 of the framebuffer, for display devices (null otherwise). */
   framebufferSha256: string | null;
 }
@@ -55,7 +61,14 @@ export interface ComparisonReport {
   paths: { 'vfio-user': PathReport; xen: PathReport };
 }
 
-function report(run: DriverRun, mode: WriteWatchMode): PathReport {
+/** What the device side observed during a run. */
+interface DeviceSide {
+  dmaBytesRead: number;
+  dmaBytesWritten: number;
+  writeWatchEvents: number;
+}
+
+function report(run: DriverRun, mode: WriteWatchMode, device: DeviceSide): PathReport {
   const total = run.traps.total;
   return {
     result: run.result,
@@ -66,15 +79,19 @@ function report(run: DriverRun, mode: WriteWatchMode): PathReport {
     interrupts: run.interrupts,
     dirtyPages: run.dirtyPages,
     writeWatchMode: mode,
+    writeWatchEvents: device.writeWatchEvents,
+    dmaBytesRead: device.dmaBytesRead,
+    dmaBytesWritten: device.dmaBytesWritten,
     framebufferSha256: typeof run.result['framebufferSha256'] === 'string' ? run.result['framebufferSha256'] : null,
   };
 }
 
-async function overVfioUser(deviceSpec: string, driverFile: string): Promise<DriverRun> {
+async function overVfioUser(deviceSpec: string, driverFile: string): Promise<{ run: DriverRun; device: DeviceSide }> {
   const dir = mkdtempSync(join(tmpdir(), 'mdevkit-compare-'));
   const socket = join(dir, 'device.sock');
+  const statsFile = join(dir, 'stats.json');
   const cli = join(packageRoot(), 'dist', 'src', 'cli', 'main.js');
-  const server = spawn(process.execPath, [cli, 'serve', deviceSpec, '--vfio-user', socket], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const server = spawn(process.execPath, [cli, 'serve', deviceSpec, '--vfio-user', socket, '--stats', statsFile], { stdio: ['ignore', 'pipe', 'pipe'] });
   const exited = new Promise<number | null>((resolve) => server.once('exit', resolve));
   try {
     await new Promise<void>((resolve, reject) => {
@@ -87,9 +104,13 @@ async function overVfioUser(deviceSpec: string, driverFile: string): Promise<Dri
       server.stderr!.on('data', (d: Buffer) => (err += d.toString()));
       server.once('exit', (code) => reject(new MdevError('EIO', `the vfio-user server exited (${code}): ${err.trim()}`, 'device')));
     });
-    return await runDriverOverVfioUser(socket, driverFile);
-  } finally {
+    const run = await runDriverOverVfioUser(socket, driverFile);
     server.kill('SIGTERM');
+    if ((await exited) !== 0) throw new MdevError('EIO', 'the vfio-user server did not exit cleanly', 'device');
+    const stats = JSON.parse(readFileSync(statsFile, 'utf8')) as { devices: DeviceSide[] };
+    return { run, device: stats.devices[0]! };
+  } finally {
+    if (server.exitCode === null) server.kill('SIGTERM');
     await exited;
     rmSync(dir, { recursive: true, force: true });
   }
@@ -103,7 +124,7 @@ export interface CompareHooks {
   onXenDevice?: (device: PciDevice) => void;
 }
 
-async function overXenSim(deviceSpec: string, driverFile: string, hooks: CompareHooks = {}): Promise<DriverRun> {
+async function overXenSim(deviceSpec: string, driverFile: string, hooks: CompareHooks = {}): Promise<{ run: DriverRun; device: DeviceSide }> {
   const device = await loadDevice(deviceSpec);
   const hypervisor = new SimHypervisor({ nrVcpus: 1, ramBytes: 16 << 20 });
   const host = new SimXenHost(hypervisor);
@@ -113,7 +134,7 @@ async function overXenSim(deviceSpec: string, driverFile: string, hooks: Compare
     server.start();
     const run = await runDriverOnSim(hypervisor, driverFile, { sbdf: pciSbdf(pci.segment, pci.bus, pci.device, pci.fn) });
     hooks.onXenDevice?.(device);
-    return run;
+    return { run, device: { dmaBytesRead: device.dmaStats.bytesRead, dmaBytesWritten: device.dmaStats.bytesWritten, writeWatchEvents: server.writeWatch.events } };
   } finally {
     server.stop();
     host.close();
@@ -128,12 +149,12 @@ export async function compare(deviceSpec: string, driverSpec: string, hooks: Com
   const vfio = await overVfioUser(deviceSpec, driverFile);
   hooks.progress?.(`xen (simulator): IOREQ server here, the driver on a simulated vCPU in a worker…`);
   const xen = await overXenSim(deviceSpec, driverFile, hooks);
-  const keys = new Set([...Object.keys(vfio.result), ...Object.keys(xen.result)]);
-  const differences = [...keys].filter((k) => !isDeepStrictEqual(vfio.result[k], xen.result[k]));
+  const keys = new Set([...Object.keys(vfio.run.result), ...Object.keys(xen.run.result)]);
+  const differences = [...keys].filter((k) => !isDeepStrictEqual(vfio.run.result[k], xen.run.result[k]));
   return {
     identical: differences.length === 0,
     differences,
-    paths: { 'vfio-user': report(vfio, 'compare'), xen: report(xen, 'trap') },
+    paths: { 'vfio-user': report(vfio.run, 'compare', vfio.device), xen: report(xen.run, 'trap', xen.device) },
   };
 }
 
@@ -150,9 +171,10 @@ export function formatComparison(r: ComparisonReport): string {
     ['round trip p50 (µs)', a.rttP50Us.toFixed(1), b.rttP50Us.toFixed(1)],
     ['round trip p99 (µs)', a.rttP99Us.toFixed(1), b.rttP99Us.toFixed(1)],
     ['accesses / s', String(a.accessesPerSec), String(b.accessesPerSec)],
+    ['bytes DMA\'d (read / written)', `${a.dmaBytesRead} / ${a.dmaBytesWritten}`, `${b.dmaBytesRead} / ${b.dmaBytesWritten}`],
     ['interrupts', String(a.interrupts), String(b.interrupts)],
     ['dirty pages reported', a.dirtyPages === null ? '-' : String(a.dirtyPages), b.dirtyPages === null ? '-' : String(b.dirtyPages)],
-    ['write-watch mode', a.writeWatchMode, b.writeWatchMode],
+    ['write-watch events / mode', `${a.writeWatchEvents} / ${a.writeWatchMode}`, `${b.writeWatchEvents} / ${b.writeWatchMode}`],
   ];
   const w0 = Math.max(...rows.map((x) => x[0].length), 6);
   const w1 = Math.max(...rows.map((x) => x[1].length), 'vfio-user (KVM)'.length);

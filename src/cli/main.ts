@@ -45,6 +45,7 @@ program
   .option('--xen-sim', 'serve as an IOREQ server on the simulator of Xen\'s side (no Xen needed)', false)
   .option('--sim-vcpus <n>', 'simulator: guest vCPUs', parseIntOption, 1)
   .option('--sim-ram <MiB>', 'simulator: guest RAM in MiB', parseIntOption, 64)
+  .option('--stats <file>', 'vfio-user: on exit, write the devices\' statistics (DMA bytes, write-watch events, served accesses) as JSON')
   .option('-v, --verbose', 'log connections and errors to stderr', false);
 for (let i = 0; i < 6; i++) program.commands.at(-1)!.option(`--bar${i} <address>`, i === 0 ? 'Xen: fixed placement of BAR0 (likewise --bar1 … --bar5), for guests without PCI config access' : undefined as unknown as string);
 program.commands.at(-1)!.action(async (spec: string, opts: ServeOpts) => {
@@ -75,6 +76,7 @@ program.commands.at(-1)!.action(async (spec: string, opts: ServeOpts) => {
       ...(opts.maxDataXfer !== undefined ? { maxDataXferSize: opts.maxDataXfer } : {}),
     },
     verbose: opts.verbose,
+    ...(opts.stats ? { statsFile: opts.stats } : {}),
   });
 });
 
@@ -93,6 +95,7 @@ interface ServeOpts {
   configLatch: boolean;
   bufioreq: string;
   verbose: boolean;
+  stats?: string;
   bar0?: string;
   bar1?: string;
   bar2?: string;

@@ -4,6 +4,7 @@
  * `--fd=FDNUM`, SIGTERM ends cleanly (the socket file is removed).
  * @module
  */
+import { writeFileSync } from 'node:fs';
 import { MdevError } from '../errors.js';
 import { VfioUserServer, type VfioUserServerOptions } from '../../adapters/vfio/server.js';
 import { loadDevice } from './load-device.js';
@@ -18,6 +19,8 @@ export interface ServeOptions {
   server: VfioUserServerOptions;
   /** Print connection events. */
   verbose: boolean;
+  /** Write the devices' statistics (DMA bytes, write-watch events, served accesses) here on exit. */
+  statsFile?: string;
 }
 
 /** Starts the servers; resolves when they have all been closed by a signal. */
@@ -58,5 +61,6 @@ export async function serve(spec: string, options: ServeOptions): Promise<void> 
   }
   const signal = await stopped;
   if (options.verbose) process.stderr.write(`mdevkit: ${signal}: shutting down\n`);
+  if (options.statsFile) writeFileSync(options.statsFile, JSON.stringify({ devices: servers.map((s) => s.deviceStats()) }));
   for (const s of servers) s.close();
 }

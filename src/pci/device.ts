@@ -472,14 +472,19 @@ export class PciDevice {
     return this.memory;
   }
 
+  /** Bytes this device moved by DMA (for tools and comparisons). */
+  readonly dmaStats = { bytesRead: 0, bytesWritten: 0 };
+
   /** Device DMA read from guest memory; needs Bus Master Enable. */
   dmaRead(gpa: number, out: Uint8Array): void {
     this.dmaMemory().read(gpa, out);
+    this.dmaStats.bytesRead += out.length;
   }
 
   /** Device DMA write to guest memory (dirty-tracked); needs Bus Master Enable. */
   dmaWrite(gpa: number, data: Uint8Array): void {
     this.dmaMemory().write(gpa, data);
+    this.dmaStats.bytesWritten += data.length;
   }
 
   // ---- events ---------------------------------------------------------------------------------
