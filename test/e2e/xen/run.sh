@@ -1,0 +1,152 @@
+#!/usr/bin/env bash
+# Real-Xen end-to-end test: boots Debian 12's Xen 4.17 in QEMU (TCG) with a Linux dom0 whose
+# initramfs holds the toolstack, Node and this project; dom0 creates a PVH guest paused, starts
+# `mdevkit serve edu --xen <domid>` as an IOREQ server, unpauses the guest, and the guest drives the
+# edu device through PCI enumeration + MMIO. Exits 0 only on "E2E-VERDICT PASS".
+#
+# Needs root (apt-get for host packages). Cache: build/xen-e2e (note: `node-gyp rebuild` wipes build/).
+# Env: XEN_E2E_TIMEOUT (s, default 600), XEN_E2E_KEEP=1 keeps the run directory's logs.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/../../.." && pwd)
+CACHE="$ROOT/build/xen-e2e"
+TIMEOUT=${XEN_E2E_TIMEOUT:-600}
+KVER_PKG=""
+
+log() { printf 'xen-e2e: %s\n' "$*" >&2; }
+die() { log "FAIL: $*"; exit 1; }
+
+# ---------------------------------------------------------------- host packages
+need=()
+command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
+[ -x /bin/busybox ] && /bin/busybox --list 2>/dev/null | grep -qx devmem || need+=(busybox-static)
+command -v cpio >/dev/null || need+=(cpio)
+if [ ${#need[@]} -gt 0 ]; then
+  [ "$(id -u)" = 0 ] || die "need root to install ${need[*]}"
+  log "installing host packages: ${need[*]}"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}" >/dev/null || {
+    DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}" >/dev/null
+  }
+fi
+BUSYBOX=/bin/busybox
+file -L "$BUSYBOX" 2>/dev/null | grep -q 'statically linked' || BUSYBOX=$(dpkg -L busybox-static | grep -m1 '/bin/busybox$')
+
+# ---------------------------------------------------------------- project build
+[ -f "$ROOT/build/Release/mdevkit_native.node" ] || die "build/Release/mdevkit_native.node missing: run npm install"
+[ -f "$ROOT/dist/src/cli/main.js" ] || die "dist/ missing: run npm install (or npm run build)"
+
+# ---------------------------------------------------------------- Xen + kernel packages
+mkdir -p "$CACHE/debs"
+KPKG=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-/{print $2; exit}')
+[ -n "$KPKG" ] || die "cannot resolve linux-image-amd64"
+PKGS=(xen-hypervisor-4.17-amd64 xen-utils-4.17 xen-utils-common libxencall1 libxenevtchn1
+  libxenforeignmemory1 libxengnttab1 libxenmisc4.17 libxenstore4 libxentoollog1 libxendevicemodel1
+  libxenhypfs1 libxentoolcore1 libyajl2 "$KPKG")
+STAGE="$CACHE/stage"
+if [ ! -f "$CACHE/stage.done" ] || [ "$(cat "$CACHE/stage.done")" != "${PKGS[*]}" ]; then
+  log "downloading ${#PKGS[@]} packages"
+  rm -rf "$CACHE/debs"/*.deb "$STAGE"; mkdir -p "$STAGE"
+  (cd "$CACHE/debs" && apt-get download -q "${PKGS[@]}" >/dev/null 2>&1) || {
+    apt-get update -q >/dev/null; (cd "$CACHE/debs" && apt-get download -q "${PKGS[@]}" >/dev/null 2>&1); }
+  for d in "$CACHE/debs"/*.deb; do dpkg -x "$d" "$STAGE"; done
+  echo "${PKGS[*]}" > "$CACHE/stage.done"
+fi
+KVER=$(ls "$STAGE/lib/modules" | head -1)
+VMLINUZ="$STAGE/boot/vmlinuz-$KVER"
+XENGZ=$(ls "$STAGE"/boot/xen-4.17-amd64.gz)
+[ -f "$VMLINUZ" ] && [ -f "$XENGZ" ] || die "kernel or Xen image missing in $STAGE"
+
+RUN="$CACHE/run"
+rm -rf "$RUN"; mkdir -p "$RUN"
+gunzip -c "$XENGZ" > "$RUN/xen"
+
+# copy_bin SRC DEST_ROOT DEST_PATH [LIBPATH]: copies a binary and every library ldd lists.
+copy_libs() {
+  local bin=$1 root=$2 libpath=${3:-}
+  LD_LIBRARY_PATH="$libpath" ldd "$bin" 2>/dev/null | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\// {print $1}' |
+  while read -r lib; do
+    local dst="$root/lib/x86_64-linux-gnu/$(basename "$lib")"
+    case "$lib" in /lib64/*) dst="$root$lib";; esac
+    mkdir -p "$(dirname "$dst")"
+    [ -e "$dst" ] || cp -L "$lib" "$dst"
+  done
+}
+
+# ---------------------------------------------------------------- guest initramfs
+G="$RUN/guest-root"
+mkdir -p "$G"/{bin,sbin,proc,sys,dev,tmp}
+cp "$BUSYBOX" "$G/bin/busybox"
+cp "$HERE/guest-init.sh" "$G/init"; chmod +x "$G/init"
+(cd "$G" && find . | cpio -o -H newc --quiet | gzip -1) > "$RUN/guest-initrd.gz"
+
+# ---------------------------------------------------------------- dom0 initramfs
+D="$RUN/dom0-root"
+mkdir -p "$D"/{bin,sbin,proc,sys,dev,tmp,run,etc,lib/modules,var/lib/xen,var/log/xen,var/run/xen,var/lib/xenstored,guest,mdevkit/build/Release,mdevkit/node_modules}
+ln -s lib "$D/lib64" 2>/dev/null || true
+cp "$BUSYBOX" "$D/bin/busybox"
+cp "$HERE/dom0-init.sh" "$D/init"; chmod +x "$D/init"
+# kernel modules (decompressed so busybox insmod can load them), in dependency order
+for m in xen-evtchn xen-privcmd xenfs xen-gntdev xen-gntalloc; do
+  f=$(find "$STAGE/lib/modules/$KVER" -name "$m.ko*" | head -1)
+  [ -n "$f" ] || { log "module $m not found (built in?)"; continue; }
+  case "$f" in
+    *.xz) xz -dc "$f" > "$D/lib/modules/$m.ko";;
+    *.zst) zstd -qdc "$f" > "$D/lib/modules/$m.ko";;
+    *) cp "$f" "$D/lib/modules/$m.ko";;
+  esac
+done
+# Xen toolstack
+XLIB="$STAGE/usr/lib/x86_64-linux-gnu"
+mkdir -p "$D/usr/lib"
+cp -a "$STAGE/usr/lib/xen-4.17" "$D/usr/lib/"
+cp -a "$XLIB"/. "$D/lib/x86_64-linux-gnu/" 2>/dev/null || { mkdir -p "$D/lib/x86_64-linux-gnu"; cp -a "$XLIB"/. "$D/lib/x86_64-linux-gnu/"; }
+mkdir -p "$D/lib/x86_64-linux-gnu"; [ -d "$STAGE/etc/xen" ] && cp -a "$STAGE/etc/xen" "$D/etc/"
+for b in "$D"/usr/lib/xen-4.17/bin/*; do
+  file "$b" | grep -q ELF && copy_libs "$b" "$D" "$XLIB:$STAGE/usr/lib/xen-4.17/lib" || true
+done
+for l in /lib/x86_64-linux-gnu/libgcc_s.so.1; do cp -L "$l" "$D/lib/x86_64-linux-gnu/"; done
+# Node and this project
+mkdir -p "$D/usr/bin"
+cp -L "$(readlink -f /usr/bin/node)" "$D/usr/bin/node"
+copy_libs /usr/bin/node "$D"
+copy_libs "$ROOT/build/Release/mdevkit_native.node" "$D"
+cp -a "$ROOT/dist" "$D/mdevkit/"
+cp "$ROOT/package.json" "$D/mdevkit/"
+cp "$ROOT/build/Release/mdevkit_native.node" "$D/mdevkit/build/Release/"
+for m in commander pngjs; do cp -a "$ROOT/node_modules/$m" "$D/mdevkit/node_modules/"; done
+# the guest
+cp "$VMLINUZ" "$D/guest/vmlinuz"
+cp "$RUN/guest-initrd.gz" "$D/guest/initrd.gz"
+cp "$HERE/guest.cfg" "$D/guest/guest.cfg"
+(cd "$D" && find . | cpio -o -H newc --quiet | gzip -1) > "$RUN/dom0-initrd.gz"
+log "dom0 initramfs: $(du -h "$RUN/dom0-initrd.gz" | cut -f1), guest initramfs: $(du -h "$RUN/guest-initrd.gz" | cut -f1)"
+
+# ---------------------------------------------------------------- boot
+cp "$VMLINUZ" "$RUN/vmlinuz"
+OUT="$RUN/serial.log"
+log "booting Xen under QEMU (TCG), limit ${TIMEOUT}s; serial log: $OUT"
+start=$(date +%s.%N)
+set +e
+(cd "$RUN" && timeout "$TIMEOUT" qemu-system-x86_64 -machine q35,accel=tcg -cpu max,-smap,-smep,-avx,-avx2 \
+  -smp 2 -m 2048 -display none -monitor none -serial stdio -no-reboot -kernel xen \
+  -append "console=com1 com1=115200,8n1 loglvl=all guest_loglvl=all dom0_mem=768M,max:768M dom0_max_vcpus=1 bootscrub=0" \
+  -initrd "vmlinuz console=hvc0 earlyprintk=xen loglevel=6 rdinit=/init,dom0-initrd.gz" </dev/null >"$OUT" 2>&1)
+qrc=$?
+set -e
+end=$(date +%s.%N)
+elapsed=$(awk -v a="$start" -v b="$end" 'BEGIN{printf "%.1f", b-a}')
+tr -d '\r' < "$OUT" > "$OUT.txt"
+verdict=$(grep -a -m1 '^E2E-VERDICT' "$OUT.txt" || true)
+log "QEMU exit $qrc after ${elapsed}s"
+grep -a -E '^(E2E-|RTT-)' "$OUT.txt" | grep -v '^E2E-VERDICT' >&2 || true
+case "$verdict" in
+  "E2E-VERDICT PASS"*)
+    echo "$verdict (wall ${elapsed}s)"
+    exit 0;;
+  *)
+    log "---- last 150 lines of serial log ----"
+    tail -n 150 "$OUT.txt" >&2
+    [ -n "$verdict" ] && die "$verdict" || die "no verdict (QEMU exit $qrc, ${elapsed}s)";;
+esac
