@@ -45,7 +45,10 @@ while :; do
 done
 say "guest finished or timed out after ${i}s"
 grep -a 'E2E-' /var/log/xen/console/guest-e2e.log | tr -d '\r'
-kill -TERM $srv 2>/dev/null; sleep 1
+kill -TERM $srv 2>/dev/null
+i=0; while kill -0 $srv 2>/dev/null && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
+wait $srv; say "server exit status $? after SIGTERM ($(wc -l < /tmp/server.log) log lines); last lines:"
+tail -n 8 /tmp/server.log | sed 's/^/E2E-SERVER /'
 res=$(grep -a -m1 'E2E-RESULT' /var/log/xen/console/guest-e2e.log | tr -d '\r')
 rtt=$(grep -a -m1 'E2E-RTT' /var/log/xen/console/guest-e2e.log | tr -d '\r')
 [ -n "$res" ] || { show_logs; verdict "FAIL no E2E-RESULT from guest"; }

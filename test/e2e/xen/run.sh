@@ -20,7 +20,7 @@ die() { log "FAIL: $*"; exit 1; }
 # ---------------------------------------------------------------- host packages
 need=()
 command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
-[ -x /bin/busybox ] && /bin/busybox --list 2>/dev/null | grep -qx devmem || need+=(busybox-static)
+dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)
 command -v cpio >/dev/null || need+=(cpio)
 if [ ${#need[@]} -gt 0 ]; then
   [ "$(id -u)" = 0 ] || die "need root to install ${need[*]}"
@@ -31,7 +31,7 @@ if [ ${#need[@]} -gt 0 ]; then
   }
 fi
 BUSYBOX=/bin/busybox
-file -L "$BUSYBOX" 2>/dev/null | grep -q 'statically linked' || BUSYBOX=$(dpkg -L busybox-static | grep -m1 '/bin/busybox$')
+case "$(file -L "$BUSYBOX")" in *statically*) ;; *) die "$BUSYBOX is not static (busybox-static)";; esac
 
 # ---------------------------------------------------------------- project build
 [ -f "$ROOT/build/Release/mdevkit_native.node" ] || die "build/Release/mdevkit_native.node missing: run npm install"
