@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Real-Xen end-to-end test: boots Debian 12's Xen 4.17 in QEMU (TCG) with a Linux dom0 whose
 # initramfs holds the toolstack, Node and this project; dom0 creates a PVH guest paused, starts
-# `mdevkit serve edu --xen <domid>` as an IOREQ server, unpauses the guest, and the guest drives the
-# edu device through PCI enumeration + MMIO. Exits 0 only on "E2E-VERDICT PASS".
+# `mdevkit serve edu --xen <domid>` (00:05.0) and `mdevkit serve vgpu --xen <domid>` (00:06.0) as two
+# IOREQ servers, unpauses the guest, and the guest drives edu through PCI enumeration + MMIO and the
+# vGPU through a command ring the device fetches by DMA (foreign mappings of guest RAM).
+# Exits 0 only on "E2E-VERDICT PASS".
 #
 # Needs root (apt-get for host packages). Cache: build/xen-e2e (note: `node-gyp rebuild` wipes build/).
 # Env: XEN_E2E_TIMEOUT (s, default 600), XEN_E2E_KEEP=1 keeps the run directory's logs.
