@@ -67,7 +67,7 @@ rtt=$(grep -a -m1 'E2E-RTT' /var/log/xen/console/guest-e2e.log | tr -d '\r')
 vres=$(grep -a -m1 'E2E-VGPU-RESULT' /var/log/xen/console/guest-e2e.log | tr -d '\r')
 [ -n "$res" ] || { show_logs; verdict "FAIL no E2E-RESULT from guest"; }
 case "$res" in
-  *"id=0x010000ed liveness=0xedcba987 factorial=120 "*) ;;
+  *"id=0x010000ed liveness=0xedcba987 factorial=120 irq_raised=0x00000004 irq_acked=0x00000000 "*) ;;
   *) show_logs; verdict "FAIL unexpected guest result: ${res#E2E-RESULT }";;
 esac
 [ -n "$vres" ] || { show_logs; verdict "FAIL no E2E-VGPU-RESULT from guest"; }

@@ -22,7 +22,12 @@ devmem $((bar + 4)) 32 0x12345678
 liveness=$(rd 4)
 devmem $((bar + 8)) 32 5
 factorial=$(( $(rd 8) ))
-echo "E2E-RESULT id=$id liveness=$liveness factorial=$factorial bdf=$(basename "$dev") bar0=$(printf 0x%x $bar)"
+# Interrupt status: IRQ_RAISE (0x60) sets bits in IRQ_STATUS (0x24); IRQ_ACK (0x64) clears them.
+devmem $((bar + 0x60)) 32 0x4
+irq_raised=$(rd 0x24)
+devmem $((bar + 0x64)) 32 0x4
+irq_acked=$(rd 0x24)
+echo "E2E-RESULT id=$id liveness=$liveness factorial=$factorial irq_raised=$irq_raised irq_acked=$irq_acked bdf=$(basename "$dev") bar0=$(printf 0x%x $bar)"
 # Informational timing: N devmem reads (each includes a busybox exec) of the served ID register vs
 # an address nobody serves, so the difference approximates the IOREQ round trip.
 N=200
