@@ -77,32 +77,18 @@ export function errnoFromError(e: unknown): number {
   return errnoOf('EIO');
 }
 
-/** Cuts a region into segments by who serves each byte. */
+/** The region's layout as native table segments. */
 export function regionSegments(region: Region): SegmentSpec[] {
-  const cuts = new Set<number>([0, region.size]);
-  const served = region.accessor.size ?? region.size;
-  if (served < region.size) cuts.add(served);
-  for (const a of region.mmapAreas) cuts.add(a.offset).add(a.offset + a.size);
-  for (const o of region.overlays) cuts.add(o.offset).add(o.offset + o.size);
-  const points = [...cuts].sort((a, b) => a - b);
-  const segments: SegmentSpec[] = [];
   const forAccessor = (acc: RegionAccessor, offset: number, size: number, base: number): SegmentSpec =>
     acc instanceof RegisterBlock
       ? { offset, size, kind: 'masked', storage: acc.storage.planes, planeSize: acc.storage.size, base }
       : { offset, size, kind: 'js' };
-  for (let i = 0; i + 1 < points.length; i++) {
-    const start = points[i]!;
-    const size = points[i + 1]! - start;
-    if (region.mmapAreas.some((a) => start >= a.offset && start < a.offset + a.size)) {
-      segments.push({ offset: start, size, kind: 'ram', storage: region.backing!.bytes, base: start });
-      continue;
-    }
-    const overlay = region.overlays.find((o) => start >= o.offset && start < o.offset + o.size);
-    if (overlay) segments.push(forAccessor(overlay.accessor, start, size, start - overlay.offset));
-    else if (start >= served) segments.push({ offset: start, size, kind: 'zero' });
-    else segments.push(forAccessor(region.accessor, start, size, start));
-  }
-  return segments;
+  return region.layout.map(({ offset, size, target }): SegmentSpec => {
+    if (target === 'ram') return { offset, size, kind: 'ram', storage: region.backing!.bytes, base: offset };
+    if (target === 'empty') return { offset, size, kind: 'zero' };
+    if (target === null) return forAccessor(region.accessor, offset, size, offset);
+    return forAccessor(target.accessor, offset, size, offset - target.offset);
+  });
 }
 
 /**

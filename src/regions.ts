@@ -142,6 +142,16 @@ export interface Overlay {
   readonly name: string;
 }
 
+/** A run of a region's bytes with one server (see {@link Region.layout}). */
+export interface RegionPiece {
+  /** Offset in the region. */
+  readonly offset: number;
+  /** Size in bytes. */
+  readonly size: number;
+  /** Shared memory, an overlay, the region's accessor (null), or unimplemented space. */
+  readonly target: 'ram' | Overlay | 'empty' | null;
+}
+
 /** Options of {@link Region}. */
 export interface RegionOptions {
   /** MMIO (default) or port I/O. */
@@ -165,6 +175,7 @@ export class Region {
   /** Mappable areas, sorted by offset. */
   readonly mmapAreas: readonly MmapArea[];
   private readonly overlayList: Overlay[] = [];
+  private cachedLayout: RegionPiece[] | null = null;
 
   /**
    * Creates a region; validates size, space and mappable areas.
@@ -228,6 +239,7 @@ export class Region {
     }
     this.overlayList.push({ name, offset, size, accessor });
     this.overlayList.sort((a, b) => a.offset - b.offset);
+    this.cachedLayout = null;
   }
 
   /** True when `[offset, offset+length)` lies entirely inside a mappable area. */
@@ -242,36 +254,43 @@ export class Region {
   }
 
   /**
-   * Cuts `[offset, offset+length)` at mmap-area and overlay boundaries and calls `fn` for each piece
-   * with the target: 'ram', an overlay, or the region's own accessor.
+   * Who serves each byte, as sorted, contiguous pieces covering the region: shared memory ('ram'),
+   * an overlay, the region's accessor (null), or nothing ('empty', past what the accessor serves).
+   * Mappable areas win over overlays (they cannot overlap: addOverlay refuses it). Computed once;
+   * addOverlay invalidates it. Native dispatch tables are built from the same pieces.
    */
-  private pieces(offset: number, length: number, fn: (pos: number, len: number, target: 'ram' | Overlay | 'empty' | null) => void): void {
-    let pos = offset;
-    const end = offset + length;
+  get layout(): readonly RegionPiece[] {
+    if (this.cachedLayout) return this.cachedLayout;
     const served = this.accessor.size ?? this.size;
-    while (pos < end) {
-      let target: 'ram' | Overlay | 'empty' | null = null;
-      let limit = end;
-      for (const a of this.mmapAreas) {
-        if (pos >= a.offset && pos < a.offset + a.size) {
-          target = 'ram';
-          limit = Math.min(limit, a.offset + a.size);
-        } else if (a.offset > pos) limit = Math.min(limit, a.offset);
-      }
-      if (target === null) {
-        for (const o of this.overlayList) {
-          if (pos >= o.offset && pos < o.offset + o.size) {
-            target = o;
-            limit = Math.min(limit, o.offset + o.size);
-          } else if (o.offset > pos) limit = Math.min(limit, o.offset);
-        }
-      }
-      if (target === null) {
-        if (pos >= served) target = 'empty';
-        else limit = Math.min(limit, served);
-      }
-      fn(pos, limit - pos, target);
-      pos = limit;
+    const cuts = new Set<number>([0, this.size]);
+    if (served < this.size) cuts.add(served);
+    for (const a of this.mmapAreas) cuts.add(a.offset).add(a.offset + a.size);
+    for (const o of this.overlayList) cuts.add(o.offset).add(o.offset + o.size);
+    const points = [...cuts].sort((x, y) => x - y);
+    const pieces: RegionPiece[] = [];
+    for (let i = 0; i + 1 < points.length; i++) {
+      const offset = points[i]!;
+      const size = points[i + 1]! - offset;
+      const inArea = this.mmapAreas.some((a) => offset >= a.offset && offset < a.offset + a.size);
+      const overlay = this.overlayList.find((o) => offset >= o.offset && offset < o.offset + o.size);
+      const target: RegionPiece['target'] = inArea ? 'ram' : overlay ?? (offset >= served ? 'empty' : null);
+      const last = pieces[pieces.length - 1];
+      // Neighbouring pieces with the same target are one piece (an overlay is its own target).
+      if (last && last.target === target && last.offset + last.size === offset) pieces[pieces.length - 1] = { offset: last.offset, size: last.size + size, target };
+      else pieces.push({ offset, size, target });
+    }
+    this.cachedLayout = pieces;
+    return pieces;
+  }
+
+  /** Calls `fn` for each piece of [offset, offset+length), cut at the layout's boundaries. */
+  private pieces(offset: number, length: number, fn: (pos: number, len: number, target: RegionPiece['target']) => void): void {
+    const end = offset + length;
+    for (const p of this.layout) {
+      if (p.offset + p.size <= offset) continue;
+      if (p.offset >= end) break;
+      const pos = Math.max(offset, p.offset);
+      fn(pos, Math.min(end, p.offset + p.size) - pos, p.target);
     }
   }
 

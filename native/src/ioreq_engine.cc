@@ -412,10 +412,9 @@ class IoreqEngine : public Napi::ObjectWrap<IoreqEngine> {
   uint64_t Access(uint32_t region, uint64_t offset, uint64_t data, uint32_t size, bool read) {
     uint8_t buf[8];
     std::memcpy(buf, &data, sizeof buf);  // little-endian host (x86_64, arm64)
-    RegionStats before = table_->stats();
-    int err = table_->Access(env_, region, offset, buf, size, !read);
-    const RegionStats& after = table_->stats();
-    if (after.js_reads + after.js_writes != before.js_reads + before.js_writes) stats_.js++;
+    bool via_js = false;
+    int err = table_->Access(env_, region, offset, buf, size, !read, &via_js);
+    if (via_js) stats_.js++;
     else stats_.native++;
     if (err != 0) return Bad("region access failed", err, read, size);
     if (!read) return data;

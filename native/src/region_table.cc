@@ -128,7 +128,8 @@ Napi::Value RegionTable::ClearRegion(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
-int RegionTable::CallJs(Napi::Env env, uint32_t region, uint64_t offset, uint8_t* buf, uint32_t count, bool write) {
+int RegionTable::CallJs(Napi::Env env, uint32_t region, uint64_t offset, uint8_t* buf, uint32_t count, bool write,
+                        bool* via_js) {
   if (count > scratch_len_) return E2BIG;
   if (write) std::memcpy(scratch_, buf, count);
   int result = EIO;
@@ -143,6 +144,7 @@ int RegionTable::CallJs(Napi::Env env, uint32_t region, uint64_t offset, uint8_t
     // The JS side maps its own errors to errnos; an escaped exception is a bug, reported as EIO.
     result = EIO;
   }
+  if (via_js != nullptr) *via_js = true;
   if (write) {
     stats_.js_writes++;
   } else {
@@ -152,7 +154,8 @@ int RegionTable::CallJs(Napi::Env env, uint32_t region, uint64_t offset, uint8_t
   return result;
 }
 
-int RegionTable::Access(Napi::Env env, uint32_t region, uint64_t offset, uint8_t* buf, uint32_t count, bool write) {
+int RegionTable::Access(Napi::Env env, uint32_t region, uint64_t offset, uint8_t* buf, uint32_t count, bool write,
+                        bool* via_js) {
   if (region >= regions_.size()) return EINVAL;
   const RegionEntry& e = regions_[region];
   if (e.size == 0) return EINVAL;
@@ -173,19 +176,19 @@ int RegionTable::Access(Napi::Env env, uint32_t region, uint64_t offset, uint8_t
         break;
       case RegionSegment::kMasked: {
         uint8_t hooks = MaskedFlags(s.storage, s.plane_size, at, count);
-        if (hooks & (write ? kByteWriteHook : kByteReadHook)) return CallJs(env, region, offset, buf, count, write);
+        if (hooks & (write ? kByteWriteHook : kByteReadHook)) return CallJs(env, region, offset, buf, count, write, via_js);
         if (write) MaskedWrite(s.storage, s.plane_size, at, buf, count);
         else MaskedRead(s.storage, s.plane_size, at, buf, count);
         break;
       }
       case RegionSegment::kJs:
-        return CallJs(env, region, offset, buf, count, write);
+        return CallJs(env, region, offset, buf, count, write, via_js);
     }
     if (write) stats_.native_writes++;
     else stats_.native_reads++;
     return 0;
   }
-  return CallJs(env, region, offset, buf, count, write);
+  return CallJs(env, region, offset, buf, count, write, via_js);
 }
 
 // read(region, offset, out) → errno (0 on success)

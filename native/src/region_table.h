@@ -46,8 +46,10 @@ class RegionTable : public Napi::ObjectWrap<RegionTable> {
   explicit RegionTable(const Napi::CallbackInfo& info);
 
   // Performs a guest access; returns 0 or a positive errno. `buf` holds the data to write or
-  // receives the data read. May call into JS (on the JS thread only).
-  int Access(Napi::Env env, uint32_t region, uint64_t offset, uint8_t* buf, uint32_t count, bool write);
+  // receives the data read. May call into JS (on the JS thread only); `via_js`, when given, is set
+  // to true if it did (the access is then counted in the js_* stats).
+  int Access(Napi::Env env, uint32_t region, uint64_t offset, uint8_t* buf, uint32_t count, bool write,
+             bool* via_js = nullptr);
 
   // Largest access the JS path can carry (the scratch buffer's size).
   uint32_t MaxAccess() const { return static_cast<uint32_t>(scratch_len_); }
@@ -59,7 +61,7 @@ class RegionTable : public Napi::ObjectWrap<RegionTable> {
   Napi::Value JsRead(const Napi::CallbackInfo& info);
   Napi::Value JsWrite(const Napi::CallbackInfo& info);
   Napi::Value Stats(const Napi::CallbackInfo& info);
-  int CallJs(Napi::Env env, uint32_t region, uint64_t offset, uint8_t* buf, uint32_t count, bool write);
+  int CallJs(Napi::Env env, uint32_t region, uint64_t offset, uint8_t* buf, uint32_t count, bool write, bool* via_js);
 
   std::vector<RegionEntry> regions_;
   Napi::FunctionReference js_access_;

@@ -11,6 +11,7 @@ import { PrivcmdXenHost } from '../../adapters/xen/privcmd-host.js';
 import { SimHypervisor } from '../../adapters/xen/sim/hypervisor.js';
 import { SimXenHost } from '../../adapters/xen/sim/host.js';
 import { loadDevice } from './load-device.js';
+import { listenForStop } from './stop-signal.js';
 
 /** Options of {@link serveXen}. */
 export interface ServeXenOptions {
@@ -70,24 +71,18 @@ export async function serveXen(spec: string, options: ServeXenOptions): Promise<
     options.host.close();
   };
   process.once('exit', cleanup);
-  // Signal handlers go in before we announce ourselves: a prompt SIGTERM must shut down cleanly.
-  let signalled: (signal: string) => void = () => {};
-  const stopped = new Promise<string>((resolve) => (signalled = resolve));
-  const onSignal = (signal: NodeJS.Signals) => signalled(signal);
-  process.once('SIGTERM', onSignal);
-  process.once('SIGINT', onSignal);
+  const stop = listenForStop();
   try {
     server.start();
   } catch (e) {
     process.removeListener('exit', cleanup);
-    process.removeListener('SIGTERM', onSignal);
-    process.removeListener('SIGINT', onSignal);
+    stop.cancel();
     cleanup();
     throw e;
   }
   process.stdout.write(`mdevkit: serving ${spec} as ioreq server ${server.id} for domain ${options.host.domid} (${options.host.kind})\n`);
   await options.onServing?.(server);
-  const signal = await stopped;
+  const signal = await stop.stopped;
   if (options.verbose) process.stderr.write(`mdevkit: ${signal}: shutting down\n`);
   process.removeListener('exit', cleanup);
   cleanup();

@@ -8,6 +8,7 @@ import { writeFileSync } from 'node:fs';
 import { MdevError } from '../errors.js';
 import { VfioUserServer, type VfioUserServerOptions } from '../../adapters/vfio/server.js';
 import { loadDevice } from './load-device.js';
+import { listenForStop } from './stop-signal.js';
 
 /** Options of {@link serve}. */
 export interface ServeOptions {
@@ -29,12 +30,7 @@ export async function serve(spec: string, options: ServeOptions): Promise<void> 
     throw new MdevError('EINVAL', 'give --vfio-user PATH (or --socket-path PATH, or --fd N)', 'socket');
   }
   const servers: VfioUserServer[] = [];
-  // Signal handlers go in before we announce ourselves: a prompt SIGTERM must shut down cleanly.
-  let signalled: (signal: string) => void = () => {};
-  const stopped = new Promise<string>((resolve) => (signalled = resolve));
-  const onSignal = (signal: NodeJS.Signals) => signalled(signal);
-  process.once('SIGTERM', onSignal);
-  process.once('SIGINT', onSignal);
+  const stop = listenForStop();
   const log = options.verbose ? (line: string) => process.stderr.write(`mdevkit: ${line}\n`) : undefined;
   const make = async (): Promise<VfioUserServer> => {
     const device = await loadDevice(spec);
@@ -54,12 +50,11 @@ export async function serve(spec: string, options: ServeOptions): Promise<void> 
       process.stdout.write(`mdevkit: serving ${spec} on ${kind} fd ${options.fd}\n`);
     }
   } catch (e) {
-    process.removeListener('SIGTERM', onSignal);
-    process.removeListener('SIGINT', onSignal);
+    stop.cancel();
     for (const s of servers) s.close();
     throw e;
   }
-  const signal = await stopped;
+  const signal = await stop.stopped;
   if (options.verbose) process.stderr.write(`mdevkit: ${signal}: shutting down\n`);
   if (options.statsFile) writeFileSync(options.statsFile, JSON.stringify({ devices: servers.map((s) => s.deviceStats()) }));
   for (const s of servers) s.close();
