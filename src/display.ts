@@ -13,7 +13,16 @@ import { DirtyBitmap } from './native/dirty-bitmap.js';
 
 const native = binding as unknown as { scanPages(bytes: Uint8Array, pageSize: number, hashes: BigUint64Array, dirty?: DirtyBitmap): number };
 
-/** Where the visible plane is in VRAM (XRGB8888). */
+/** Pixel formats a {@link ScanoutDisplay} can show (DRM names: 32-bit XRGB, 16-bit RGB 5:6:5). */
+export type PixelFormat = 'xrgb8888' | 'rgb565';
+
+/** Byte order of the pixels in VRAM (a big-endian guest may store them most significant byte first). */
+export type PixelByteOrder = 'little' | 'big';
+
+/** Bytes per pixel of each {@link PixelFormat}. */
+export const PIXEL_BYTES: Readonly<Record<PixelFormat, number>> = { xrgb8888: 4, rgb565: 2 };
+
+/** Where the visible plane is in VRAM and how its pixels are stored. */
 export interface ScanoutGeometry {
   /** Byte offset of the first line. */
   offset: number;
@@ -23,6 +32,54 @@ export interface ScanoutGeometry {
   width: number;
   /** Lines. */
   height: number;
+  /** Pixel format (default XRGB8888). */
+  format?: PixelFormat;
+  /** Byte order of each pixel (default little endian). */
+  byteOrder?: PixelByteOrder;
+}
+
+/** Converts one line of `width` pixels at `vram[src]` to RGBA at `out[dst]`. */
+type LineConverter = (vram: Uint8Array, src: number, out: Uint8Array, dst: number, width: number) => void;
+
+// XRGB8888 is B, G, R, X in memory little endian and X, R, G, B big endian; RGB565 is one 16-bit
+// word (R in the top 5 bits). PNG wants R, G, B, A; 5/6-bit channels are widened by bit replication.
+const CONVERTERS: Readonly<Record<PixelFormat, Record<PixelByteOrder, LineConverter>>> = {
+  xrgb8888: {
+    little: (v, s, o, d, w) => {
+      for (let x = 0; x < w; x++, s += 4, d += 4) {
+        o[d] = v[s + 2]!;
+        o[d + 1] = v[s + 1]!;
+        o[d + 2] = v[s]!;
+        o[d + 3] = 0xff;
+      }
+    },
+    big: (v, s, o, d, w) => {
+      for (let x = 0; x < w; x++, s += 4, d += 4) {
+        o[d] = v[s + 1]!;
+        o[d + 1] = v[s + 2]!;
+        o[d + 2] = v[s + 3]!;
+        o[d + 3] = 0xff;
+      }
+    },
+  },
+  rgb565: {
+    little: (v, s, o, d, w) => {
+      for (let x = 0; x < w; x++, s += 2, d += 4) rgb565(v[s]! | (v[s + 1]! << 8), o, d);
+    },
+    big: (v, s, o, d, w) => {
+      for (let x = 0; x < w; x++, s += 2, d += 4) rgb565((v[s]! << 8) | v[s + 1]!, o, d);
+    },
+  },
+};
+
+function rgb565(p: number, o: Uint8Array, d: number): void {
+  const r = p >> 11;
+  const g = (p >> 5) & 0x3f;
+  const b = p & 0x1f;
+  o[d] = (r << 3) | (r >> 2);
+  o[d + 1] = (g << 2) | (g >> 4);
+  o[d + 2] = (b << 3) | (b >> 2);
+  o[d + 3] = 0xff;
 }
 
 /** What one refresh did. */
@@ -40,7 +97,7 @@ export const SCAN_PAGE_SIZE = 4096;
 export class ScanoutDisplay {
   private readonly hashes: BigUint64Array;
   private readonly dirty: DirtyBitmap;
-  private geometry: ScanoutGeometry | null = null;
+  private geometry: Required<ScanoutGeometry> | null = null;
   private image: PNG | null = null;
 
   /**
@@ -63,14 +120,25 @@ export class ScanoutDisplay {
    * VRAM written since the last refresh), else from the hash scan. A new geometry redraws all.
    */
   refresh(vram: Uint8Array, geometry: ScanoutGeometry, dirty?: DirtyBitmap): RefreshResult {
-    const g = geometry;
-    if (![g.offset, g.stride, g.width, g.height].every((v) => Number.isSafeInteger(v) && v >= 0) || g.width === 0 || g.height === 0 || g.stride < g.width * 4) {
+    // Only the plane's own fields count: callers may pass a richer object (a device's scanout state).
+    const g: Required<ScanoutGeometry> = {
+      offset: geometry.offset,
+      stride: geometry.stride,
+      width: geometry.width,
+      height: geometry.height,
+      format: geometry.format ?? 'xrgb8888',
+      byteOrder: geometry.byteOrder ?? 'little',
+    };
+    if (!Object.hasOwn(PIXEL_BYTES, g.format)) throw new MdevError('EINVAL', `unknown pixel format ${JSON.stringify(g.format)}`, 'geometry.format');
+    if (g.byteOrder !== 'little' && g.byteOrder !== 'big') throw new MdevError('EINVAL', `must be "little" or "big"`, 'geometry.byteOrder');
+    const bpp = PIXEL_BYTES[g.format];
+    if (![g.offset, g.stride, g.width, g.height].every((v) => Number.isSafeInteger(v) && v >= 0) || g.width === 0 || g.height === 0 || g.stride < g.width * bpp) {
       throw new MdevError('EINVAL', `bad plane ${JSON.stringify(g)}`, 'geometry');
     }
-    if (g.offset + (g.height - 1) * g.stride + g.width * 4 > vram.length) throw new MdevError('ERANGE', 'the plane runs past the end of VRAM', 'geometry');
+    if (g.offset + (g.height - 1) * g.stride + g.width * bpp > vram.length) throw new MdevError('ERANGE', 'the plane runs past the end of VRAM', 'geometry');
     const fresh = this.geometry === null || JSON.stringify(this.geometry) !== JSON.stringify(g);
     if (fresh) {
-      this.geometry = { ...g };
+      this.geometry = g;
       this.image = new PNG({ width: g.width, height: g.height });
     }
     let changedPages: number;
@@ -85,22 +153,15 @@ export class ScanoutDisplay {
     }
     let linesUpdated = 0;
     const data = this.image!.data;
+    const convert = CONVERTERS[g.format][g.byteOrder];
     for (let y = 0; y < g.height; y++) {
       const start = g.offset + y * g.stride;
-      const end = start + g.width * 4;
+      const end = start + g.width * bpp;
       let touched = fresh;
       for (let p = Math.floor(start / SCAN_PAGE_SIZE); !touched && p <= Math.floor((end - 1) / SCAN_PAGE_SIZE); p++) touched = this.dirty.test(p);
       if (!touched) continue;
       linesUpdated++;
-      for (let x = 0; x < g.width; x++) {
-        const s = start + x * 4;
-        const d = (y * g.width + x) * 4;
-        // XRGB8888 little-endian: B, G, R, X in memory; PNG wants R, G, B, A.
-        data[d] = vram[s + 2]!;
-        data[d + 1] = vram[s + 1]!;
-        data[d + 2] = vram[s]!;
-        data[d + 3] = 0xff;
-      }
+      convert(vram, start, data, y * g.width * 4, g.width);
     }
     return { changedPages, linesUpdated };
   }

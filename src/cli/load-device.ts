@@ -13,6 +13,7 @@ import type { PciDevice } from '../pci/device.js';
 
 /** Built-in example devices, by name. */
 export const BUILTIN_DEVICES: Readonly<Record<string, string>> = {
+  'bochs-display': 'examples/bochs-display',
   edu: 'examples/edu',
   shmem: 'examples/shmem',
   vgpu: 'examples/vgpu',
