@@ -10,7 +10,7 @@
  * @module
  */
 import { existsSync, lstatSync, unlinkSync } from 'node:fs';
-import { MdevError, isErrno } from '../../src/errors.js';
+import { MdevError, errnoOf, isErrno } from '../../src/errors.js';
 import { binding } from '../../src/native/binding.js';
 import { closeFd } from '../../src/native/fd.js';
 import { acceptUnix, connectUnix, listenUnix, socketPair } from '../../src/native/socket.js';
@@ -54,6 +54,14 @@ export interface VfioUserServerOptions {
   dmaTimeoutMs?: number;
   /** Offer twin-socket mode to clients that support it (default true). */
   twinSocket?: boolean;
+  /** A client that starts a message and does not complete it within this many ms is dropped (default 5000; 0: no limit). */
+  messageTimeoutMs?: number;
+  /** A client that leaves replies unread this long is dropped (default 10000; 0: no limit). */
+  replyTimeoutMs?: number;
+  /** Ending a connection, wait at most this long for the peer's end of stream after ours (default 2000). */
+  drainMs?: number;
+  /** Clients that may wait for the device while another is connected (default 16); more are refused with EBUSY. */
+  maxWaitingClients?: number;
   /** Log lines (default: none). */
   log?: (line: string) => void;
 }
@@ -71,6 +79,7 @@ interface Reply {
 interface NativeConnection {
   start(): void;
   close(): void;
+  closeGracefully(reason?: string): void;
   setTwin(fd: number): void;
   setNegotiated(negotiated: boolean): void;
   request(command: number, payload: Uint8Array, timeoutMs: number): Buffer;
@@ -86,6 +95,9 @@ const NativeConnectionClass = binding['VfioUserConnection'] as new (
     maxMessageSize: number;
     maxFds: number;
     maxDataXfer: number;
+    messageTimeoutMs?: number;
+    replyTimeoutMs?: number;
+    drainMs?: number;
   },
 ) => NativeConnection;
 
@@ -142,6 +154,9 @@ export class VfioUserSession {
       maxMessageSize: HEADER_SIZE + Layout.regionAccess.data + opts.maxDataXferSize + 64,
       maxFds: opts.maxMsgFds,
       maxDataXfer: opts.maxDataXferSize,
+      messageTimeoutMs: opts.messageTimeoutMs,
+      replyTimeoutMs: opts.replyTimeoutMs,
+      drainMs: opts.drainMs,
     });
     server.device.attachGuestMemory(this.dma);
     // vfio-user cannot write-protect guest pages: watched pages are compared at sync points.
@@ -156,9 +171,19 @@ export class VfioUserSession {
     return { connection: this.conn.stats(), regions: this.server.regionTable.stats() };
   }
 
-  /** Ends the session (as a client disconnect would). */
+  /** Ends the session at once (as a client disconnect would); unread requests are dropped. */
   close(): void {
     this.conn.close();
+  }
+
+  /**
+   * Ends the session as a well-behaved peer does: requests already sent are read and answered, no
+   * new work is taken, our end of stream follows the last reply, and the client's end of stream is
+   * awaited (bounded by `drainMs`) before the socket is closed — so the client sees EOF, never a
+   * connection reset.
+   */
+  end(reason = 'closed by the server'): void {
+    this.conn.closeGracefully(reason);
   }
 
   /** Asks the VMM to release the device (signals the REQ interrupt, if the client set one up). */
@@ -525,8 +550,6 @@ export class VfioUserSession {
   }
 }
 
-/** Clients accepted while another is connected, served in turn. */
-const MAX_WAITING_CLIENTS = 16;
 
 function tryClose(fd: number): void {
   try {
@@ -563,6 +586,10 @@ export class VfioUserServer {
   private socketPath: string | null = null;
   private current: VfioUserSession | null = null;
   private waiting: number[] = [];
+  /** Connections being refused (an error reply, then an orderly end). */
+  private readonly refusing = new Set<NativeConnection>();
+  private idleWaiters: (() => void)[] = [];
+  private shuttingDown = false;
   /** Write-watch events of sessions that have ended (compare mode, found at sync points). */
   private pastWriteWatchEvents = 0;
   private readonly sessionListeners: ((event: 'connect' | 'disconnect', session: VfioUserSession, reason?: string) => void)[] = [];
@@ -586,6 +613,13 @@ export class VfioUserServer {
     if (!Number.isInteger(maxDmaMaps) || maxDmaMaps < 1 || maxDmaMaps > 65535) fail('EINVAL', 'must be an integer in [1, 65535]', 'maxDmaMaps');
     const dmaLayout = options.dmaLayout ?? 'spec';
     if (dmaLayout !== 'spec' && dmaLayout !== 'qemu') fail('EINVAL', 'must be "spec" or "qemu"', 'dmaLayout');
+    const ms = (field: keyof VfioUserServerOptions, fallback: number): number => {
+      const v = options[field] ?? fallback;
+      if (typeof v !== 'number' || !Number.isInteger(v) || v < 0 || v > 86_400_000) fail('EINVAL', `must be an integer number of ms in [0, 86400000], got ${String(v)}`, field);
+      return v;
+    };
+    const maxWaitingClients = options.maxWaitingClients ?? 16;
+    if (!Number.isInteger(maxWaitingClients) || maxWaitingClients < 0 || maxWaitingClients > 1024) fail('EINVAL', 'must be an integer in [0, 1024]', 'maxWaitingClients');
     this.options = {
       maxDataXferSize,
       maxMsgFds,
@@ -593,8 +627,13 @@ export class VfioUserServer {
       dmaLayout,
       dmaTimeoutMs: options.dmaTimeoutMs ?? 5000,
       twinSocket: options.twinSocket ?? true,
+      messageTimeoutMs: ms('messageTimeoutMs', 5000),
+      replyTimeoutMs: ms('replyTimeoutMs', 10_000),
+      drainMs: ms('drainMs', 2000),
+      maxWaitingClients,
       log: options.log ?? (() => {}),
     };
+    if (this.options.drainMs === 0) fail('EINVAL', 'must be positive (the wait for the peer\'s end of stream is always bounded)', 'drainMs');
     device.realize();
     this.regionTable = createRegionTable(device, { maxAccess: maxDataXferSize, onError: (e) => this.log(`device error: ${(e as Error).stack ?? String(e)}`) });
   }
@@ -664,10 +703,10 @@ export class VfioUserServer {
         // One client per device socket (the protocol does not multiplex clients). A reconnecting
         // client can be accepted before we have read the old connection's EOF, so a few wait
         // their turn instead of being refused.
-        if (this.waiting.length >= MAX_WAITING_CLIENTS) this.pruneWaiting();
-        if (this.waiting.length >= MAX_WAITING_CLIENTS) {
-          this.log('refusing a client: one is connected and others are waiting');
-          tryClose(fd);
+        if (this.waiting.length >= this.options.maxWaitingClients) this.pruneWaiting();
+        if (this.waiting.length >= this.options.maxWaitingClients) {
+          this.log(`refusing a client: one is connected and ${this.waiting.length} are waiting`);
+          this.refuse(fd, 'EBUSY', 'the device is in use and the waiting queue is full');
         } else {
           this.waiting.push(fd);
         }
@@ -687,14 +726,55 @@ export class VfioUserServer {
     });
   }
 
+  /**
+   * Refuses a client the way a peer can read: every request it sends before our end of stream gets
+   * an error reply (`code`), then an orderly end (our EOF, its EOF awaited within `drainMs`). A
+   * client that sends nothing gets our end of stream after `drainMs`.
+   */
+  private refuse(fd: number, code: 'EBUSY' | 'ESHUTDOWN', why: string): void {
+    let conn: NativeConnection;
+    const errno = errnoOf(code);
+    let timer: NodeJS.Timeout | null = null;
+    try {
+      conn = new NativeConnectionClass(fd, {
+        regionTable: this.regionTable,
+        onMessage: (_command, _msgId, _flags, _payload, fds) => {
+          for (const f of fds) tryClose(f);
+          return { error: errno, close: true };
+        },
+        onClose: () => {
+          if (timer) clearTimeout(timer);
+          this.refusing.delete(conn);
+          this.log(`refused client gone (${why})`);
+          this.checkIdle();
+        },
+        maxMessageSize: 64 * 1024,
+        maxFds: this.options.maxMsgFds,
+        maxDataXfer: Math.min(this.options.maxDataXferSize, 32 * 1024),
+        messageTimeoutMs: this.options.messageTimeoutMs,
+        replyTimeoutMs: this.options.replyTimeoutMs,
+        drainMs: this.options.drainMs,
+      });
+    } catch (e) {
+      this.log(`refusing a client: ${(e as Error).message}`);
+      tryClose(fd);
+      return;
+    }
+    this.refusing.add(conn);
+    conn.start();
+    timer = setTimeout(() => conn.closeGracefully(`refused: ${why}`), this.options.drainMs);
+    timer.unref();
+  }
+
   private startSession(fd: number): void {
     const session = new VfioUserSession(this, fd, (s, reason) => {
       this.pastWriteWatchEvents += s.writeWatch.events;
       if (this.current === s) this.current = null;
-      this.log(`client disconnected: ${reason}`);
+      this.log(`session ended: ${reason}`);
       for (const l of [...this.sessionListeners]) l('disconnect', s, reason);
       const next = this.waiting.shift();
-      if (next !== undefined && this.current === null && this.listenFd !== null) this.startSession(next);
+      if (next !== undefined && this.current === null && this.listenFd !== null && !this.shuttingDown) this.startSession(next);
+      this.checkIdle();
     });
     this.current = session;
     this.log('client connected');
@@ -749,17 +829,38 @@ export class VfioUserServer {
     };
   }
 
-  /** Stops listening, ends the session, removes the socket file. Device state is kept. */
+  /**
+   * Stops serving, as a well-behaved peer: the socket file goes first (no new clients), the
+   * session's requests already sent are answered and its connection ends in order (see
+   * {@link VfioUserSession.end}), waiting clients are refused with ESHUTDOWN the same way. Device
+   * state is kept. Resolves once every connection has ended (each within `drainMs` of its last
+   * reply). Idempotent.
+   */
+  shutdown(): Promise<void> {
+    if (!this.shuttingDown) {
+      this.shuttingDown = true;
+      this.stopListening();
+      for (const fd of this.waiting) this.refuse(fd, 'ESHUTDOWN', 'the server is shutting down');
+      this.waiting = [];
+      this.current?.requestRelease();
+      this.current?.end('the server is shutting down');
+    }
+    return new Promise((resolve) => {
+      this.idleWaiters.push(resolve);
+      this.checkIdle();
+    });
+  }
+
+  /** Starts {@link shutdown} without waiting for it. */
   close(): void {
+    void this.shutdown();
+  }
+
+  private stopListening(): void {
     this.listener?.close();
     this.listener = null;
     if (this.listenFd !== null) tryClose(this.listenFd);
     this.listenFd = null;
-    for (const fd of this.waiting) tryClose(fd);
-    this.waiting = [];
-    this.current?.requestRelease();
-    this.current?.close();
-    this.current = null;
     if (this.socketPath !== null) {
       try {
         unlinkSync(this.socketPath);
@@ -768,6 +869,13 @@ export class VfioUserServer {
       }
       this.socketPath = null;
     }
+  }
+
+  private checkIdle(): void {
+    if (!this.shuttingDown || this.current !== null || this.refusing.size > 0) return;
+    const waiters = this.idleWaiters;
+    this.idleWaiters = [];
+    for (const w of waiters) w();
   }
 }
 

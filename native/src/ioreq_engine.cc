@@ -24,6 +24,7 @@ typedef uint16_t domid_t;
 
 #include "errors.h"
 #include "modules.h"
+#include "owned_ref.h"
 #include "region_table.h"
 #include "xen_ioreq.h"
 
@@ -84,21 +85,22 @@ class IoreqEngine : public Napi::ObjectWrap<IoreqEngine> {
     if (nr_vcpus_ == 0 || nr_vcpus_ > kMaxVcpus) ThrowRangeError(env, "options.nrVcpus", "must be in [1, 4096]");
     if (sync.length < static_cast<size_t>(nr_vcpus_) * sizeof(XenIoreq)) ThrowRangeError(env, "options.sync", "is smaller than one ioreq per vCPU");
     sync_ = reinterpret_cast<XenIoreq*>(sync.data);
-    refs_.push_back(Napi::Persistent(o.Get("sync")));
+    Napi::Object self = info.This().As<Napi::Object>();
+    refs_.push_back(OwnedValue(self, "mdevkit.IoreqEngine.sync", o.Get("sync")));
     Napi::Value buffered = o.Get("buffered");
     if (!buffered.IsNull() && !buffered.IsUndefined()) {
       ByteView b = ValueBytes(env, buffered, "options.buffered");
       if (b.length < kBufPagePointers + kBufIoreqSlots * 8) ThrowRangeError(env, "options.buffered", "is smaller than a buffered ioreq page");
       buf_ = b.data;
-      refs_.push_back(Napi::Persistent(buffered));
+      refs_.push_back(OwnedValue(self, "mdevkit.IoreqEngine.buffered", buffered));
     }
     atomic_buffered_ = o.Get("atomicBuffered").ToBoolean();
     table_ = RegionTable::FromValue(env, o.Get("regionTable"), "options.regionTable");
-    refs_.push_back(Napi::Persistent(o.Get("regionTable")));
+    refs_.push_back(OwnedValue(self, "mdevkit.IoreqEngine.regionTable", o.Get("regionTable")));
     if (!o.Get("onIoreq").IsFunction()) ThrowTypeError(env, "options.onIoreq", "a function");
     if (!o.Get("onBadIoreq").IsFunction()) ThrowTypeError(env, "options.onBadIoreq", "a function");
-    on_ioreq_ = Napi::Persistent(o.Get("onIoreq").As<Napi::Function>());
-    on_bad_ = Napi::Persistent(o.Get("onBadIoreq").As<Napi::Function>());
+    on_ioreq_ = OwnedFunction(self, "mdevkit.IoreqEngine.onIoreq", o.Get("onIoreq").As<Napi::Function>());
+    on_bad_ = OwnedFunction(self, "mdevkit.IoreqEngine.onBadIoreq", o.Get("onBadIoreq").As<Napi::Function>());
     ParseEvents(env, o.Get("events"));
     async_context_ = std::make_unique<Napi::AsyncContext>(env, "mdevkit.IoreqEngine");
     info.This().As<Napi::Object>().TypeTag(&kEngineTag);

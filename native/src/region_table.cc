@@ -7,6 +7,7 @@
 #include "errors.h"
 #include "masked_storage.h"
 #include "modules.h"
+#include "owned_ref.h"
 
 namespace mdevkit {
 
@@ -51,8 +52,9 @@ RegionTable::RegionTable(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Regi
   if (info.Length() < 2 || !info[1].IsTypedArray()) ThrowTypeError(env, "scratch", "a Uint8Array");
   ByteView scratch = ValueBytes(env, info[1], "scratch");
   if (scratch.length == 0) ThrowRangeError(env, "scratch", "must not be empty");
-  js_access_ = Napi::Persistent(info[0].As<Napi::Function>());
-  scratch_ref_ = Napi::Persistent(info[1]);
+  Napi::Object self = info.This().As<Napi::Object>();
+  js_access_ = OwnedFunction(self, "mdevkit.RegionTable.jsAccess", info[0].As<Napi::Function>());
+  scratch_ref_ = OwnedValue(self, "mdevkit.RegionTable.scratch", info[1]);
   scratch_ = scratch.data;
   scratch_len_ = std::min<size_t>(scratch.length, UINT32_MAX);
   regions_.resize(kMaxRegions);

@@ -27,6 +27,7 @@
 #include "errors.h"
 #include "fd_util.h"
 #include "modules.h"
+#include "owned_ref.h"
 #include "region_table.h"
 #include "unix_socket.h"
 #include "vfio_user_wire.h"
@@ -38,6 +39,7 @@ namespace {
 constexpr napi_type_tag kConnTag = {0x2b7d9e4a61c3f085ULL, 0x7f14c0d29a5e3b61ULL};
 constexpr int kMaxReadsPerWakeup = 64;  // fairness between connections sharing the loop
 constexpr int kMaxIovPerSend = 64;
+constexpr uint32_t kDefaultDrainMs = 2000;
 
 using Clock = std::chrono::steady_clock;
 
@@ -74,6 +76,7 @@ struct ConnStats {
   uint64_t bytes_in = 0;
   uint64_t bytes_out = 0;
   uint64_t requests = 0;
+  uint64_t dropped_slow = 0;
 };
 
 class VfioUserConnection : public Napi::ObjectWrap<VfioUserConnection> {
@@ -82,13 +85,15 @@ class VfioUserConnection : public Napi::ObjectWrap<VfioUserConnection> {
     return DefineClass(env, "VfioUserConnection",
                        {InstanceMethod<&VfioUserConnection::Start>("start"),
                         InstanceMethod<&VfioUserConnection::Close>("close"),
+                        InstanceMethod<&VfioUserConnection::CloseGracefully>("closeGracefully"),
                         InstanceMethod<&VfioUserConnection::SetTwin>("setTwin"),
                         InstanceMethod<&VfioUserConnection::SetNegotiated>("setNegotiated"),
                         InstanceMethod<&VfioUserConnection::Request>("request"),
                         InstanceMethod<&VfioUserConnection::Stats>("stats")});
   }
 
-  // new VfioUserConnection(fd, { regionTable, onMessage, onClose, maxMessageSize, maxFds, maxDataXfer })
+  // new VfioUserConnection(fd, { regionTable, onMessage, onClose, maxMessageSize, maxFds, maxDataXfer,
+  //                             messageTimeoutMs?, replyTimeoutMs?, drainMs? })  (0 = no limit)
   explicit VfioUserConnection(const Napi::CallbackInfo& info) : Napi::ObjectWrap<VfioUserConnection>(info), env_(info.Env()) {
     Napi::Env env = info.Env();
     if (!info.IsConstructCall()) ThrowTypeError(env, "VfioUserConnection", "called with new");
@@ -96,11 +101,12 @@ class VfioUserConnection : public Napi::ObjectWrap<VfioUserConnection> {
     if (info.Length() < 2 || !info[1].IsObject()) ThrowTypeError(env, "options", "an object");
     Napi::Object o = info[1].As<Napi::Object>();
     table_ = RegionTable::FromValue(env, o.Get("regionTable"), "options.regionTable");
-    table_ref_ = Napi::Persistent(o.Get("regionTable").As<Napi::Object>());
+    Napi::Object self = info.This().As<Napi::Object>();
+    table_ref_ = OwnedValue(self, "mdevkit.VfioUserConnection.regionTable", o.Get("regionTable"));
     if (!o.Get("onMessage").IsFunction()) ThrowTypeError(env, "options.onMessage", "a function");
     if (!o.Get("onClose").IsFunction()) ThrowTypeError(env, "options.onClose", "a function");
-    on_message_ = Napi::Persistent(o.Get("onMessage").As<Napi::Function>());
-    on_close_ = Napi::Persistent(o.Get("onClose").As<Napi::Function>());
+    on_message_ = OwnedFunction(self, "mdevkit.VfioUserConnection.onMessage", o.Get("onMessage").As<Napi::Function>());
+    on_close_ = OwnedFunction(self, "mdevkit.VfioUserConnection.onClose", o.Get("onClose").As<Napi::Function>());
     uint64_t max_message = ValueU64(env, o.Get("maxMessageSize"), "options.maxMessageSize", false);
     uint64_t max_fds = ValueU64(env, o.Get("maxFds"), "options.maxFds", false);
     uint64_t max_xfer = ValueU64(env, o.Get("maxDataXfer"), "options.maxDataXfer", false);
@@ -109,6 +115,9 @@ class VfioUserConnection : public Napi::ObjectWrap<VfioUserConnection> {
     if (max_xfer == 0 || max_xfer + 32 > max_message || max_xfer > table_->MaxAccess()) {
       ThrowRangeError(env, "options.maxDataXfer", "must be positive, fit a message, and fit the region table's scratch");
     }
+    message_timeout_ms_ = OptionalMs(env, o, "messageTimeoutMs");
+    reply_timeout_ms_ = OptionalMs(env, o, "replyTimeoutMs");
+    drain_ms_ = OptionalMs(env, o, "drainMs");
     struct stat st;
     if (::fstat(fd, &st) < 0) ThrowErrno(env, "fstat", errno);
     if (!S_ISSOCK(st.st_mode)) ThrowInvalid(env, "fd", "is not a socket");
@@ -121,6 +130,15 @@ class VfioUserConnection : public Napi::ObjectWrap<VfioUserConnection> {
     fd_ = fd;
     async_context_ = std::make_unique<Napi::AsyncContext>(env, "mdevkit.VfioUserConnection");
     info.This().As<Napi::Object>().TypeTag(&kConnTag);
+  }
+
+  static uint32_t OptionalMs(Napi::Env env, Napi::Object o, const char* key) {
+    Napi::Value v = o.Get(key);
+    if (v.IsUndefined()) return 0;
+    std::string field = std::string("options.") + key;
+    uint64_t ms = ValueU64(env, v, field.c_str(), false);
+    if (ms > 24ull * 3600 * 1000) ThrowRangeError(env, field.c_str(), "must be at most a day");
+    return static_cast<uint32_t>(ms);
   }
 
   ~VfioUserConnection() override {
@@ -145,6 +163,9 @@ class VfioUserConnection : public Napi::ObjectWrap<VfioUserConnection> {
       ThrowErrno(env, "uv_poll_init", -r);
     }
     poll_->data = this;
+    timer_ = new uv_timer_t;
+    uv_timer_init(loop, timer_);
+    timer_->data = this;
     started_ = true;
     Ref();  // an active connection keeps its JS object alive until it closes
     UpdatePoll();
@@ -153,6 +174,27 @@ class VfioUserConnection : public Napi::ObjectWrap<VfioUserConnection> {
 
   Napi::Value Close(const Napi::CallbackInfo& info) {
     Shutdown("closed by the server", 0);
+    return info.Env().Undefined();
+  }
+
+  // closeGracefully(reason?): an orderly end of stream. Requests already queued on the socket are
+  // read and answered, then no new work is taken: SHUT_WR once every reply is out, the input drained
+  // until the peer's EOF (bounded by drainMs), then close. onClose reports the end.
+  Napi::Value CloseGracefully(const Napi::CallbackInfo& info) {
+    std::string reason = info.Length() > 0 && info[0].IsString() ? info[0].As<Napi::String>().Utf8Value() : "closed by the server";
+    if (closed_ || draining_) return info.Env().Undefined();
+    if (!started_) {
+      Shutdown(reason.c_str(), 0);
+      return info.Env().Undefined();
+    }
+    {
+      Napi::HandleScope scope(env_);
+      Napi::CallbackScope callback_scope(env_, *async_context_);
+      // Answer what the peer already sent (unless a handler is on the stack: then it is being served).
+      if (nesting_ == 0 && out_.empty()) HandleReadable();
+      BeginDrain(reason.c_str());
+      AfterWakeup();
+    }
     return info.Env().Undefined();
   }
 
@@ -201,6 +243,7 @@ class VfioUserConnection : public Napi::ObjectWrap<VfioUserConnection> {
     set("bytesIn", stats_.bytes_in);
     set("bytesOut", stats_.bytes_out);
     set("requests", stats_.requests);
+    set("droppedSlow", stats_.dropped_slow);
     return o;
   }
 
@@ -218,16 +261,20 @@ class VfioUserConnection : public Napi::ObjectWrap<VfioUserConnection> {
       return;
     }
     try {
-      if (events & UV_WRITABLE) {
-        if (!self->Flush()) return;
+      if (self->draining_) {
+        self->DrainWakeup(events);
+      } else {
+        if (events & UV_WRITABLE) {
+          if (!self->Flush()) return;
+        }
+        if ((events & UV_READABLE) && self->out_.empty()) self->HandleReadable();
       }
-      if ((events & UV_READABLE) && self->out_.empty()) self->HandleReadable();
-      self->FinishDispatchClose();
+      self->AfterWakeup();
     } catch (const Napi::Error& e) {
       // Nothing may unwind through libuv: a failure here is a bug in our JS handlers, reported
       // like any uncaught exception; the connection cannot continue in an unknown state.
       self->Shutdown("internal error", EIO);
-      self->FinishDispatchClose();
+      self->AfterWakeup();
       napi_fatal_exception(self->env_, e.Value());
     }
   }
@@ -235,15 +282,129 @@ class VfioUserConnection : public Napi::ObjectWrap<VfioUserConnection> {
   void UpdatePoll() {
     if (closed_ || poll_ == nullptr) return;
     // While replies are queued the client is not reading: stop reading requests (backpressure).
+    // Draining, input is read (and dropped) until EOF whatever is queued.
     int events = out_.empty() ? UV_READABLE : UV_WRITABLE;
+    if (draining_) events = UV_READABLE | (out_.empty() ? 0 : UV_WRITABLE);
+    // Re-arming with unchanged events is not free: libuv drops the fd from epoll and adds it back.
+    if (events == poll_events_) return;
+    poll_events_ = events;
     uv_poll_start(poll_, events, &VfioUserConnection::OnPoll);
+  }
+
+  // ---- orderly end of stream and patience limits ---------------------------------------------
+
+  // Stops taking work: no further message is dispatched; SHUT_WR once queued replies are out; the
+  // input is drained until EOF or the drain bound.
+  void BeginDrain(const char* reason) {
+    if (closed_ || draining_) return;
+    draining_ = true;
+    close_reason_ = reason;
+    drain_deadline_ = Clock::now() + std::chrono::milliseconds(drain_ms_ > 0 ? drain_ms_ : kDefaultDrainMs);
+    if (out_.empty()) ShutWrite();
+    UpdatePoll();
+  }
+
+  void ShutWrite() {
+    if (wrote_eof_ || fd_ < 0) return;
+    wrote_eof_ = true;
+    ::shutdown(fd_, SHUT_WR);
+  }
+
+  void DrainWakeup(int events) {
+    if ((events & UV_WRITABLE) && !out_.empty()) {
+      if (!Flush()) return;
+    }
+    if (out_.empty()) ShutWrite();
+    if (!(events & UV_READABLE)) return;
+    for (int i = 0; i < kMaxReadsPerWakeup && !closed_; i++) {
+      uint8_t buf[16384];
+      iovec iov{buf, sizeof buf};
+      int fds[kMaxFdsPerMessage];
+      int nfds = 0;
+      bool truncated = false;
+      ssize_t n = RecvWithFds(fd_, &iov, 1, fds, kMaxFdsPerMessage, &nfds, &truncated);
+      stats_.recv_calls++;
+      for (int k = 0; k < nfds; k++) ::close(fds[k]);
+      if (n == -EAGAIN) return;
+      if (n <= 0) {
+        // EOF: the orderly end is complete. (An error here ends it too: nothing more to drain.)
+        Shutdown(close_reason_.c_str(), 0);
+        return;
+      }
+      stats_.bytes_in += static_cast<uint64_t>(n);
+    }
+  }
+
+  // After every wakeup: report a close, and keep the patience timer in step with the connection.
+  void AfterWakeup() {
+    FinishDispatchClose();
+    UpdateTimer();
+  }
+
+  void UpdateTimer() {
+    if (closed_ || timer_ == nullptr) return;
+    Clock::time_point deadline = Clock::time_point::max();
+    if (draining_) {
+      deadline = drain_deadline_;
+    } else {
+      if (message_timeout_ms_ > 0 && in_end_ > in_start_) {
+        uint64_t pos = stream_base_ + in_start_;
+        if (!partial_ || partial_pos_ != pos) {
+          partial_ = true;
+          partial_pos_ = pos;
+          partial_since_ = Clock::now();
+        }
+        deadline = std::min(deadline, partial_since_ + std::chrono::milliseconds(message_timeout_ms_));
+      } else {
+        partial_ = false;
+      }
+      if (reply_timeout_ms_ > 0 && !out_.empty()) {
+        if (!stalled_) {
+          stalled_ = true;
+          stalled_since_ = Clock::now();
+        }
+        deadline = std::min(deadline, stalled_since_ + std::chrono::milliseconds(reply_timeout_ms_));
+      } else {
+        stalled_ = false;
+      }
+    }
+    if (deadline == armed_deadline_) return;
+    armed_deadline_ = deadline;
+    if (deadline == Clock::time_point::max()) {
+      uv_timer_stop(timer_);
+      return;
+    }
+    uint64_t ms = static_cast<uint64_t>(RemainingMs(deadline));
+    uv_timer_start(timer_, &VfioUserConnection::OnTimer, ms + 1, 0);
+  }
+
+  static void OnTimer(uv_timer_t* handle) {
+    auto* self = static_cast<VfioUserConnection*>(handle->data);
+    if (self == nullptr || self->closed_) return;
+    Napi::HandleScope scope(self->env_);
+    Napi::CallbackScope callback_scope(self->env_, *self->async_context_);
+    self->armed_deadline_ = Clock::time_point::max();
+    Clock::time_point now = Clock::now();
+    if (self->draining_) {
+      if (now >= self->drain_deadline_) {
+        // The peer neither read nor closed in time: end it without its EOF.
+        self->Shutdown(self->close_reason_.c_str(), 0);
+      }
+    } else if (self->partial_ && now >= self->partial_since_ + std::chrono::milliseconds(self->message_timeout_ms_)) {
+      self->stats_.dropped_slow++;
+      self->BeginDrain(("slow client: a started message was not completed within " + std::to_string(self->message_timeout_ms_) + " ms").c_str());
+    } else if (self->stalled_ && now >= self->stalled_since_ + std::chrono::milliseconds(self->reply_timeout_ms_)) {
+      self->stats_.dropped_slow++;
+      self->BeginDrain(("slow client: replies sat unread for " + std::to_string(self->reply_timeout_ms_) + " ms").c_str());
+    }
+    self->AfterWakeup();
   }
 
   void HandleReadable() {
     for (int i = 0; i < kMaxReadsPerWakeup && !closed_; i++) {
       int r = ReceiveOnce(fd_);
       ProcessMessages();
-      if (r == EAGAIN || !out_.empty()) break;
+      if (r == EAGAIN || !out_.empty() || draining_) break;
       if (r != 0) {
         if (!closed_) Shutdown(r == EPIPE ? "client disconnected" : "receive failed", r == EPIPE ? 0 : r);
         return;
@@ -344,7 +505,7 @@ class VfioUserConnection : public Napi::ObjectWrap<VfioUserConnection> {
   }
 
   void ProcessMessages() {
-    while (!closed_ && !close_requested_) {
+    while (!closed_ && !draining_) {
       size_t avail = in_end_ - in_start_;
       if (avail < sizeof(VfioUserHeader)) break;
       VfioUserHeader h;
@@ -352,8 +513,8 @@ class VfioUserConnection : public Napi::ObjectWrap<VfioUserConnection> {
       if (h.msg_size < sizeof(VfioUserHeader) || h.msg_size > max_message_) {
         // The framing cannot be trusted past this point: say why, then disconnect.
         QueueError(h, h.msg_size < sizeof(VfioUserHeader) ? EINVAL : E2BIG);
+        BeginDrain("bad msg_size: the stream cannot be framed");
         Flush();
-        Shutdown("bad msg_size", EINVAL);
         return;
       }
       if (avail < h.msg_size) break;
@@ -475,10 +636,7 @@ class VfioUserConnection : public Napi::ObjectWrap<VfioUserConnection> {
       }
       QueueReply(h, body.data, body.length, nullptr, 0, std::move(dups));
     }
-    if (r.Get("close").ToBoolean()) {
-      Flush();
-      close_requested_ = true;
-    }
+    if (r.Get("close").ToBoolean()) BeginDrain("closed after a fatal protocol error");
   }
 
   // ---- output -------------------------------------------------------------------------------
@@ -542,6 +700,7 @@ class VfioUserConnection : public Napi::ObjectWrap<VfioUserConnection> {
         if (c.sent == c.bytes.size()) out_.pop_front();
       }
     }
+    if (draining_ && out_.empty()) ShutWrite();
     UpdatePoll();
     return !closed_;
   }
@@ -717,14 +876,24 @@ class VfioUserConnection : public Napi::ObjectWrap<VfioUserConnection> {
       uv_close(reinterpret_cast<uv_handle_t*>(poll_), [](uv_handle_t* h) { delete reinterpret_cast<uv_poll_t*>(h); });
       poll_ = nullptr;
     }
+    if (timer_ != nullptr) {
+      uv_close(reinterpret_cast<uv_handle_t*>(timer_), [](uv_handle_t* h) { delete reinterpret_cast<uv_timer_t*>(h); });
+      timer_ = nullptr;
+    }
     ReleaseFds();
+    // Nothing more will be read: give the buffers back now rather than when the wrapper is collected.
+    if (nesting_ == 0) {
+      in_.reset();
+      cap_ = in_start_ = in_end_ = 0;
+    }
+    std::vector<uint8_t>().swap(read_tmp_);
+    std::vector<uint8_t>().swap(twin_in_);
     if (nesting_ == 0) NotifyClosed();
   }
 
   // Runs after a wakeup's dispatch: a close asked for by a reply, or a shutdown that happened
   // while JS was on the stack, is reported now.
   void FinishDispatchClose() {
-    if (close_requested_ && !closed_) Shutdown("closed after a fatal protocol error", 0);
     if (closed_ && !close_notified_ && nesting_ == 0) NotifyClosed();
   }
 
@@ -745,8 +914,22 @@ class VfioUserConnection : public Napi::ObjectWrap<VfioUserConnection> {
   int fd_ = -1;
   int twin_fd_ = -1;
   uv_poll_t* poll_ = nullptr;
+  uv_timer_t* timer_ = nullptr;
+  int poll_events_ = 0;
+  uint32_t message_timeout_ms_ = 0;
+  uint32_t reply_timeout_ms_ = 0;
+  uint32_t drain_ms_ = 0;
+  bool draining_ = false;
+  bool wrote_eof_ = false;
+  Clock::time_point drain_deadline_{};
+  Clock::time_point armed_deadline_ = Clock::time_point::max();
+  bool partial_ = false;
+  uint64_t partial_pos_ = 0;
+  Clock::time_point partial_since_{};
+  bool stalled_ = false;
+  Clock::time_point stalled_since_{};
   RegionTable* table_ = nullptr;
-  Napi::ObjectReference table_ref_;
+  Napi::Reference<Napi::Value> table_ref_;
   Napi::FunctionReference on_message_;
   Napi::FunctionReference on_close_;
   std::unique_ptr<Napi::AsyncContext> async_context_;
@@ -766,7 +949,6 @@ class VfioUserConnection : public Napi::ObjectWrap<VfioUserConnection> {
   bool started_ = false;
   bool closed_ = false;
   bool close_notified_ = false;
-  bool close_requested_ = false;
   bool negotiated_ = false;
   int nesting_ = 0;
   uint16_t next_request_id_ = 1;

@@ -38,6 +38,10 @@ program
   .option('--dma-layout <layout>', 'vfio-user DMA_READ/DMA_WRITE layout: spec or qemu', 'spec')
   .option('--max-data-xfer <bytes>', 'largest REGION_READ/WRITE count accepted', parseIntOption)
   .option('--no-twin-socket', 'do not offer vfio-user twin-socket mode')
+  .option('--message-timeout <ms>', 'vfio-user: drop a client that does not complete a started message within <ms> (0: never)', parseIntOption, 5000)
+  .option('--reply-timeout <ms>', 'vfio-user: drop a client that leaves replies unread for <ms> (0: never)', parseIntOption, 10000)
+  .option('--drain-timeout <ms>', 'vfio-user: ending a connection, wait at most <ms> for the client\'s end of stream', parseIntOption, 2000)
+  .option('--max-waiting <n>', 'vfio-user: clients that may queue for a busy device; more are refused with EBUSY', parseIntOption, 16)
   .option('--xen <domid>', 'serve as a Xen IOREQ server for domain <domid> (needs dom0: /dev/xen/privcmd)', parseIntOption)
   .option('--bdf <address>', 'Xen: the device\'s PCI address in the guest, SSSS:BB:DD.F (claims its config space)')
   .option('--config-latch', 'Xen: answer reads of the 0xCF8 latch (PVH guests probing conf1)', false)
@@ -73,6 +77,10 @@ program.commands.at(-1)!.action(async (spec: string, opts: ServeOpts) => {
     server: {
       dmaLayout: opts.dmaLayout as 'spec' | 'qemu',
       twinSocket: opts.twinSocket,
+      messageTimeoutMs: opts.messageTimeout,
+      replyTimeoutMs: opts.replyTimeout,
+      drainMs: opts.drainTimeout,
+      maxWaitingClients: opts.maxWaiting,
       ...(opts.maxDataXfer !== undefined ? { maxDataXferSize: opts.maxDataXfer } : {}),
     },
     verbose: opts.verbose,
@@ -87,6 +95,10 @@ interface ServeOpts {
   dmaLayout: string;
   maxDataXfer?: number;
   twinSocket: boolean;
+  messageTimeout: number;
+  replyTimeout: number;
+  drainTimeout: number;
+  maxWaiting: number;
   xen?: number;
   xenSim: boolean;
   simVcpus: number;

@@ -57,5 +57,5 @@ export async function serve(spec: string, options: ServeOptions): Promise<void> 
   const signal = await stop.stopped;
   if (options.verbose) process.stderr.write(`mdevkit: ${signal}: shutting down\n`);
   if (options.statsFile) writeFileSync(options.statsFile, JSON.stringify({ devices: servers.map((s) => s.deviceStats()) }));
-  for (const s of servers) s.close();
+  await Promise.all(servers.map((s) => s.shutdown()));
 }

@@ -47,7 +47,7 @@ export async function startServer(options: { device?: string; sockets?: number; 
     stderr: () => err,
     stdout: () => out,
     async stop() {
-      if (proc.exitCode === null) proc.kill('SIGTERM');
+      if (proc.exitCode === null && !proc.killed) proc.kill('SIGTERM');
       const code = await exited;
       rmSync(dir, { recursive: true, force: true });
       return code;
@@ -78,14 +78,17 @@ export class RawConnection {
   private readonly watcher: FdWatcher;
   private waiters: (() => void)[] = [];
   eof = false;
+  /** The server reset the connection (ECONNRESET) instead of ending it with EOF. */
+  reset = false;
   fds: number[] = [];
 
-  constructor(path: string) {
+  /** `read: false` plays a client that never reads what the server sends. */
+  constructor(path: string, options: { read?: boolean } = {}) {
     // A blocking connect waits for room in the listen backlog instead of failing with EAGAIN.
     this.fd = connectUnix(path, { nonBlocking: false });
     setNonBlocking(this.fd, true);
     this.watcher = new FdWatcher(this.fd, () => this.pump());
-    this.watcher.start({ readable: true });
+    if (options.read !== false) this.watcher.start({ readable: true });
   }
 
   private pump(): void {
@@ -94,8 +97,10 @@ export class RawConnection {
       let r;
       try {
         r = recvMsg(this.fd, chunk, 16);
-      } catch {
-        r = { bytes: 0, fds: [] }; // ECONNRESET after the server closed on us: same as EOF
+      } catch (e) {
+        // ECONNRESET: the server closed with our data unread. Ends the stream, but is not an EOF.
+        this.reset = (e as { code?: string }).code === 'ECONNRESET';
+        r = { bytes: 0, fds: [] };
       }
       if (r === null) break;
       this.fds.push(...r.fds);

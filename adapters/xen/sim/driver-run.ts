@@ -40,13 +40,13 @@ function workerScript(): string {
 export function runDriverOnSim(hypervisor: SimHypervisor, driverFile: string, host: SimDriverHostOptions, options: { vcpuIndex?: number; timeoutMs?: number } = {}): Promise<DriverRun> {
   const vcpuIndex = options.vcpuIndex ?? 0;
   const data: DriverWorkerData = { descriptor: hypervisor.vcpuDescriptor(vcpuIndex), vcpuIndex, host, driverUrl: pathToFileURL(driverFile).href, timeoutMs: options.timeoutMs ?? 10_000 };
-  const logBefore = hypervisor.modifiedMemoryLog.length;
+  const logBefore = hypervisor.modifiedMemoryCount;
   return new Promise((resolve, reject) => {
     const worker = new Worker(workerScript(), { workerData: data });
     worker.once('message', (msg: { ok: true; run: DriverRun } | { ok: false; error: { code: string; message: string } }) => {
       if (msg.ok) {
         const frames = new Set<bigint>();
-        for (const call of hypervisor.modifiedMemoryLog.slice(logBefore)) {
+        for (const call of hypervisor.modifiedMemorySince(logBefore)) {
           for (const e of call.extents) for (let i = 0; i < e.nr; i++) frames.add(e.firstPfn + BigInt(i));
         }
         resolve({ ...msg.run, dirtyPages: frames.size });

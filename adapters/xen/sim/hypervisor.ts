@@ -84,6 +84,9 @@ import {
 import { Rangeset } from './rangeset.js';
 import { selectServer, type RoutableServer, type SimSpace } from './routing.js';
 
+/** How many entries the simulator keeps in each of its logs (modified_memory calls, interrupts). */
+export const SIM_LOG_LIMIT = 4096;
+
 /** Options of {@link SimHypervisor}. */
 export interface SimHypervisorOptions {
   /** Guest domain id, in [1, 0x7fef]. Default 1. */
@@ -649,11 +652,34 @@ export class SimHypervisor {
       }
     }
     this.modifiedMemoryCalls.push({ extents: copy, logDirty: this.logDirtyOn });
+    this.trimLog(this.modifiedMemoryCalls, 'modifiedMemory');
   }
 
-  /** Every modified_memory call so far, oldest first. */
+  /**
+   * The most recent modified_memory calls (at most {@link SIM_LOG_LIMIT}), oldest first. A guest
+   * that runs for days must not grow the simulator without bound, so older calls are dropped.
+   */
   get modifiedMemoryLog(): readonly SimModifiedMemory[] {
     return this.modifiedMemoryCalls;
+  }
+
+  /** How many modified_memory calls were made in all (including those dropped from the log). */
+  get modifiedMemoryCount(): number {
+    return this.droppedFromLog.modifiedMemory + this.modifiedMemoryCalls.length;
+  }
+
+  /** The logged modified_memory calls made after the first `count` (see {@link modifiedMemoryCount}). */
+  modifiedMemorySince(count: number): readonly SimModifiedMemory[] {
+    return this.modifiedMemoryCalls.slice(Math.max(0, count - this.droppedFromLog.modifiedMemory));
+  }
+
+  private readonly droppedFromLog = { modifiedMemory: 0, interrupts: 0 };
+
+  private trimLog(log: unknown[], which: 'modifiedMemory' | 'interrupts'): void {
+    if (log.length <= SIM_LOG_LIMIT) return;
+    const drop = log.length - SIM_LOG_LIMIT;
+    log.splice(0, drop);
+    this.droppedFromLog[which] += drop;
   }
 
   /**
@@ -693,7 +719,7 @@ export class SimHypervisor {
     }
     if (typeof level !== 'boolean') throw new MdevError('EINVAL', `must be a boolean, got ${describe(level)}`, 'level');
     const gsi = pciIntxGsi(device, intx);
-    this.interruptEvents.push({ kind: 'pci-intx', device, intx, level, gsi });
+    this.logInterrupt({ kind: 'pci-intx', device, intx, level, gsi });
     const pin = device * 4 + intx;
     if (this.pciIntx[pin] === (level ? 1 : 0)) return;
     this.pciIntx[pin] = level ? 1 : 0;
@@ -710,7 +736,7 @@ export class SimHypervisor {
     if (!Number.isInteger(irq) || irq < 0 || irq > 15) throw new MdevError('EINVAL', `must be an ISA IRQ in [0, 15], got ${describe(irq)}`, 'irq');
     if (typeof level !== 'boolean') throw new MdevError('EINVAL', `must be a boolean, got ${describe(level)}`, 'level');
     const gsi = isaIrqGsi(irq);
-    this.interruptEvents.push({ kind: 'isa-irq', irq, level, gsi });
+    this.logInterrupt({ kind: 'isa-irq', irq, level, gsi });
     if (this.isaIrq[irq] === (level ? 1 : 0)) return;
     this.isaIrq[irq] = level ? 1 : 0;
     this.driveGsi(gsi, level);
@@ -738,7 +764,7 @@ export class SimHypervisor {
     if (vector === 0) {
       const pirq = (Number((address >> 32n) & 0xffffff00n) | dest) | 0;
       if (pirq <= 0) throw new MdevError('ERANGE', `vector 0 without a PIRQ (address ${hex(address)})`, 'data');
-      this.interruptEvents.push({ kind: 'pirq', address, data: d, pirq });
+      this.logInterrupt({ kind: 'pirq', address, data: d, pirq });
       Atomics.add(this.irq, Irq.pirq, 1);
       this.deliver([0]);
       return;
@@ -757,13 +783,19 @@ export class SimHypervisor {
     } else {
       throw new MdevError('EINVAL', `unsupported MSI delivery mode ${deliveryMode}`, 'data');
     }
-    this.interruptEvents.push({ kind: 'msi', address, data: d, vector, vcpus: targets });
+    this.logInterrupt({ kind: 'msi', address, data: d, vector, vcpus: targets });
     for (let i = 0; i < targets.length; i++) Atomics.add(this.irq, Irq.msi + vector, 1);
     this.deliver(targets);
   }
 
-  /** Every interrupt operation so far, oldest first. */
+  private logInterrupt(e: SimInterruptEvent): void {
+    this.interruptEvents.push(e);
+    this.trimLog(this.interruptEvents, 'interrupts');
+  }
+
+  /** The most recent interrupt operations (at most {@link SIM_LOG_LIMIT}), oldest first. */
   get interruptLog(): readonly SimInterruptEvent[] {
+    this.trimLog(this.interruptEvents, 'interrupts');
     return this.interruptEvents;
   }
 

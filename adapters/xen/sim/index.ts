@@ -4,7 +4,7 @@
  * ({@link SimVcpu}, in a worker thread through {@link SimVcpuThread}).
  * @module
  */
-export { SimHypervisor } from './hypervisor.js';
+export { SimHypervisor, SIM_LOG_LIMIT } from './hypervisor.js';
 export type { SimHypervisorOptions, SimIoreqServerResources, SimEventChannel, SimInterruptEvent, SimModifiedMemory } from './hypervisor.js';
 export { SimXenHost } from './host.js';
 export { SimVcpu } from './vcpu.js';
