@@ -1,0 +1,201 @@
+// Asserts the real-QEMU e2e run (test/e2e/qemu/run.sh): reads the run directory (guest serial logs
+// of each boot, the servers' config space, facts recorded by run.sh), prints one line per check
+// with its expected values, the per-access cost figures, and the verdict line:
+//   QEMU-E2E-VERDICT PASS <n> checks   |   QEMU-E2E-VERDICT FAIL <failed checks>
+// Usage: node check.mjs <run-dir>
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+
+const dir = process.argv[2];
+const QEDU = '0000:00:04.0', EDU = '0000:00:05.0', VGPU = '0000:00:06.0';
+
+// ---------------------------------------------------------------- inputs
+function readBoot(name) {
+  const file = join(dir, `serial-${name}.log`);
+  const boot = { name, present: existsSync(file), lines: [], res: {}, pci: {}, cfg: {}, done: false, init: null };
+  if (!boot.present) return boot;
+  boot.lines = readFileSync(file, 'latin1').replace(/\r/g, '').split('\n');
+  for (const line of boot.lines) {
+    let m;
+    if ((m = /^QE res (\S+) (\S+) ?(.*)$/.exec(line))) {
+      (boot.res[m[1]] ??= {})[m[2]] = { line: m[3], kv: Object.fromEntries([...m[3].matchAll(/(\w+)=(\S*)/g)].map((x) => [x[1], x[2]])) };
+    } else if ((m = /^QE pci (\S+) (\S+) (\S+) (\S+) ?(\S*)/.exec(line))) {
+      boot.pci[m[1]] = { vendor: m[2], device: m[3], class: m[4], revision: m[5] };
+    } else if ((m = /^QE cfg (\S+) ([0-9a-f]+)/.exec(line))) {
+      boot.cfg[m[1]] = Buffer.from(m[2], 'hex');
+    } else if (/^QE-DONE/.test(line)) {
+      boot.done = true;
+    } else if ((m = /^QE init up=(\S+)/.exec(line))) {
+      boot.init = Number(m[1]);
+    }
+  }
+  return boot;
+}
+const boots = Object.fromEntries(['main', 'fdless', 'kill', 'term'].map((n) => [n, readBoot(n)]));
+const facts = {};
+if (existsSync(join(dir, 'facts.txt'))) {
+  for (const line of readFileSync(join(dir, 'facts.txt'), 'utf8').split('\n')) {
+    const i = line.indexOf(' ');
+    if (i > 0) facts[line.slice(0, i)] = line.slice(i + 1);
+  }
+}
+const serverCfg = (name) => (existsSync(join(dir, `cfg-${name}.hex`)) ? Buffer.from(readFileSync(join(dir, `cfg-${name}.hex`), 'utf8').trim(), 'hex') : null);
+
+// ---------------------------------------------------------------- check helpers
+const results = [];
+function report(name, ok, what, details = '') {
+  results.push({ name, ok });
+  console.log(`QEMU-E2E-CHECK ${ok ? 'PASS' : 'FAIL'} ${name}: ${what}${details ? ` | ${details}` : ''}`);
+}
+
+// A predicate with a description, for values that are not compared exactly.
+const atLeast = (n) => ({ test: (v) => Number(v) >= n, text: `>=${n}` });
+const below = (n) => ({ test: (v) => v !== undefined && Number(v) >= 0 && Number(v) < n, text: `0..<${n}` });
+
+// Compares a module result against expected key=value pairs. Missing result = failure.
+function expectResult(name, what, boot, bdf, cmd, expected) {
+  const b = boots[boot];
+  const r = b.res[bdf]?.[cmd];
+  const want = Object.entries(expected).map(([k, v]) => `${k}=${typeof v === 'object' ? v.text : v}`).join(' ');
+  if (!b.present) return report(name, false, what, `boot "${boot}" did not run`);
+  if (!r) return report(name, false, what, `no result for ${bdf} ${cmd} in boot "${boot}" (want ${want})`);
+  const bad = [];
+  for (const [k, v] of Object.entries(expected)) {
+    const got = r.kv[k];
+    const ok = typeof v === 'object' ? v.test(got) : got === String(v);
+    if (!ok) bad.push(`${k}=${got ?? '(missing)'} want ${typeof v === 'object' ? v.text : v}`);
+  }
+  report(name, bad.length === 0, `${what} [want ${want}]`, bad.length ? `${bad.join(', ')} | guest: ${r.line}` : `guest: ${r.line}`);
+}
+
+// ---------------------------------------------------------------- enumeration + config space
+{
+  const b = boots.main;
+  const want = { [QEDU]: ['0x1234', '0x11e8', '0x00ff00'], [EDU]: ['0x1234', '0x11e8', '0x00ff00'], [VGPU]: ['0x1b36', '0x7fa0', '0x038000'] };
+  const bad = [];
+  for (const [bdf, [v, d, c]] of Object.entries(want)) {
+    const p = b.pci[bdf];
+    if (!p) bad.push(`${bdf} missing`);
+    else if (p.vendor !== v || p.device !== d || p.class !== c) bad.push(`${bdf} is ${p.vendor}:${p.device} class ${p.class}`);
+  }
+  report('enumeration', b.present && bad.length === 0, `guest finds QEMU edu ${QEDU}, mdevkit edu ${EDU} (1234:11e8 class 00ff00), vGPU ${VGPU} (1b36:7fa0 class 038000)`,
+    b.present ? bad.join(', ') : 'boot "main" did not run');
+}
+
+// Bytes the guest may see differently from the server, and why (see the QEMU fact sheet).
+function cfgAllowed(server) {
+  const allowed = new Map();
+  const allow = (from, to, why) => { for (let i = from; i < to; i++) allowed.set(i, why); };
+  allow(0x04, 0x08, 'command/status (BIOS and guest own them)');
+  allow(0x10, 0x28, 'BAR addresses (BIOS)');
+  allow(0x30, 0x34, 'ROM BAR (BIOS)');
+  allow(0x3c, 0x3d, 'interrupt line (BIOS)');
+  // capability chain from the server's copy
+  let pos = server[0x34] & 0xfc;
+  for (let n = 0; pos && n < 48; n++) {
+    const id = server[pos];
+    if (id === 0x10) allow(pos + 2, pos + 0x3c, 'PCIe capability (QEMU presents a root-complex integrated endpoint)');
+    pos = server[pos + 1] & 0xfc;
+  }
+  return allowed;
+}
+for (const [name, bdf] of [['edu', EDU], ['vgpu', VGPU]]) {
+  const server = serverCfg(name);
+  const guest = boots.main.cfg[bdf];
+  if (!server || !guest) {
+    report(`config-${name}`, false, `guest config space of ${bdf} vs the server's`, `${server ? '' : 'no server dump '}${guest ? '' : 'no guest dump'}`);
+    continue;
+  }
+  const allowed = cfgAllowed(server);
+  const unexpected = [], expectedDiff = [];
+  for (let i = 0; i < 256; i++) {
+    if (server[i] === guest[i]) continue;
+    const d = `0x${i.toString(16).padStart(2, '0')}: server ${server[i].toString(16).padStart(2, '0')} guest ${guest[i].toString(16).padStart(2, '0')}`;
+    (allowed.has(i) ? expectedDiff : unexpected).push(d);
+  }
+  report(`config-${name}`, unexpected.length === 0,
+    `guest's 256-byte config space of ${bdf} equals the server's except BIOS/QEMU-owned bytes`,
+    `${unexpected.length} unexpected difference(s)${unexpected.length ? ': ' + unexpected.join('; ') : ''}; ${expectedDiff.length} allowed: ${expectedDiff.map((d) => d.split(':')[0]).join(' ')}`);
+}
+
+// ---------------------------------------------------------------- BAR MMIO
+const EDU_MMIO = { id: '0x010000ed', liveness: '0xedcba987', fact5: 120, fact10: 3628800, irq_raised: '0x4', irq_acked: '0x0' };
+expectResult('mmio-qemu-edu', 'reference: QEMU\'s in-process edu ID, liveness, factorial, IRQ status', 'main', QEDU, 'mmio', EDU_MMIO);
+expectResult('mmio-edu', 'mdevkit edu BAR0: ID, liveness, factorial 5! and 10!, IRQ status raise/ack', 'main', EDU, 'mmio', EDU_MMIO);
+const VGPU_MMIO = { id: '0x55504756', version: '0x00010000', rw: '0x123', fence_value: '0x0', ring_head: 0, error: 0, vram_len: '0x100000' };
+expectResult('mmio-vgpu', 'vGPU BAR0: ID, version, a RW register, reset state; BAR2 size', 'main', VGPU, 'mmio', VGPU_MMIO);
+
+// ---------------------------------------------------------------- interrupts
+const IRQ = (mode) => ({ mode, rounds: 16, status_ok: 16, handled: atLeast(16), status_after: '0x0' });
+expectResult('intx-qemu-edu', 'reference: QEMU edu INTx, 16 raise → handler → ack rounds', 'main', QEDU, 'irq_intx', IRQ('intx'));
+expectResult('intx-edu', 'mdevkit edu INTx (level, eventfd + unmask), 16 rounds', 'main', EDU, 'irq_intx', IRQ('intx'));
+expectResult('msi-qemu-edu', 'reference: QEMU edu MSI, 16 rounds', 'main', QEDU, 'irq_msi', { ...IRQ('msi'), handled: 16 });
+expectResult('msi-edu', 'mdevkit edu MSI, 16 rounds', 'main', EDU, 'irq_msi', { ...IRQ('msi'), handled: 16 });
+expectResult('msix-vgpu', 'vGPU MSI-X (error interrupt of a doorbell with the engine off), 16 rounds', 'main', VGPU, 'irq',
+  { mode: 'msix', rounds: 16, status_ok: 16, handled: 16, error: 1, int_status_after: '0x0' });
+
+// ---------------------------------------------------------------- DMA
+expectResult('dma-qemu-edu', 'reference: QEMU edu DMA RAM → buffer → RAM', 'main', QEDU, 'dma', { to_dev_irq: '0x100', dma_in: 'roundtrip', to_ram_irq: '0x100', dma_out: 'ok' });
+expectResult('dma-fd-edu', 'mdevkit edu DMA both ways through fd windows (memfd guest RAM), checked through the buffer\'s MMIO window', 'main', EDU, 'dma',
+  { to_dev_irq: '0x100', dma_in: 'ok', to_ram_irq: '0x100', dma_out: 'ok' });
+const RING = { irq: '0x1', fence_ram: '0xfe0c0001', fence_value: '0xfe0c0001', ring_head: 96, error: 0, fill: 'ok', blit: 'ok' };
+expectResult('vgpu-ring', 'vGPU ring in guest RAM: FILL_RECT + BLIT through the GTT + FENCE; fence in RAM and register, MSI-X, VRAM pixels through BAR2', 'main', VGPU, 'ring', RING);
+expectResult('p2p-read', 'peer-to-peer: edu DMA reads the vGPU VRAM BAR (fd-less window → DMA_READ)', 'main', EDU, 'p2p', { read_irq: '0x100', p2p_read: 'ok' });
+expectResult('p2p-write', 'peer-to-peer: edu DMA writes the vGPU VRAM BAR (fd-less window → DMA_WRITE)', 'main', EDU, 'p2p', { write_irq: '0x100', p2p_write: 'ok' });
+
+// ---------------------------------------------------------------- second QEMU, fd-less guest RAM
+{
+  const b = boots.fdless;
+  const ok = b.present && b.pci[EDU]?.device === '0x11e8' && b.pci[VGPU]?.device === '0x7fa0';
+  report('reconnect-enumeration', ok, 'a second QEMU against the same server processes enumerates both devices', b.present ? '' : 'boot did not run');
+}
+expectResult('reconnect-mmio-edu', 'second QEMU: edu BAR0 as in the first', 'fdless', EDU, 'mmio', EDU_MMIO);
+expectResult('reconnect-mmio-vgpu', 'second QEMU: vGPU BAR0, device reset by QEMU (fence 0, head 0)', 'fdless', VGPU, 'mmio', VGPU_MMIO);
+expectResult('dma-fdless-edu', 'edu DMA both ways with fd-less guest RAM (DMA_READ / DMA_WRITE messages)', 'fdless', EDU, 'dma',
+  { to_dev_irq: '0x100', dma_in: 'ok', to_ram_irq: '0x100', dma_out: 'ok', to_dev_us: below(1000000), to_ram_us: below(1000000) });
+expectResult('vgpu-ring-fdless', 'vGPU ring with fd-less guest RAM, without a timeout (GTT_ROOT and doorbell writes < 1 s, fence IRQ < 1 s)', 'fdless', VGPU, 'ring',
+  { ...RING, gtt_write_us: below(1000000), doorbell_write_us: below(1000000), fence_irq_us: below(1000000) });
+
+// ---------------------------------------------------------------- QEMU SIGKILLed / server SIGTERMed
+{
+  const want = { 'kill.traffic': 'yes', 'kill.edu_alive': 'yes', 'kill.vgpu_alive': 'yes', 'kill.edu_probe': '0x010000ed', 'kill.vgpu_probe': '0x55504756' };
+  const bad = Object.entries(want).filter(([k, v]) => facts[k] !== v).map(([k, v]) => `${k}=${facts[k] ?? '(missing)'} want ${v}`);
+  report('qemu-sigkill', bad.length === 0, 'QEMU SIGKILLed mid-traffic: both servers live on and answer a new client (ID read)',
+    bad.length ? bad.join(', ') : Object.keys(want).map((k) => `${k}=${facts[k]}`).join(' '));
+}
+for (const [s, bdf] of [['edu', EDU], ['vgpu', VGPU]]) {
+  const want = { 'term.traffic': 'yes', [`term.${s}_rc`]: '0', [`term.${s}_socket`]: 'removed' };
+  const bad = Object.entries(want).filter(([k, v]) => facts[k] !== v).map(([k, v]) => `${k}=${facts[k] ?? '(missing)'} want ${v}`);
+  report(`server-sigterm-${s}`, bad.length === 0, `${s} server SIGTERMed while the guest reads it in a loop: exits 0 and removes its socket`,
+    bad.length ? bad.join(', ') : Object.keys(want).map((k) => `${k}=${facts[k]}`).join(' '));
+}
+{
+  const want = { 'term.traffic': 'yes', 'term.qemu_rc': '0', 'term.qemu_abort': 'no', 'term.guest_done': 'yes' };
+  const bad = Object.entries(want).filter(([k, v]) => facts[k] !== v).map(([k, v]) => `${k}=${facts[k] ?? '(missing)'} want ${v}`);
+  // the guest's read loops ran until their device went away (not until their time limit)
+  const spins = [['edu', EDU], ['vgpu', VGPU]].map(([s, bdf]) => [s, boots.term.res[bdf]?.spin]);
+  for (const [s, spin] of spins) if (spin?.kv.end !== 'changed') bad.push(`guest ${s} traffic end=${spin?.kv.end ?? '(missing)'} want changed`);
+  const traffic = spins.filter(([, spin]) => spin).map(([s, spin]) => `guest ${s} traffic: ${spin.line}`).join('; ');
+  const qerr = facts['term.qemu_stderr'] ? ` | QEMU stderr: ${facts['term.qemu_stderr']}` : '';
+  report('server-sigterm-qemu', bad.length === 0, 'QEMU survives both servers being SIGTERMed mid-traffic (no abort; the guest\'s reads end when the devices go, it finishes, QEMU exits 0)',
+    (bad.length ? bad.join(', ') : Object.keys(want).map((k) => `${k}=${facts[k]}`).join(' ')) + (traffic ? ` | ${traffic}` : '') + qerr);
+}
+
+// ---------------------------------------------------------------- figures (not assertions)
+{
+  const fig = (bdf) => boots.main.res[bdf]?.bench?.kv;
+  const us = (ns) => (ns === undefined ? '?' : (Number(ns) / 1000).toFixed(2));
+  const parts = [['mdevkit edu (vfio-user)', EDU], ['mdevkit vGPU (vfio-user)', VGPU], ['QEMU in-process edu', QEDU]].map(([label, bdf]) => {
+    const f = fig(bdf);
+    return f ? `${label}: p50 ${us(f.p50_ns)} µs, p99 ${us(f.p99_ns)} µs, batch mean ${us(f.batch_mean_ns)} µs` : `${label}: no figure`;
+  });
+  const clock = fig(QEDU)?.clock_ns;
+  console.log(`QEMU-E2E-COST trapped 4-byte read of BAR0 ID in the guest kernel (ioread32, 2000 timed reads each, TCG, clock pair ${clock ?? '?'} ns): ${parts.join('; ')}`);
+  const irq = (bdf, cmd) => boots.main.res[bdf]?.[cmd]?.kv?.lat_p50_us;
+  console.log(`QEMU-E2E-COST interrupt raise → guest handler p50: edu MSI ${irq(EDU, 'irq_msi') ?? '?'} µs (QEMU edu ${irq(QEDU, 'irq_msi') ?? '?'} µs), edu INTx ${irq(EDU, 'irq_intx') ?? '?'} µs (QEMU edu ${irq(QEDU, 'irq_intx') ?? '?'} µs), vGPU MSI-X ${irq(VGPU, 'irq') ?? '?'} µs`);
+}
+
+// ---------------------------------------------------------------- verdict
+const failed = results.filter((r) => !r.ok).map((r) => r.name);
+console.log(failed.length === 0 ? `QEMU-E2E-VERDICT PASS ${results.length} checks` : `QEMU-E2E-VERDICT FAIL ${failed.length}/${results.length}: ${failed.join(' ')}`);
+process.exitCode = failed.length === 0 ? 0 : 1;
