@@ -28,6 +28,7 @@ export * from './native/watcher.js';
 export * from './native/dirty-bitmap.js';
 export * from './native/poll.js';
 export * from './region-table.js';
+export * from './handler-scope.js';
 export * from './guest-driver.js';
 export * from './cli/compare.js';
 export * from './display.js';

@@ -6,6 +6,7 @@
  * @module
  */
 import { errnoOf, isErrno } from './errors.js';
+import { inHandlerScope } from './handler-scope.js';
 import { binding } from './native/binding.js';
 import { RegisterBlock } from './registers.js';
 import type { Region, RegionAccessor } from './regions.js';
@@ -99,19 +100,22 @@ export function regionSegments(region: Region): SegmentSpec[] {
 export function createRegionTable(device: PciDevice, options: { maxAccess: number; onError?: (e: unknown) => void }): NativeRegionTable {
   const scratch = new Uint8Array(options.maxAccess);
   const onError = options.onError ?? ((e: unknown) => console.error('mdevkit: device access failed:', e));
+  const access = (region: number, offset: number, data: Uint8Array, write: boolean): number => {
+    if (region === CONFIG_REGION) {
+      if (write) device.configWrite(offset, data);
+      else device.configRead(offset, data);
+    } else {
+      const r = device.region(region);
+      if (!r) return errnoOf('EINVAL');
+      if (write) r.write(offset, data);
+      else r.read(offset, data);
+    }
+    return 0;
+  };
   const jsAccess = (region: number, offset: number, count: number, write: boolean): number => {
     const data = scratch.subarray(0, count);
     try {
-      if (region === CONFIG_REGION) {
-        if (write) device.configWrite(offset, data);
-        else device.configRead(offset, data);
-      } else {
-        const r = device.region(region);
-        if (!r) return errnoOf('EINVAL');
-        if (write) r.write(offset, data);
-        else r.read(offset, data);
-      }
-      return 0;
+      return inHandlerScope(() => access(region, offset, data, write));
     } catch (e) {
       if (!isErrno(e)) onError(e);
       return errnoFromError(e);

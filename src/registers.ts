@@ -13,6 +13,7 @@
  *   the `onWrite` hook of every touched register runs once, lowest offset first.
  * @module
  */
+import { runOrDefer } from './handler-scope.js';
 import { ByteFlag, MaskedStorage, Plane } from './masked-storage.js';
 import { MdevError, describe } from './errors.js';
 import type { RegionAccessor } from './regions.js';
@@ -313,10 +314,15 @@ export class RegisterBlock<N extends string = string> implements RegionAccessor 
       }
       const old = olds[k]!;
       const value = reg.get64();
+      // Storage changed above; the hook (device code) may have to wait for the running handler.
       if (reg.spec.width === 8) {
-        reg.spec.onWrite!({ reg, value, old, written, byteMask });
+        const hook = reg.spec.onWrite!;
+        const event = { reg, value, old, written, byteMask };
+        runOrDefer(() => hook(event));
       } else {
-        reg.spec.onWrite!({ reg, value: Number(value), old: Number(old), written: Number(written), byteMask: Number(byteMask) });
+        const hook = reg.spec.onWrite!;
+        const event = { reg, value: Number(value), old: Number(old), written: Number(written), byteMask: Number(byteMask) };
+        runOrDefer(() => hook(event));
       }
     }
   }

@@ -60,8 +60,20 @@ export interface VfioUserClientOptions {
   maxMsgFds?: number;
   /** `max_data_xfer_size` proposed: the largest DMA_READ/DMA_WRITE `count` this client serves. Default 1 MiB. */
   maxDataXferSize?: number;
-  /** Wire layout of DMA_READ/DMA_WRITE: `'spec'` (u64 count, data at 16) or `'qemu'` (u32 count, data at 12). Default `'spec'`. */
+  /**
+   * Wire layout of DMA_READ/DMA_WRITE: `'spec'` (u64 count, data at 16) or `'qemu'` (u32 count,
+   * data at 12, checked and answered exactly as QEMU ≥ 10.1 does: 16-byte DMA_READ requests,
+   * `count ≤ size − 16` for DMA_WRITE, bare-header DMA_WRITE replies). Default `'spec'`.
+   */
   dmaLayout?: DmaAccessLayout;
+  /**
+   * When server requests (DMA_READ/DMA_WRITE) are served: `'interleaved'` (default) serves them
+   * also while a request of ours waits for its reply; `'between-requests'` only while none does,
+   * as QEMU (its vCPU waiting for a trapped access holds the lock its DMA service needs).
+   */
+  dmaService?: 'interleaved' | 'between-requests';
+  /** `'qemu'`: behave as QEMU 10.2's vfio-user-pci does (QEMU's DMA layout and service, its VERSION proposal). */
+  emulate?: 'qemu';
   /** How long to wait for each reply, in ms; -1 waits forever. Default 10000. */
   timeoutMs?: number;
   /** Propose `write_multiple` (this client can send REGION_WRITE_MULTI). Default `true`, as QEMU. */
@@ -638,6 +650,13 @@ interface Window {
   writable: boolean;
   ram: GuestRam;
   backing: MemfdBacking;
+  /** `share: false`: the client's own copy-on-write view. */
+  privateView: ArrayBuffer | null;
+}
+
+function releaseWindow(w: Window): void {
+  if (w.privateView !== null) munmap(w.privateView);
+  w.backing.release();
 }
 
 interface Awaiting {
@@ -669,6 +688,10 @@ export class VfioUserClient {
   readonly proposedCapabilities: Readonly<Record<string, unknown>>;
   /** Keys of the server's VERSION JSON that the spec does not define (ignored, as QEMU does). */
   readonly unknownCapabilities: readonly string[];
+  /** When server requests are served (see {@link VfioUserClientOptions.dmaService}). */
+  readonly dmaService: 'interleaved' | 'between-requests';
+  /** Server requests that arrived while a request of ours waited ('between-requests' service). */
+  private heldRequests: { ch: Channel; msg: Incoming }[] = [];
   /** Layout used for DMA_READ/DMA_WRITE. */
   readonly dmaLayout: DmaAccessLayout;
   /** Counters of served server-to-client requests. */
@@ -727,6 +750,8 @@ export class VfioUserClient {
     let layout: DmaAccessLayout = 'spec';
     let twin = false;
     let multi = true;
+    let service: 'interleaved' | 'between-requests' = 'interleaved';
+    let qemu = false;
     try {
       if (o['maxMsgFds'] !== undefined) maxMsgFds = checkInt('options.maxMsgFds', o['maxMsgFds'], 0, MAX_FDS_PER_MESSAGE);
       if (o['maxDataXferSize'] !== undefined) maxDataXferSize = checkInt('options.maxDataXferSize', o['maxDataXferSize'], 1, 2 ** 31);
@@ -735,7 +760,20 @@ export class VfioUserClient {
         if (o['dmaLayout'] !== 'spec' && o['dmaLayout'] !== 'qemu') throw new MdevError('EINVAL', `must be 'spec' or 'qemu', got ${describe(o['dmaLayout'])}`, 'options.dmaLayout');
         layout = o['dmaLayout'];
       }
+      if (o['emulate'] !== undefined) {
+        if (o['emulate'] !== 'qemu') throw new MdevError('EINVAL', `must be 'qemu', got ${describe(o['emulate'])}`, 'options.emulate');
+        qemu = true;
+        if (o['dmaLayout'] === undefined) layout = 'qemu';
+        service = 'between-requests';
+      }
+      if (o['dmaService'] !== undefined) {
+        if (o['dmaService'] !== 'interleaved' && o['dmaService'] !== 'between-requests') {
+          throw new MdevError('EINVAL', `must be 'interleaved' or 'between-requests', got ${describe(o['dmaService'])}`, 'options.dmaService');
+        }
+        service = o['dmaService'];
+      }
       twin = optBool(o, 'twinSocket', false);
+      if (qemu && twin) throw new MdevError('EINVAL', 'QEMU does not support twin-socket mode', 'options.twinSocket');
       multi = optBool(o, 'writeMultiple', true);
       setNonBlocking(fd, true);
     } catch (e) {
@@ -746,6 +784,7 @@ export class VfioUserClient {
     this.maxDataXferSize = maxDataXferSize;
     this.timeoutMs = timeoutMs;
     this.dmaLayout = layout;
+    this.dmaService = service;
     this.main = new Channel('main', fd, maxMsgFds);
     const client = this;
     this.configAccessor = {
@@ -764,6 +803,8 @@ export class VfioUserClient {
       write_multiple: multi,
     };
     if (twin) proposed['twin_socket'] = { supported: true };
+    // QEMU 10.2 also proposes its (pre-v2) migration capability.
+    if (qemu) proposed['migration'] = { pgsize: 4096, max_bitmap_size: 256 * 1024 * 1024 };
     this.proposedCapabilities = proposed;
     try {
       const r = this.negotiate(proposed);
@@ -923,6 +964,7 @@ export class VfioUserClient {
     const chans = this.channels();
     try {
       for (;;) {
+        if (this.awaiting === null && this.heldRequests.length > 0) this.serveHeld();
         for (const ch of chans) ch.flush();
         if (done()) return true;
         const entries: PollEntry[] = chans.map((ch) => ({ fd: ch.fd, events: POLLIN | (ch.out.length > 0 ? POLLOUT : 0) }));
@@ -961,8 +1003,8 @@ export class VfioUserClient {
     }
     if (type === HeaderFlag.TYPE_COMMAND) {
       const l = this.dmaLayout === 'spec' ? Layout.dmaAccessSpec : Layout.dmaAccessQemu;
-      if (h.command === Command.DMA_READ) return l.data + 16;
-      if (h.command === Command.DMA_WRITE) return l.data + this.maxDataXferSize;
+      if (h.command === Command.DMA_READ) return l.size + 16;
+      if (h.command === Command.DMA_WRITE) return l.size + this.maxDataXferSize;
     }
     return 0;
   }
@@ -991,7 +1033,18 @@ export class VfioUserClient {
       closeAll(msg.fds);
       throw protoError('header.command', `${commandName(h.command)} from the server arrived on the main socket although twin-socket mode was negotiated`);
     }
+    if (this.dmaService === 'between-requests' && this.awaiting !== null) {
+      this.heldRequests.push({ ch, msg });
+      return;
+    }
     this.serveCommand(ch, msg);
+  }
+
+  /** Serves the server requests held while a request of ours waited, in arrival order. */
+  private serveHeld(): void {
+    const held = this.heldRequests;
+    this.heldRequests = [];
+    for (const { ch, msg } of held) this.serveCommand(ch, msg);
   }
 
   private allocMsgId(): number {
@@ -1016,6 +1069,8 @@ export class VfioUserClient {
   private transact(command: number, payload: Uint8Array, opts: { fds?: readonly number[]; noReply?: false; timeoutMs?: number; maxPayload: number }): Incoming;
   private transact(command: number, payload: Uint8Array, opts: { fds?: readonly number[]; noReply?: boolean; timeoutMs?: number; maxPayload: number }): Incoming | null {
     this.usable();
+    // Between two requests the VMM's main loop gets its turn: held server requests are served.
+    if (this.heldRequests.length > 0) this.serveHeld();
     const msgId = this.allocMsgId();
     const noReply = opts.noReply === true;
     const fds = opts.fds ?? [];
@@ -1105,7 +1160,8 @@ export class VfioUserClient {
     const noReply = (h.flags & HeaderFlag.NO_REPLY) !== 0;
     const hadFds = msg.fds.length > 0 || msg.fdsTruncated;
     closeAll(msg.fds);
-    const l = this.dmaLayout === 'spec' ? Layout.dmaAccessSpec : Layout.dmaAccessQemu;
+    const qemu = this.dmaLayout === 'qemu';
+    const l = qemu ? Layout.dmaAccessQemu : Layout.dmaAccessSpec;
     const p = msg.payload;
     let address = 0n;
     let count = 0n;
@@ -1115,48 +1171,62 @@ export class VfioUserClient {
       if (!noReply) this.enqueue(ch, h.msgId, h.command, HeaderFlag.TYPE_REPLY | HeaderFlag.ERROR, EMPTY, [], errnoOf(code));
     };
     if (h.command !== Command.DMA_READ && h.command !== Command.DMA_WRITE) return reject('EINVAL');
-    if (p.length < l.data) return reject('EINVAL');
+    const isRead = h.command === Command.DMA_READ;
+    if (hadFds) return reject('EINVAL');
+    // QEMU measures both against its 16-byte struct; the spec's fixed part is 16 bytes too.
+    if (p.length < (qemu && !isRead ? l.data : l.size)) return reject('EINVAL');
     const dv = view(p);
     address = dv.getBigUint64(l.address, true);
     count = l.countSize === 8 ? dv.getBigUint64(l.count, true) : BigInt(dv.getUint32(l.count, true));
-    const isRead = h.command === Command.DMA_READ;
-    if (hadFds) return reject('EINVAL');
-    if (isRead && (msg.truncated || p.length !== l.data)) return reject('EINVAL');
-    if (count > BigInt(this.maxDataXferSize)) return reject('E2BIG');
-    if (!isRead && (msg.truncated || BigInt(p.length) !== BigInt(l.data) + count)) return reject('EINVAL');
+    if (qemu) {
+      // QEMU 10.2: DMA_READ needs msg_size >= 32 and count <= its max transfer size; DMA_WRITE
+      // needs count <= msg_size - 32 (E2BIG), its data starting at byte 12 of the payload.
+      if (isRead && count > BigInt(this.maxDataXferSize)) return reject('E2BIG');
+      if (!isRead && (msg.truncated || count > BigInt(Math.max(0, p.length - l.size)))) return reject('E2BIG');
+    } else {
+      if (isRead && (msg.truncated || p.length !== l.size)) return reject('EINVAL');
+      if (count > BigInt(this.maxDataXferSize)) return reject('E2BIG');
+      if (!isRead && (msg.truncated || BigInt(p.length) !== BigInt(l.data) + count)) return reject('EINVAL');
+    }
     const n = Number(count);
     const segments = this.resolve(address, n, !isRead);
     if (segments === null) return reject('EFAULT');
     if (isRead) {
-      const reply = new Uint8Array(l.data + n);
+      // QEMU's reply: its struct (16 bytes, data at 12) plus count bytes, the padding zeroed.
+      const reply = new Uint8Array(l.size + n);
       const rv = view(reply);
       rv.setBigUint64(l.address, address, true);
       if (l.countSize === 8) rv.setBigUint64(l.count, count, true);
       else rv.setUint32(l.count, n, true);
       let at = l.data;
-      for (const s of segments) {
-        reply.set(s, at);
-        at += s.length;
+      for (const seg of segments) {
+        reply.set(seg, at);
+        at += seg.length;
       }
       this.dmaStats.reads++;
       this.dmaStats.bytesRead += n;
       if (!noReply) this.enqueue(ch, h.msgId, h.command, HeaderFlag.TYPE_REPLY, reply);
     } else {
       let at = l.data;
-      for (const s of segments) {
-        s.set(p.subarray(at, at + s.length));
-        at += s.length;
+      for (const seg of segments) {
+        seg.set(p.subarray(at, at + seg.length));
+        at += seg.length;
       }
       this.dmaStats.writes++;
       this.dmaStats.bytesWritten += n;
+      if (noReply) return;
+      if (qemu) {
+        // QEMU answers a DMA_WRITE with a bare header.
+        this.enqueue(ch, h.msgId, h.command, HeaderFlag.TYPE_REPLY, EMPTY);
+        return;
+      }
       // DMA_WRITE reply: address and count. The spec's table gives count 4 bytes, an evident typo
-      // for its request layout (libvfio-user replies with the same u64); QEMU's layout uses u32.
+      // for its request layout (libvfio-user replies with the same u64).
       const reply = new Uint8Array(l.data);
       const rv = view(reply);
       rv.setBigUint64(l.address, address, true);
-      if (l.countSize === 8) rv.setBigUint64(l.count, count, true);
-      else rv.setUint32(l.count, n, true);
-      if (!noReply) this.enqueue(ch, h.msgId, h.command, HeaderFlag.TYPE_REPLY, reply);
+      rv.setBigUint64(l.count, count, true);
+      this.enqueue(ch, h.msgId, h.command, HeaderFlag.TYPE_REPLY, reply);
     }
   }
 
@@ -1570,14 +1640,17 @@ export class VfioUserClient {
    * this client serves from the same bytes.
    * @param address aligned to the negotiated page size
    * @param size a positive multiple of the page size
-   * @param options `readOnly` maps it without the WRITE flag: server writes are refused
+   * @param options `readOnly` maps it without the WRITE flag: server writes are refused;
+   *   `share: false` plays QEMU's `share=off`: the client's (the guest's) view is a private
+   *   copy-on-write mapping of the memfd it passes, so the server sees none of the guest's writes
    * @throws `EEXIST` for overlap with existing guest RAM (before anything is sent); `ENOSPC` past
    *   the server's max_dma_maps; `ENOTSUP` when the server accepts no fds and `withFd` is set
    */
-  addGuestRam(address: bigint | number, size: number, options?: { withFd?: boolean; readOnly?: boolean }): GuestRam {
+  addGuestRam(address: bigint | number, size: number, options?: { withFd?: boolean; readOnly?: boolean; share?: boolean }): GuestRam {
     const o = optionsOf(options);
     const withFd = optBool(o, 'withFd', true);
     const readOnly = optBool(o, 'readOnly', false);
+    const share = optBool(o, 'share', true);
     const addr = toU64('address', address);
     const page = this.dmaPageSize();
     checkInt('size', size, 1, Number.MAX_SAFE_INTEGER);
@@ -1596,8 +1669,14 @@ export class VfioUserClient {
       backing.release();
       throw e;
     }
-    const ram: GuestRam = { address: addr, size, bytes: backing.bytes, fd: backing.fd, sharedWithServer: withFd, readOnly };
-    this.windows.push({ address: addr, end, bytes: backing.bytes, writable: !readOnly, ram, backing });
+    let bytes = backing.bytes;
+    let privateView: ArrayBuffer | null = null;
+    if (!share) {
+      privateView = mmapFd(backing.fd, size, { writable: true, shared: false });
+      bytes = new Uint8Array(privateView);
+    }
+    const ram: GuestRam = { address: addr, size, bytes, fd: backing.fd, sharedWithServer: withFd, readOnly };
+    this.windows.push({ address: addr, end, bytes, writable: !readOnly, ram, backing, privateView });
     this.windows.sort((a, b) => (a.address < b.address ? -1 : a.address > b.address ? 1 : 0));
     return ram;
   }
@@ -1615,7 +1694,7 @@ export class VfioUserClient {
     const echo = this.dmaUnmap({ address: addr, size });
     if (echo.address !== addr || echo.size !== BigInt(size)) throw protoError('address', `DMA_UNMAP reply echoes [0x${echo.address.toString(16)}, +0x${echo.size.toString(16)})`);
     this.windows = this.windows.filter((x) => x !== w);
-    w.backing.release();
+    releaseWindow(w);
   }
 
   /** The guest RAM windows, sorted by address. */
@@ -2088,7 +2167,7 @@ export class VfioUserClient {
         // Keep releasing the rest.
       }
     }
-    for (const w of this.windows) w.backing.release();
+    for (const w of this.windows) releaseWindow(w);
     this.windows = [];
     closeAll([...this.regionFds.values()]);
     this.regionFds.clear();

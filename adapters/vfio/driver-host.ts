@@ -18,6 +18,14 @@ export interface VfioDriverHostOptions {
   ramBase?: number;
   /** Size of that RAM (default 1 MiB). */
   ramSize?: number;
+  /**
+   * Share the RAM with the server by fd (default true). False plays a VMM whose guest RAM has no
+   * fd to share (QEMU's `memory-backend-ram`, plain `-m`): device DMA then goes through DMA_READ /
+   * DMA_WRITE messages.
+   */
+  shareRam?: boolean;
+  /** Map the RAM privately while passing its fd, as QEMU's `share=off` does (default true: shared). */
+  share?: boolean;
 }
 
 /** The vfio-user path as a {@link GuestDriverHost}. */
@@ -41,7 +49,7 @@ export class VfioDriverHost implements GuestDriverHost {
   ) {
     const base = options.ramBase ?? 0x100000;
     const size = options.ramSize ?? 1 << 20;
-    const guestRam = client.addGuestRam(base, size);
+    const guestRam = client.addGuestRam(base, size, { withFd: options.shareRam ?? true, share: options.share ?? true });
     this.ram = {
       base,
       size,

@@ -121,10 +121,18 @@ export const Layout = {
   irqSet: { argsz: 0, flags: 4, index: 8, start: 12, count: 16, sizeof: 20 },
   /** REGION_READ / REGION_WRITE: offset, region, count, data. */
   regionAccess: { offset: 0, region: 8, count: 12, data: 16 },
-  /** DMA_READ / DMA_WRITE as the spec (and libvfio-user) lay them out: u64 address, u64 count, data. */
-  dmaAccessSpec: { address: 0, count: 8, countSize: 8, data: 16 },
-  /** DMA_READ / DMA_WRITE as QEMU's hw/vfio-user/protocol.h lays them out: u64 address, u32 count, data. */
-  dmaAccessQemu: { address: 0, count: 8, countSize: 4, data: 12 },
+  /**
+   * DMA_READ / DMA_WRITE as the spec (and libvfio-user) lay them out: u64 address, u64 count,
+   * data. `size` is the fixed part: a DMA_READ request is `size` bytes, a DMA_WRITE `size + count`.
+   */
+  dmaAccessSpec: { address: 0, count: 8, countSize: 8, data: 16, size: 16 },
+  /**
+   * DMA_READ / DMA_WRITE as QEMU (≥ 10.1, hw/vfio-user/protocol.h) lays them out: u64 address,
+   * u32 count, data at 12 — but its struct is padded to 16 bytes and QEMU measures messages by
+   * that: a DMA_READ request must be 16 bytes, a DMA_WRITE `16 + count` (data at 12, 4 bytes of
+   * padding after it), and its DMA_READ reply is `16 + count` bytes with the data at 12.
+   */
+  dmaAccessQemu: { address: 0, count: 8, countSize: 4, data: 12, size: 16 },
   /** REGION_WRITE_MULTI: u64 count, then entries of offset, region, count, data[8]. */
   writeMulti: { count: 0, entries: 8, entrySize: 24, maxEntries: 200 },
   /** DEVICE_FEATURE: argsz, flags, data. */
@@ -182,6 +190,13 @@ export const Feature = {
 
 /** Which layout DMA_READ/DMA_WRITE messages use (see {@link Layout}). */
 export type DmaAccessLayout = 'spec' | 'qemu';
+
+/**
+ * The server's choice of DMA_READ/DMA_WRITE layout: fixed, or `'auto'` — found per connection
+ * from how the client answers a zero-length DMA_WRITE (a bare header: QEMU's layout; address and
+ * count: the spec's).
+ */
+export type DmaLayoutChoice = DmaAccessLayout | 'auto';
 
 /** Capabilities exchanged in VERSION, in the spec's units. */
 export interface Capabilities {

@@ -16,7 +16,7 @@ import { closeFd } from '../../src/native/fd.js';
 import { acceptUnix, connectUnix, listenUnix, socketPair } from '../../src/native/socket.js';
 import { FdWatcher } from '../../src/native/watcher.js';
 import { POLLERR, POLLHUP, POLLNVAL, POLLRDHUP, pollFds } from '../../src/native/poll.js';
-import type { PciDevice } from '../../src/pci/device.js';
+import type { DeviceDiagnostic, PciDevice } from '../../src/pci/device.js';
 import { createRegionTable, errnoFromError, type NativeRegionTable, type RegionTableStats } from '../../src/region-table.js';
 import { VfioDmaSpace, type DmaTransport } from './dma.js';
 import { VfioIrqState } from './irqs.js';
@@ -38,7 +38,9 @@ import {
   parseCapabilities,
   type Capabilities,
   type DmaAccessLayout,
+  type DmaLayoutChoice,
 } from './protocol.js';
+import { inHandlerScope, runOrDefer } from '../../src/handler-scope.js';
 
 /** Options of a {@link VfioUserServer}. */
 export interface VfioUserServerOptions {
@@ -48,8 +50,11 @@ export interface VfioUserServerOptions {
   maxMsgFds?: number;
   /** Most concurrent DMA windows (default 65535). */
   maxDmaMaps?: number;
-  /** Layout of the DMA_READ/DMA_WRITE messages we send: the spec's (default) or QEMU's. */
-  dmaLayout?: DmaAccessLayout;
+  /**
+   * Layout of the DMA_READ/DMA_WRITE messages we send: `'auto'` (default: detected per
+   * connection, see {@link DmaLayoutChoice}), the spec's, or QEMU's.
+   */
+  dmaLayout?: DmaLayoutChoice;
   /** How long a DMA_READ/DMA_WRITE may wait for the client's reply (default 5000 ms). */
   dmaTimeoutMs?: number;
   /** Offer twin-socket mode to clients that support it (default true). */
@@ -64,6 +69,8 @@ export interface VfioUserServerOptions {
   maxWaitingClients?: number;
   /** Log lines (default: none). */
   log?: (line: string) => void;
+  /** Device diagnostics, with what the server knows of the memory involved (default: the log). */
+  warn?: (line: string) => void;
 }
 
 /** What a control-plane handler answers. */
@@ -133,6 +140,8 @@ export class VfioUserSession {
   private negotiated = false;
   private twin = false;
   private closed = false;
+  /** The DMA message layout this client speaks; null until found (auto). */
+  private layout: DmaAccessLayout | null;
 
   /** @internal */
   constructor(
@@ -141,6 +150,7 @@ export class VfioUserSession {
     private readonly onClosed: (session: VfioUserSession, reason: string) => void,
   ) {
     const opts = server.options;
+    this.layout = opts.dmaLayout === 'auto' ? null : opts.dmaLayout;
     const transport: DmaTransport = {
       dmaRead: (address, out) => this.dmaMessage(Command.DMA_READ, address, out, null),
       dmaWrite: (address, data) => this.dmaMessage(Command.DMA_WRITE, address, null, data),
@@ -159,11 +169,26 @@ export class VfioUserSession {
       drainMs: opts.drainMs,
     });
     server.device.attachGuestMemory(this.dma);
+    server.device.on('diagnostic', this.onDiagnostic);
     // vfio-user cannot write-protect guest pages: watched pages are compared at sync points.
     this.writeWatch = new CompareWriteWatch(this.dma);
     server.device.attachWriteWatch(this.writeWatch);
     this.irqs.attach();
     this.conn.start();
+  }
+
+  private readonly onDiagnostic = (d: DeviceDiagnostic): void => {
+    this.server.options.warn(`device: ${d.message}${d.suspectGpa === undefined ? '' : `; ${this.explainMemory(d.suspectGpa)}`}`);
+  };
+
+  /** What this session knows of the guest memory at `gpa`, for a device that finds it implausible. */
+  private explainMemory(gpa: number): string {
+    const w = this.dma.windows.find((x) => BigInt(gpa) >= x.address && BigInt(gpa) < x.address + x.size);
+    if (!w) return `no DMA window covers guest address 0x${gpa.toString(16)}`;
+    if (!w.mapped) return 'that guest RAM is read through DMA_READ messages, so the VMM itself answered with these bytes';
+    return 'that guest RAM is read through the fd the VMM passed with DMA_MAP, and the guest\'s writes did not reach it: ' +
+      'the VMM maps that memory privately. With QEMU, guest RAM must be shared: -object memory-backend-memfd,...,share=on ' +
+      '(with share=off QEMU still passes the memfd, but the guest writes into a private copy)';
   }
 
   /** Counters of this session. */
@@ -196,6 +221,7 @@ export class VfioUserSession {
     this.closed = true;
     // Spec: on client disconnect, unmap DMA, close IRQ fds, keep the device state.
     const device = this.server.device;
+    device.off('diagnostic', this.onDiagnostic);
     if (device.guestMemory === this.dma) device.attachGuestMemory(null);
     if (device.writeWatch === this.writeWatch) device.attachWriteWatch(null);
     this.irqs.disconnect();
@@ -203,16 +229,55 @@ export class VfioUserSession {
     this.onClosed(this, reason);
   }
 
+  /** The DMA message layout in use: configured, or detected on this connection (null: not yet). */
+  get dmaLayout(): DmaAccessLayout | null {
+    return this.layout;
+  }
+
+  /** Sends a DMA request and waits for its reply, explaining the errors a device author can meet. */
+  private request(command: number, payload: Uint8Array): Buffer {
+    try {
+      return this.conn.request(command, payload, this.server.options.dmaTimeoutMs);
+    } catch (e) {
+      if (isErrno(e, 'EDEADLK')) {
+        fail('EDEADLK', 'DMA through the VMM (guest RAM not shared by fd) from inside a read or control handler: the VMM is waiting for that reply and ' +
+          'cannot serve DMA until it has it (QEMU). Do such DMA from write handlers (their reply goes out first) or share guest RAM by fd', 'dma');
+      }
+      throw e;
+    }
+  }
+
+  /**
+   * Finds the client's DMA layout with a zero-length DMA_WRITE at `address`: 32 bytes that both
+   * layouts read as "write 0 bytes at address". QEMU answers a DMA_WRITE with a bare header, the
+   * spec (and libvfio-user) with address and count. An error answer decides nothing.
+   */
+  private detectLayout(address: bigint): DmaAccessLayout | null {
+    const probe = new Uint8Array(Layout.dmaAccessSpec.size);
+    payloadView(probe).setBigUint64(Layout.dmaAccessSpec.address, address, true);
+    let reply: Buffer;
+    try {
+      reply = this.request(Command.DMA_WRITE, probe);
+    } catch (e) {
+      if (isErrno(e, 'EDEADLK')) throw e;
+      return null;
+    }
+    const found: DmaAccessLayout | null = reply.length === 0 ? 'qemu' : reply.length >= 16 ? 'spec' : null;
+    if (found) this.server.log(`vfio-user: client speaks the ${found === 'qemu' ? "QEMU" : "spec's"} DMA_READ/DMA_WRITE layout`);
+    return found;
+  }
+
   private dmaMessage(command: number, address: bigint, out: Uint8Array | null, data: Uint8Array | null): void {
-    const layout = this.server.options.dmaLayout === 'qemu' ? Layout.dmaAccessQemu : Layout.dmaAccessSpec;
+    this.layout ??= this.detectLayout(address);
+    const layout = this.layout === 'qemu' ? Layout.dmaAccessQemu : Layout.dmaAccessSpec;
     const count = out ? out.length : data!.length;
-    const payload = new Uint8Array(layout.data + (data ? data.length : 0));
+    const payload = new Uint8Array(layout.size + (data ? data.length : 0));
     const v = payloadView(payload);
     v.setBigUint64(layout.address, address, true);
     if (layout.countSize === 8) v.setBigUint64(layout.count, BigInt(count), true);
     else v.setUint32(layout.count, count, true);
     if (data) payload.set(data, layout.data);
-    const reply = this.conn.request(command, payload, this.server.options.dmaTimeoutMs);
+    const reply = this.request(command, payload);
     if (out) {
       if (reply.length < layout.data + count) fail('EIO', `DMA_READ reply has ${reply.length} bytes, expected ${layout.data + count}`, 'dma_read.reply');
       out.set(reply.subarray(layout.data, layout.data + count));
@@ -224,7 +289,8 @@ export class VfioUserSession {
       if (!this.negotiated && command !== Command.VERSION) {
         fail('EINVAL', 'the first message must be VERSION', 'command');
       }
-      return this.handle(command, flags, payload, fds);
+      // Control-plane work is device work too: a reset requested while a handler waits is deferred.
+      return inHandlerScope(() => this.handle(command, flags, payload, fds));
     } catch (e) {
       for (const fd of fds) tryClose(fd);
       if (!isErrno(e)) this.server.log(`vfio-user: internal error handling command ${command}: ${(e as Error).stack ?? String(e)}`);
@@ -260,7 +326,7 @@ export class VfioUserSession {
         return fail('EINVAL', 'region access refused', 'command');
       case Command.DEVICE_RESET:
         if (p.length !== 0) fail('EINVAL', 'DEVICE_RESET has no payload', 'payload');
-        this.server.device.reset();
+        runOrDefer(() => this.server.device.reset());
         return {};
       case Command.REGION_WRITE_MULTI:
         return this.writeMulti(p);
@@ -611,8 +677,8 @@ export class VfioUserServer {
     if (!Number.isInteger(maxMsgFds) || maxMsgFds < 1 || maxMsgFds > 253) fail('EINVAL', 'must be an integer in [1, 253]', 'maxMsgFds');
     const maxDmaMaps = options.maxDmaMaps ?? CAPABILITY_DEFAULTS.maxDmaMaps;
     if (!Number.isInteger(maxDmaMaps) || maxDmaMaps < 1 || maxDmaMaps > 65535) fail('EINVAL', 'must be an integer in [1, 65535]', 'maxDmaMaps');
-    const dmaLayout = options.dmaLayout ?? 'spec';
-    if (dmaLayout !== 'spec' && dmaLayout !== 'qemu') fail('EINVAL', 'must be "spec" or "qemu"', 'dmaLayout');
+    const dmaLayout = options.dmaLayout ?? 'auto';
+    if (dmaLayout !== 'auto' && dmaLayout !== 'spec' && dmaLayout !== 'qemu') fail('EINVAL', 'must be "auto", "spec" or "qemu"', 'dmaLayout');
     const ms = (field: keyof VfioUserServerOptions, fallback: number): number => {
       const v = options[field] ?? fallback;
       if (typeof v !== 'number' || !Number.isInteger(v) || v < 0 || v > 86_400_000) fail('EINVAL', `must be an integer number of ms in [0, 86400000], got ${String(v)}`, field);
@@ -632,6 +698,7 @@ export class VfioUserServer {
       drainMs: ms('drainMs', 2000),
       maxWaitingClients,
       log: options.log ?? (() => {}),
+      warn: options.warn ?? options.log ?? (() => {}),
     };
     if (this.options.drainMs === 0) fail('EINVAL', 'must be positive (the wait for the peer\'s end of stream is always bounded)', 'drainMs');
     device.realize();

@@ -18,6 +18,11 @@ export default function eduDriver(host: GuestDriverHost): DriverResult {
   const vendor = host.cfgRead(PCI.VENDOR_ID, 2);
   const device = host.cfgRead(PCI.DEVICE_ID, 2);
   host.cfgWrite(PCI.COMMAND, 2, host.cfgRead(PCI.COMMAND, 2) | PCI_COMMAND.MEMORY | PCI_COMMAND.MASTER);
+  // The start bit clears when a transfer is done: it may finish after the write that started it.
+  const waitDma = () => {
+    for (let i = 0; i < 100_000; i++) if ((BigInt(host.mmioRead(0, EDU.DMA_CMD, 8)) & BigInt(EDU.DMA_START)) === 0n) return;
+    throw new Error('edu: DMA did not complete');
+  };
   const id = r32(EDU.ID);
   w32(EDU.LIVENESS, 0x12345678);
   const liveness = r32(EDU.LIVENESS);
@@ -35,9 +40,11 @@ export default function eduDriver(host: GuestDriverHost): DriverResult {
   w64(EDU.DMA_DST, EDU.DMA_BUFFER);
   w64(EDU.DMA_COUNT, pattern.length);
   w64(EDU.DMA_CMD, EDU.DMA_START);
+  waitDma();
   w64(EDU.DMA_SRC, EDU.DMA_BUFFER);
   w64(EDU.DMA_DST, dst);
   w64(EDU.DMA_CMD, EDU.DMA_START | EDU.DMA_TO_RAM);
+  waitDma();
   const back = host.ram.read(dst, pattern.length);
   const dmaOk = back.every((b, i) => b === pattern[i]);
   // Interrupts: MSI when present (the VMM side wires it when the guest enables it), else INTx.

@@ -205,6 +205,10 @@ export class VirtualGpu extends PciDevice {
         return this.fail(VGPU.ERR_DMA);
       }
       const error = this.execute(v);
+      if (error === VGPU.ERR_BAD_COMMAND && cmd.every((b) => b === 0)) {
+        // No driver submits an empty command: the memory we read is not what the driver wrote.
+        this.diagnose({ message: `command at ring offset 0x${head.toString(16)} (guest 0x${(base + head).toString(16)}) is all zeros`, suspectGpa: base + head });
+      }
       head = (head + VGPU.CMD_SIZE) & (size - 1);
       this.regs.set('RING_HEAD', head);
       if (error) return this.fail(error);

@@ -133,7 +133,14 @@ Napi::Value RegionTable::ClearRegion(const Napi::CallbackInfo& info) {
 int RegionTable::CallJs(Napi::Env env, uint32_t region, uint64_t offset, uint8_t* buf, uint32_t count, bool write,
                         bool* via_js) {
   if (count > scratch_len_) return E2BIG;
+  // An access served while a JS handler is on the stack (a transport serving the VMM while a
+  // handler waits for it) must not clobber the scratch bytes the outer access is still using.
+  std::vector<uint8_t> outer;
+  const uint32_t outer_in_use = scratch_in_use_;
+  if (js_depth_ > 0 && outer_in_use > 0) outer.assign(scratch_, scratch_ + outer_in_use);
   if (write) std::memcpy(scratch_, buf, count);
+  js_depth_++;
+  scratch_in_use_ = count;
   int result = EIO;
   try {
     Napi::Value r = js_access_.Call({Napi::Number::New(env, region), Napi::Number::New(env, static_cast<double>(offset)),
@@ -146,6 +153,7 @@ int RegionTable::CallJs(Napi::Env env, uint32_t region, uint64_t offset, uint8_t
     // The JS side maps its own errors to errnos; an escaped exception is a bug, reported as EIO.
     result = EIO;
   }
+  js_depth_--;
   if (via_js != nullptr) *via_js = true;
   if (write) {
     stats_.js_writes++;
@@ -153,6 +161,8 @@ int RegionTable::CallJs(Napi::Env env, uint32_t region, uint64_t offset, uint8_t
     stats_.js_reads++;
     if (result == 0) std::memcpy(buf, scratch_, count);
   }
+  if (!outer.empty()) std::memcpy(scratch_, outer.data(), outer.size());
+  scratch_in_use_ = outer_in_use;
   return result;
 }
 

@@ -68,6 +68,8 @@ class RegionTable : public Napi::ObjectWrap<RegionTable> {
   Napi::Reference<Napi::Value> scratch_ref_;
   uint8_t* scratch_ = nullptr;
   size_t scratch_len_ = 0;
+  int js_depth_ = 0;             // JS accesses on the stack (more than 1 only while a handler waits)
+  uint32_t scratch_in_use_ = 0;  // bytes of scratch the innermost running JS access uses
   RegionStats stats_;
 };
 

@@ -77,6 +77,8 @@ struct ConnStats {
   uint64_t bytes_out = 0;
   uint64_t requests = 0;
   uint64_t dropped_slow = 0;
+  uint64_t early_replies = 0;
+  uint64_t served_while_waiting = 0;
 };
 
 class VfioUserConnection : public Napi::ObjectWrap<VfioUserConnection> {
@@ -244,6 +246,8 @@ class VfioUserConnection : public Napi::ObjectWrap<VfioUserConnection> {
     set("bytesOut", stats_.bytes_out);
     set("requests", stats_.requests);
     set("droppedSlow", stats_.dropped_slow);
+    set("earlyReplies", stats_.early_replies);
+    set("servedWhileWaiting", stats_.served_while_waiting);
     return o;
   }
 
@@ -466,6 +470,14 @@ class VfioUserConnection : public Napi::ObjectWrap<VfioUserConnection> {
     return last;
   }
 
+  // A request being served whose reply has not been queued yet.
+  struct PendingReply {
+    VfioUserHeader h;
+    VfioUserRegionAccess access;  // REGION_WRITE: what its reply echoes
+    bool write_access;
+    bool replied;
+  };
+
   struct FdBatch {
     uint64_t pos;
     std::vector<int> fds;
@@ -575,23 +587,41 @@ class VfioUserConnection : public Napi::ObjectWrap<VfioUserConnection> {
     bool write = h.command == kVfioUserRegionWrite;
     if (write) {
       if (len != sizeof a + a.count) return EINVAL;
+      size_t slot = pending_.size();
+      if (!no_reply) pending_.push_back(PendingReply{h, a, true, false});
       // The region table never writes into the buffer of a write; the cast only fits its signature.
       nesting_++;
       int r = table_->Access(env_, a.region, a.offset, const_cast<uint8_t*>(payload) + sizeof a, a.count, true);
       nesting_--;
+      bool replied = false;
+      if (!no_reply) {
+        replied = pending_[slot].replied;
+        pending_.resize(slot);
+      }
+      if (replied) {
+        // Answered before its handler finished (it needed the VMM): a late failure is only counted.
+        if (r != 0) stats_.posted_errors++;
+        return 0;
+      }
       if (r != 0) return r;
       if (!no_reply) QueueReply(h, reinterpret_cast<const uint8_t*>(&a), sizeof a, nullptr, 0, {});
       return 0;
     }
     if (len != sizeof a) return EINVAL;
     // Read into a separate buffer: a JS handler may issue a nested DMA request that flushes
-    // queued replies, so nothing may point into the output queue across the access.
-    read_tmp_.resize(a.count);
+    // queued replies, so nothing may point into the output queue across the access. (An access
+    // served while another waits gets a buffer of its own.)
+    std::vector<uint8_t> own;
+    std::vector<uint8_t>& out = nesting_ == 0 ? read_tmp_ : own;
+    out.resize(a.count);
+    size_t slot = pending_.size();
+    if (!no_reply) pending_.push_back(PendingReply{h, a, false, false});
     nesting_++;
-    int r = table_->Access(env_, a.region, a.offset, read_tmp_.data(), a.count, false);
+    int r = table_->Access(env_, a.region, a.offset, out.data(), a.count, false);
     nesting_--;
+    if (!no_reply) pending_.resize(slot);
     if (r != 0) return r;
-    if (!no_reply) QueueReply(h, reinterpret_cast<const uint8_t*>(&a), sizeof a, read_tmp_.data(), a.count, {});
+    if (!no_reply) QueueReply(h, reinterpret_cast<const uint8_t*>(&a), sizeof a, out.data(), a.count, {});
     return 0;
   }
 
@@ -604,16 +634,20 @@ class VfioUserConnection : public Napi::ObjectWrap<VfioUserConnection> {
     // From here on the fds belong to the JS handler.
     fds.clear();
     Napi::Value result;
+    size_t slot = pending_.size();
+    if (!no_reply) pending_.push_back(PendingReply{h, {}, false, false});
     nesting_++;
     try {
       result = on_message_.Call({Napi::Number::New(env, h.command), Napi::Number::New(env, h.msg_id), Napi::Number::New(env, h.flags),
                                  Napi::Buffer<uint8_t>::Copy(env, payload, len), js_fds});
     } catch (const Napi::Error&) {
       nesting_--;
+      if (!no_reply) pending_.resize(slot);
       if (!no_reply) QueueError(h, EIO);
       return;
     }
     nesting_--;
+    if (!no_reply) pending_.resize(slot);
     if (closed_ || no_reply || !result.IsObject()) return;
     Napi::Object r = result.As<Napi::Object>();
     Napi::Value error = r.Get("error");
@@ -735,6 +769,21 @@ class VfioUserConnection : public Napi::ObjectWrap<VfioUserConnection> {
     if (len) std::memcpy(msg.data() + sizeof h, payload, len);
     int target = twin_fd_ >= 0 ? twin_fd_ : fd_;
     if (target == fd_) {
+      // The client may be a VMM that serves our requests only when none of its own is waiting for
+      // a reply (QEMU: its vCPU holds the lock its DMA service needs). So nothing it waits for may
+      // depend on this request: a write being served is answered now (its bytes are stored; its
+      // handler's side effects follow, as a posted write's would); a read or control request
+      // cannot be answered without its handler's result, so the request fails instead of hanging.
+      for (PendingReply& p : pending_) {
+        if (p.replied) continue;
+        if (!p.write_access) return EDEADLK;
+      }
+      for (PendingReply& p : pending_) {
+        if (p.replied) continue;
+        QueueReply(p.h, reinterpret_cast<const uint8_t*>(&p.access), sizeof p.access, nullptr, 0, {});
+        p.replied = true;
+        stats_.early_replies++;
+      }
       // Keep the byte stream in order: queued replies go before the request.
       while (!out_.empty()) {
         if (!Flush()) return EPIPE;
@@ -764,51 +813,95 @@ class VfioUserConnection : public Napi::ObjectWrap<VfioUserConnection> {
     return true;
   }
 
-  // Non-twin mode: the reply arrives on the main socket among client commands, which stay queued
-  // (they are processed in order later); the reply is spliced out of the input stream.
+  // Non-twin mode: the reply arrives on the main socket among client commands. Those are served
+  // while we wait (they are spliced out of the input stream and dispatched here): a VMM whose
+  // vCPU waits for one of them cannot serve our request until it has its answer. Write hooks of
+  // the device run after the waiting handler returns (the model's handler scopes).
   int AwaitReplyInline(const VfioUserHeader& req, Clock::time_point deadline, std::vector<uint8_t>* reply) {
     nesting_++;
     int result = ETIMEDOUT;
     for (;;) {
+      if (draining_ || closed_) {
+        result = EPIPE;
+        break;
+      }
       // Inside a dispatch, the message being served is not ours to touch: scan past it.
       size_t s = nesting_ > 1 ? cur_msg_end_ : in_start_;
       bool found = false;
-      while (in_end_ - s >= sizeof(VfioUserHeader)) {
-        uint32_t size;
-        std::memcpy(&size, in_.get() + s + 4, 4);
-        if (size < sizeof(VfioUserHeader) || size > max_message_) {
+      while (!closed_ && !draining_ && in_end_ - s >= sizeof(VfioUserHeader)) {
+        VfioUserHeader h;
+        std::memcpy(&h, in_.get() + s, sizeof h);
+        if (h.msg_size < sizeof(VfioUserHeader) || h.msg_size > max_message_) {
           result = EBADMSG;
           found = true;
           break;
         }
-        if (in_end_ - s < size) break;
+        if (in_end_ - s < h.msg_size) break;
         int err = 0;
         if (MatchReply(req, in_.get() + s, reply, &err)) {
-          Splice(s, size);
+          Splice(s, h.msg_size);
           result = err;
           found = true;
           break;
         }
-        s += size;
+        if ((h.flags & kVfioUserTypeMask) == kVfioUserTypeReply) {
+          // A late reply to an earlier request that timed out.
+          stats_.unexpected_replies++;
+          bool truncated = false;
+          std::vector<int> fds = TakeFds(stream_base_ + s, &truncated);
+          CloseAll(fds);
+          Splice(s, h.msg_size);
+          continue;
+        }
+        ServeWhileWaiting(s, h);
       }
       if (found) break;
-      int w = WaitFd(fd_, POLLIN, deadline);
-      if (w != 0) {
-        result = w;
+      short events = POLLIN | (out_.empty() ? 0 : POLLOUT);
+      pollfd p{fd_, events, 0};
+      int r = ::poll(&p, 1, RemainingMs(deadline));
+      if (r == 0) {
+        result = ETIMEDOUT;
         break;
       }
-      int r = ReceiveOnce(fd_);
-      if (r == EAGAIN && in_end_ == cap_) {
+      if (r < 0) {
+        if (errno == EINTR) continue;
+        result = errno;
+        break;
+      }
+      if ((p.revents & POLLOUT) && !Flush()) {
+        result = EPIPE;
+        break;
+      }
+      if (!(p.revents & (POLLIN | POLLHUP | POLLERR))) continue;
+      int rr = ReceiveOnce(fd_);
+      if (rr == EAGAIN && in_end_ == cap_) {
         result = ENOBUFS;  // the client pipelined more than we can hold while it owes us a reply
         break;
       }
-      if (r != 0 && r != EAGAIN) {
-        result = r;
+      if (rr != 0 && rr != EAGAIN) {
+        result = rr;
         break;
       }
     }
     nesting_--;
     return result;
+  }
+
+  // Serves the client command at buffer index `at` while a request of ours waits for its reply.
+  void ServeWhileWaiting(size_t at, const VfioUserHeader& h) {
+    std::vector<uint8_t> msg(in_.get() + at, in_.get() + at + h.msg_size);
+    bool truncated = false;
+    std::vector<int> fds = TakeFds(stream_base_ + at, &truncated);
+    Splice(at, h.msg_size);
+    stats_.messages++;
+    stats_.served_while_waiting++;
+    if (truncated) {
+      CloseAll(fds);
+      if (!(h.flags & kVfioUserNoReply)) QueueError(h, EINVAL);
+    } else {
+      Dispatch(h, msg.data() + sizeof h, h.msg_size - static_cast<uint32_t>(sizeof h), std::move(fds));
+    }
+    Flush();
   }
 
   // Removes the message at buffer index `at` (size bytes) from the input stream.
@@ -945,6 +1038,7 @@ class VfioUserConnection : public Napi::ObjectWrap<VfioUserConnection> {
   std::deque<FdBatch> in_fds_;
   std::deque<OutChunk> out_;
   std::vector<uint8_t> read_tmp_;
+  std::vector<PendingReply> pending_;
   std::vector<uint8_t> twin_in_;
   bool started_ = false;
   bool closed_ = false;

@@ -35,7 +35,7 @@ program
   .option('--vfio-user <path>', 'listen on a vfio-user socket at <path> (repeatable: one device each)', collect, [])
   .option('--socket-path <path>', 'same as --vfio-user (vhost-user backend convention)')
   .option('--fd <n>', 'serve vfio-user on an inherited socket fd (listening or connected)', parseIntOption)
-  .option('--dma-layout <layout>', 'vfio-user DMA_READ/DMA_WRITE layout: spec or qemu', 'spec')
+  .option('--dma-layout <layout>', 'vfio-user DMA_READ/DMA_WRITE layout: auto (detected per client), spec or qemu', 'auto')
   .option('--max-data-xfer <bytes>', 'largest REGION_READ/WRITE count accepted', parseIntOption)
   .option('--no-twin-socket', 'do not offer vfio-user twin-socket mode')
   .option('--message-timeout <ms>', 'vfio-user: drop a client that does not complete a started message within <ms> (0: never)', parseIntOption, 5000)
@@ -51,6 +51,17 @@ program
   .option('--sim-ram <MiB>', 'simulator: guest RAM in MiB', parseIntOption, 64)
   .option('--stats <file>', 'vfio-user: on exit, write the devices\' statistics (DMA bytes, write-watch events, served accesses) as JSON')
   .option('-v, --verbose', 'log connections and errors to stderr', false);
+program.commands.at(-1)!.addHelpText(
+  'after',
+  `
+Attaching QEMU (>= 10.1) to a vfio-user socket:
+  qemu-system-x86_64 -machine q35,memory-backend=mem \\
+    -object memory-backend-memfd,id=mem,size=1G,share=on \\
+    -device '{"driver":"vfio-user-pci","socket":{"type":"unix","path":"/run/edu.sock"}}' ...
+Guest RAM must be shared (share=on): with share=off QEMU still passes its memfd, but the guest's
+writes land in a private copy and the device reads zeros, with no error anywhere. RAM without an
+fd (memory-backend-ram, plain -m) works, more slowly: every device DMA is a message.`,
+);
 for (let i = 0; i < 6; i++) program.commands.at(-1)!.option(`--bar${i} <address>`, i === 0 ? 'Xen: fixed placement of BAR0 (likewise --bar1 … --bar5), for guests without PCI config access' : undefined as unknown as string);
 program.commands.at(-1)!.action(async (spec: string, opts: ServeOpts) => {
   if (opts.xen !== undefined || opts.xenSim) {
@@ -75,7 +86,7 @@ program.commands.at(-1)!.action(async (spec: string, opts: ServeOpts) => {
     socketPaths,
     ...(opts.fd !== undefined ? { fd: opts.fd } : {}),
     server: {
-      dmaLayout: opts.dmaLayout as 'spec' | 'qemu',
+      dmaLayout: opts.dmaLayout as 'auto' | 'spec' | 'qemu',
       twinSocket: opts.twinSocket,
       messageTimeoutMs: opts.messageTimeout,
       replyTimeoutMs: opts.replyTimeout,

@@ -34,7 +34,9 @@ export async function serve(spec: string, options: ServeOptions): Promise<void> 
   const log = options.verbose ? (line: string) => process.stderr.write(`mdevkit: ${line}\n`) : undefined;
   const make = async (): Promise<VfioUserServer> => {
     const device = await loadDevice(spec);
-    const s = new VfioUserServer(device, { ...options.server, ...(log ? { log } : {}) });
+    // Device diagnostics are for the person running the server: shown with or without -v.
+    const warn = (line: string) => process.stderr.write(`mdevkit: warning: ${line}\n`);
+    const s = new VfioUserServer(device, { ...options.server, ...(log ? { log } : {}), warn });
     servers.push(s);
     return s;
   };

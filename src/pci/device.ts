@@ -4,6 +4,7 @@
  * it knows nothing of VFIO or Xen.
  * @module
  */
+import { runOrDefer } from '../handler-scope.js';
 import { MdevError, checkInt, describe } from '../errors.js';
 import { Plane } from '../masked-storage.js';
 import { RegisterBlock } from '../registers.js';
@@ -92,6 +93,20 @@ export interface PciDeviceEvents {
   barRemap: (event: BarRemapEvent) => void;
   /** The function was reset (FLR, or by the adapter). */
   reset: () => void;
+  /** The device met something it cannot make sense of and says so (see {@link PciDevice.diagnose}). */
+  diagnostic: (event: DeviceDiagnostic) => void;
+}
+
+/** What a device reports with {@link PciDevice.diagnose}. */
+export interface DeviceDiagnostic {
+  /** What the device saw, in its own terms. */
+  message: string;
+  /**
+   * Set when guest memory read by DMA cannot be what the guest's driver wrote (e.g. a command ring
+   * of zeros): the guest-physical address. Adapters add what they know of that memory — how it is
+   * shared, and the likely cause.
+   */
+  suspectGpa?: number;
 }
 
 /** VFIO-style region indexes: BAR0-5, ROM, config. */
@@ -120,7 +135,7 @@ export class PciDevice {
   private irqController: InterruptController | null = null;
   private powerOnConfig: Uint8Array | null = null;
   private decoded: (bigint | null)[] = [null, null, null, null, null, null, null];
-  private readonly listeners: { [K in keyof PciDeviceEvents]: PciDeviceEvents[K][] } = { barRemap: [], reset: [] };
+  private readonly listeners: { [K in keyof PciDeviceEvents]: PciDeviceEvents[K][] } = { barRemap: [], reset: [], diagnostic: [] };
 
   /**
    * Creates the function with its identity and a type-0 header with standard write masks.
@@ -400,7 +415,7 @@ export class PciDevice {
       if (ctl & PCI_EXP.DEVCTL_BCR_FLR) {
         // Initiate Function Level Reset: the bit always reads 0; the function resets.
         this.config.set(pcie.offset + PCI_EXP.DEVCTL, 2, ctl & ~PCI_EXP.DEVCTL_BCR_FLR);
-        this.reset();
+        runOrDefer(() => this.reset());
         return;
       }
     }
@@ -502,6 +517,15 @@ export class PciDevice {
     const i = list ? list.indexOf(listener) : -1;
     if (i >= 0) list!.splice(i, 1);
     return this;
+  }
+
+  /**
+   * Reports a diagnostic: something the guest or the VMM did that the device cannot make sense of.
+   * The device keeps going as its hardware would (an error register, a dropped command); this is
+   * for the person running it. With `suspectGpa`, the adapter adds what it knows of that memory.
+   */
+  diagnose(diagnostic: DeviceDiagnostic): void {
+    this.emit('diagnostic', diagnostic);
   }
 
   private emit<K extends keyof PciDeviceEvents>(event: K, ...args: Parameters<PciDeviceEvents[K]>): void {

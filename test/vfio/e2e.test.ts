@@ -23,6 +23,15 @@ function enableDecodeAndMaster(c: VfioUserClient, bar0?: number): void {
   c.cfgWrite(PCI.COMMAND, 2, PCI_COMMAND.MEMORY | PCI_COMMAND.MASTER);
 }
 
+/**
+ * Waits for edu's DMA engine as a driver must (the start bit clears when the transfer is done):
+ * DMA through messages completes after the write that started it has been answered.
+ */
+function waitDmaDone(c: VfioUserClient): void {
+  for (let i = 0; i < 10_000; i++) if ((BigInt(c.mmioRead(0, EDU.DMA_CMD, 8)) & BigInt(EDU.DMA_START)) === 0n) return;
+  throw new Error('edu DMA did not complete');
+}
+
 describe('edu over vfio-user', () => {
   let server: ServerProcess;
   let c: VfioUserClient;
@@ -117,10 +126,12 @@ describe('edu over vfio-user', () => {
       c.mmioWrite(0, EDU.DMA_DST, 8, BigInt(EDU.DMA_BUFFER));
       c.mmioWrite(0, EDU.DMA_COUNT, 8, 5n);
       c.mmioWrite(0, EDU.DMA_CMD, 8, BigInt(EDU.DMA_START));
+      waitDmaDone(c);
       expect([...c.regionRead(0, EDU.DMA_BUFFER, 5)]).toEqual([9, 8, 7, 6, 5]);
       c.mmioWrite(0, EDU.DMA_SRC, 8, BigInt(EDU.DMA_BUFFER));
       c.mmioWrite(0, EDU.DMA_DST, 8, BigInt(base + 0xffe)); // straddles a page
       c.mmioWrite(0, EDU.DMA_CMD, 8, BigInt(EDU.DMA_START | EDU.DMA_TO_RAM));
+      waitDmaDone(c);
       expect([...ram.bytes.subarray(0xffe, 0x1003)]).toEqual([9, 8, 7, 6, 5]);
       if (!withFd) expect(c.dmaStats).toMatchObject({ reads: expect.any(Number), writes: expect.any(Number) });
       c.removeGuestRam(base, 0x10000);
@@ -302,6 +313,7 @@ describe('one server process, two devices; QEMU DMA layout; SIGTERM', () => {
       b.mmioWrite(0, EDU.DMA_DST, 8, BigInt(EDU.DMA_BUFFER));
       b.mmioWrite(0, EDU.DMA_COUNT, 8, 4n);
       b.mmioWrite(0, EDU.DMA_CMD, 8, BigInt(EDU.DMA_START));
+      waitDmaDone(b);
       expect([...b.regionRead(0, EDU.DMA_BUFFER, 4)]).toEqual([4, 3, 2, 1]);
       // SIGTERM: the connected client is asked to release the device (REQ), then sees EOF.
       const req = eventfdCreate();

@@ -6,13 +6,13 @@
 # vGPU through a command ring the device fetches by DMA (foreign mappings of guest RAM).
 # Exits 0 only on "E2E-VERDICT PASS".
 #
-# Needs root (apt-get for host packages). Cache: build/xen-e2e (note: `node-gyp rebuild` wipes build/).
+# Needs root (apt-get for host packages). Cache: ~/.cache/mdevkit/xen-e2e (MDEVKIT_CACHE overrides ~/.cache/mdevkit).
 # Env: XEN_E2E_TIMEOUT (s, default 600), XEN_E2E_KEEP=1 keeps the run directory's logs.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../../.." && pwd)
-CACHE="$ROOT/build/xen-e2e"
+CACHE="${MDEVKIT_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/mdevkit}/xen-e2e"
 TIMEOUT=${XEN_E2E_TIMEOUT:-600}
 KVER_PKG=""
 
