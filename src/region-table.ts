@@ -55,6 +55,10 @@ export interface NativeRegionTable {
   write(region: number, offset: number | bigint, data: Uint8Array): number;
   /** Where accesses were served. */
   stats(): RegionTableStats;
+  /** Takes the device's access lock (held by accesses served on an I/O thread); recursive. */
+  lock(): void;
+  /** Releases {@link lock}. */
+  unlock(): void;
 }
 
 const NativeRegionTableClass = binding['RegionTable'] as new (
@@ -112,8 +116,10 @@ export function createRegionTable(device: PciDevice, options: { maxAccess: numbe
     }
     return 0;
   };
+  // Views of the scratch buffer by length: a register access does not allocate one each time.
+  const views: Uint8Array[] = [];
   const jsAccess = (region: number, offset: number, count: number, write: boolean): number => {
-    const data = scratch.subarray(0, count);
+    const data = count < 64 ? (views[count] ??= scratch.subarray(0, count)) : scratch.subarray(0, count);
     try {
       return inHandlerScope(() => access(region, offset, data, write));
     } catch (e) {

@@ -67,6 +67,13 @@ export interface VfioUserServerOptions {
   drainMs?: number;
   /** Clients that may wait for the device while another is connected (default 16); more are refused with EBUSY. */
   maxWaitingClients?: number;
+  /**
+   * Serve traffic that needs no JS on a thread of the connection's own (blocking recvmsg/sendmsg,
+   * none of the event loop's costs), handing anything that needs JS back to the event loop
+   * (default true). Device code that changes register state outside access handlers and control
+   * messages (timers, its own events) must then run inside {@link PciDevice.exclusive}.
+   */
+  ioThread?: boolean;
   /** Log lines (default: none). */
   log?: (line: string) => void;
   /** Device diagnostics, with what the server knows of the memory involved (default: the log). */
@@ -105,6 +112,7 @@ const NativeConnectionClass = binding['VfioUserConnection'] as new (
     messageTimeoutMs?: number;
     replyTimeoutMs?: number;
     drainMs?: number;
+    ioThread?: boolean;
   },
 ) => NativeConnection;
 
@@ -167,6 +175,7 @@ export class VfioUserSession {
       messageTimeoutMs: opts.messageTimeoutMs,
       replyTimeoutMs: opts.replyTimeoutMs,
       drainMs: opts.drainMs,
+      ioThread: opts.ioThread,
     });
     server.device.attachGuestMemory(this.dma);
     server.device.on('diagnostic', this.onDiagnostic);
@@ -658,6 +667,8 @@ export class VfioUserServer {
   private shuttingDown = false;
   /** Write-watch events of sessions that have ended (compare mode, found at sync points). */
   private pastWriteWatchEvents = 0;
+  /** Connection counters of sessions that have ended. */
+  private readonly pastConnections: Record<string, number> = {};
   private readonly sessionListeners: ((event: 'connect' | 'disconnect', session: VfioUserSession, reason?: string) => void)[] = [];
 
   /**
@@ -697,12 +708,16 @@ export class VfioUserServer {
       replyTimeoutMs: ms('replyTimeoutMs', 10_000),
       drainMs: ms('drainMs', 2000),
       maxWaitingClients,
+      ioThread: options.ioThread ?? true,
       log: options.log ?? (() => {}),
       warn: options.warn ?? options.log ?? (() => {}),
     };
     if (this.options.drainMs === 0) fail('EINVAL', 'must be positive (the wait for the peer\'s end of stream is always bounded)', 'drainMs');
     device.realize();
     this.regionTable = createRegionTable(device, { maxAccess: maxDataXferSize, onError: (e) => this.log(`device error: ${(e as Error).stack ?? String(e)}`) });
+    // The I/O thread serves register accesses under the table's lock; device code outside
+    // handlers takes it through PciDevice.exclusive.
+    if (this.options.ioThread) device.useAccessLock(this.regionTable);
   }
 
   /** Writes a log line through the configured logger. */
@@ -836,6 +851,7 @@ export class VfioUserServer {
   private startSession(fd: number): void {
     const session = new VfioUserSession(this, fd, (s, reason) => {
       this.pastWriteWatchEvents += s.writeWatch.events;
+      for (const [k, v] of Object.entries(s.stats().connection)) this.pastConnections[k] = (this.pastConnections[k] ?? 0) + v;
       if (this.current === s) this.current = null;
       this.log(`session ended: ${reason}`);
       for (const l of [...this.sessionListeners]) l('disconnect', s, reason);
@@ -859,14 +875,18 @@ export class VfioUserServer {
   }
 
   /** What the device did over this server's life: DMA bytes, write-watch events, where accesses were served. */
-  deviceStats(): { dmaBytesRead: number; dmaBytesWritten: number; writeWatchEvents: number; regions: RegionTableStats } {
+  deviceStats(): { dmaBytesRead: number; dmaBytesWritten: number; writeWatchEvents: number; regions: RegionTableStats; connections: Record<string, number> } {
+    const connections = { ...this.pastConnections };
+    if (this.current) for (const [k, v] of Object.entries(this.current.stats().connection)) connections[k] = (connections[k] ?? 0) + v;
     return {
       dmaBytesRead: this.device.dmaStats.bytesRead,
       dmaBytesWritten: this.device.dmaStats.bytesWritten,
       writeWatchEvents: this.pastWriteWatchEvents + (this.current?.writeWatch.events ?? 0),
       regions: this.regionTable.stats(),
+      connections,
     };
   }
+
 
   /** The socket path, when listening on one. */
   get path(): string | null {

@@ -23,6 +23,7 @@ typedef uint16_t domid_t;
 #include <vector>
 
 #include "errors.h"
+#include "js_entry.h"
 #include "modules.h"
 #include "owned_ref.h"
 #include "region_table.h"
@@ -102,7 +103,7 @@ class IoreqEngine : public Napi::ObjectWrap<IoreqEngine> {
     on_ioreq_ = OwnedFunction(self, "mdevkit.IoreqEngine.onIoreq", o.Get("onIoreq").As<Napi::Function>());
     on_bad_ = OwnedFunction(self, "mdevkit.IoreqEngine.onBadIoreq", o.Get("onBadIoreq").As<Napi::Function>());
     ParseEvents(env, o.Get("events"));
-    async_context_ = std::make_unique<Napi::AsyncContext>(env, "mdevkit.IoreqEngine");
+    js_ = std::make_unique<JsEntry>(env, "mdevkit.IoreqEngine");
     info.This().As<Napi::Object>().TypeTag(&kEngineTag);
   }
 
@@ -257,8 +258,7 @@ class IoreqEngine : public Napi::ObjectWrap<IoreqEngine> {
 
   static void OnIdle(uv_idle_t* handle) {
     auto* self = static_cast<IoreqEngine*>(handle->data);
-    Napi::HandleScope scope(self->env_);
-    Napi::CallbackScope callback_scope(self->env_, *self->async_context_);
+    JsEntry::Scope scope(*self->js_);
     try {
       self->DrainAll();
     } catch (const Napi::Error& e) {
@@ -299,8 +299,7 @@ class IoreqEngine : public Napi::ObjectWrap<IoreqEngine> {
   static void OnPoll(uv_poll_t* handle, int status, int events) {
     auto* s = static_cast<Source*>(handle->data);
     IoreqEngine* self = s->engine;
-    Napi::HandleScope scope(self->env_);
-    Napi::CallbackScope callback_scope(self->env_, *self->async_context_);
+    JsEntry::Scope scope(*self->js_);
     try {
       if (status < 0) {
         self->Bad("event source error", errno);
@@ -448,6 +447,7 @@ class IoreqEngine : public Napi::ObjectWrap<IoreqEngine> {
       o.Set("read", Napi::Boolean::New(env, read));
       o.Set("dataIsPtr", Napi::Boolean::New(env, (req.bits & kIoreqDataIsPtr) != 0));
       o.Set("df", Napi::Boolean::New(env, (req.bits & kIoreqDf) != 0));
+      JsEntry::EnterCurrent();
       Napi::Value r = on_ioreq_.Call({o});
       if (r.IsBigInt()) {
         bool lossless = false;
@@ -468,6 +468,7 @@ class IoreqEngine : public Napi::ObjectWrap<IoreqEngine> {
   uint64_t Bad(const char* what, int err, bool read = true, uint32_t size = 8) {
     stats_.bad++;
     try {
+      JsEntry::EnterCurrent();
       on_bad_.Call({Napi::String::New(env_, what), Napi::Number::New(env_, err)});
     } catch (const Napi::Error&) {
       // Logging must not take the server down.
@@ -550,7 +551,7 @@ class IoreqEngine : public Napi::ObjectWrap<IoreqEngine> {
   std::vector<Napi::Reference<Napi::Value>> refs_;
   Napi::FunctionReference on_ioreq_;
   Napi::FunctionReference on_bad_;
-  std::unique_ptr<Napi::AsyncContext> async_context_;
+  std::unique_ptr<JsEntry> js_;
   bool evtchn_ = false;
   int evtchn_fd_ = -1;
   std::vector<uint32_t> vcpu_ports_;

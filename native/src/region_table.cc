@@ -6,6 +6,7 @@
 
 #include "errors.h"
 #include "masked_storage.h"
+#include "js_entry.h"
 #include "modules.h"
 #include "owned_ref.h"
 
@@ -34,7 +35,9 @@ Napi::Function RegionTable::Define(Napi::Env env) {
                       InstanceMethod<&RegionTable::ClearRegion>("clearRegion"),
                       InstanceMethod<&RegionTable::JsRead>("read"),
                       InstanceMethod<&RegionTable::JsWrite>("write"),
-                      InstanceMethod<&RegionTable::Stats>("stats")});
+                      InstanceMethod<&RegionTable::Stats>("stats"),
+                      InstanceMethod<&RegionTable::LockJs>("lock"),
+                      InstanceMethod<&RegionTable::UnlockJs>("unlock")});
 }
 
 RegionTable* RegionTable::FromValue(Napi::Env env, Napi::Value value, const char* field) {
@@ -118,6 +121,7 @@ Napi::Value RegionTable::SetRegion(const Napi::CallbackInfo& info) {
     }
     entry.segments.push_back(seg);
   }
+  std::lock_guard<std::recursive_mutex> hold(self->lock_);
   self->regions_[index] = std::move(entry);
   return env.Undefined();
 }
@@ -126,6 +130,7 @@ Napi::Value RegionTable::ClearRegion(const Napi::CallbackInfo& info) {
   RegionTable* self = Self(info);
   uint32_t index = ArgU32(info, 0, "index");
   if (index >= kMaxRegions) ThrowRangeError(info.Env(), "index", "must be below 64");
+  std::lock_guard<std::recursive_mutex> hold(self->lock_);
   self->regions_[index] = RegionEntry();
   return info.Env().Undefined();
 }
@@ -141,6 +146,7 @@ int RegionTable::CallJs(Napi::Env env, uint32_t region, uint64_t offset, uint8_t
   if (write) std::memcpy(scratch_, buf, count);
   js_depth_++;
   scratch_in_use_ = count;
+  JsEntry::EnterCurrent();
   int result = EIO;
   try {
     Napi::Value r = js_access_.Call({Napi::Number::New(env, region), Napi::Number::New(env, static_cast<double>(offset)),
@@ -156,9 +162,9 @@ int RegionTable::CallJs(Napi::Env env, uint32_t region, uint64_t offset, uint8_t
   js_depth_--;
   if (via_js != nullptr) *via_js = true;
   if (write) {
-    stats_.js_writes++;
+    stats_.js_writes.fetch_add(1, std::memory_order_relaxed);
   } else {
-    stats_.js_reads++;
+    stats_.js_reads.fetch_add(1, std::memory_order_relaxed);
     if (result == 0) std::memcpy(buf, scratch_, count);
   }
   if (!outer.empty()) std::memcpy(scratch_, outer.data(), outer.size());
@@ -166,8 +172,8 @@ int RegionTable::CallJs(Napi::Env env, uint32_t region, uint64_t offset, uint8_t
   return result;
 }
 
-int RegionTable::Access(Napi::Env env, uint32_t region, uint64_t offset, uint8_t* buf, uint32_t count, bool write,
-                        bool* via_js) {
+int RegionTable::AccessNative(uint32_t region, uint64_t offset, uint8_t* buf, uint32_t count, bool write) {
+  std::lock_guard<std::recursive_mutex> hold(lock_);
   if (region >= regions_.size()) return EINVAL;
   const RegionEntry& e = regions_[region];
   if (e.size == 0) return EINVAL;
@@ -182,25 +188,43 @@ int RegionTable::Access(Napi::Env env, uint32_t region, uint64_t offset, uint8_t
       case RegionSegment::kZero:
         if (!write) std::memset(buf, 0, count);
         break;
-      case RegionSegment::kRam:
+      case RegionSegment::kRam: {
         if (write) std::memcpy(s.storage + at, buf, count);
         else std::memcpy(buf, s.storage + at, count);
         break;
+      }
       case RegionSegment::kMasked: {
         uint8_t hooks = MaskedFlags(s.storage, s.plane_size, at, count);
-        if (hooks & (write ? kByteWriteHook : kByteReadHook)) return CallJs(env, region, offset, buf, count, write, via_js);
+        if (hooks & (write ? kByteWriteHook : kByteReadHook)) return kNeedsJs;
         if (write) MaskedWrite(s.storage, s.plane_size, at, buf, count);
         else MaskedRead(s.storage, s.plane_size, at, buf, count);
         break;
       }
       case RegionSegment::kJs:
-        return CallJs(env, region, offset, buf, count, write, via_js);
+        return kNeedsJs;
     }
-    if (write) stats_.native_writes++;
-    else stats_.native_reads++;
+    (write ? stats_.native_writes : stats_.native_reads).fetch_add(1, std::memory_order_relaxed);
     return 0;
   }
+  return kNeedsJs;
+}
+
+int RegionTable::Access(Napi::Env env, uint32_t region, uint64_t offset, uint8_t* buf, uint32_t count, bool write,
+                        bool* via_js) {
+  int r = AccessNative(region, offset, buf, count, write);
+  if (r != kNeedsJs) return r;
   return CallJs(env, region, offset, buf, count, write, via_js);
+}
+
+// lock() / unlock(): the access lock, for JS that changes register state while an I/O thread serves.
+Napi::Value RegionTable::LockJs(const Napi::CallbackInfo& info) {
+  Self(info)->lock_.lock();
+  return info.Env().Undefined();
+}
+
+Napi::Value RegionTable::UnlockJs(const Napi::CallbackInfo& info) {
+  Self(info)->lock_.unlock();
+  return info.Env().Undefined();
 }
 
 // read(region, offset, out) → errno (0 on success)
@@ -232,10 +256,10 @@ Napi::Value RegionTable::Stats(const Napi::CallbackInfo& info) {
   RegionTable* self = Self(info);
   Napi::Env env = info.Env();
   Napi::Object o = Napi::Object::New(env);
-  o.Set("nativeReads", Napi::Number::New(env, static_cast<double>(self->stats_.native_reads)));
-  o.Set("nativeWrites", Napi::Number::New(env, static_cast<double>(self->stats_.native_writes)));
-  o.Set("jsReads", Napi::Number::New(env, static_cast<double>(self->stats_.js_reads)));
-  o.Set("jsWrites", Napi::Number::New(env, static_cast<double>(self->stats_.js_writes)));
+  o.Set("nativeReads", Napi::Number::New(env, static_cast<double>(self->stats_.native_reads.load(std::memory_order_relaxed))));
+  o.Set("nativeWrites", Napi::Number::New(env, static_cast<double>(self->stats_.native_writes.load(std::memory_order_relaxed))));
+  o.Set("jsReads", Napi::Number::New(env, static_cast<double>(self->stats_.js_reads.load(std::memory_order_relaxed))));
+  o.Set("jsWrites", Napi::Number::New(env, static_cast<double>(self->stats_.js_writes.load(std::memory_order_relaxed))));
   return o;
 }
 

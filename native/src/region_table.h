@@ -7,7 +7,9 @@
 
 #include <napi.h>
 
+#include <atomic>
 #include <cstdint>
+#include <mutex>
 #include <vector>
 
 namespace mdevkit {
@@ -30,11 +32,13 @@ struct RegionEntry {
   std::vector<Napi::Reference<Napi::Value>> keep_alive;  // the JS buffers behind `storage`
 };
 
+// Counters, bumped from whichever thread serves the access (a connection's I/O thread serves
+// native segments), hence atomic; relaxed: they order nothing.
 struct RegionStats {
-  uint64_t native_reads = 0;
-  uint64_t native_writes = 0;
-  uint64_t js_reads = 0;
-  uint64_t js_writes = 0;
+  std::atomic<uint64_t> native_reads{0};
+  std::atomic<uint64_t> native_writes{0};
+  std::atomic<uint64_t> js_reads{0};
+  std::atomic<uint64_t> js_writes{0};
 };
 
 class RegionTable : public Napi::ObjectWrap<RegionTable> {
@@ -51,6 +55,17 @@ class RegionTable : public Napi::ObjectWrap<RegionTable> {
   int Access(Napi::Env env, uint32_t region, uint64_t offset, uint8_t* buf, uint32_t count, bool write,
              bool* via_js = nullptr);
 
+  // The native part of Access: serves the access if no JS is needed and returns 0 or a positive
+  // errno; returns kNeedsJs (and changes nothing) when it must go to JS. Safe to call from another
+  // thread while the JS thread is not changing the table or running this device's code: accesses
+  // are serialized by the table's lock (see Lock).
+  int AccessNative(uint32_t region, uint64_t offset, uint8_t* buf, uint32_t count, bool write);
+  static constexpr int kNeedsJs = -1;
+
+  // The device's access lock: held by native accesses; JS code that changes register state while
+  // an I/O thread may be serving (timers, its own events) takes it through lock()/unlock().
+  std::recursive_mutex& Lock() { return lock_; }
+
   // Largest access the JS path can carry (the scratch buffer's size).
   uint32_t MaxAccess() const { return static_cast<uint32_t>(scratch_len_); }
   const RegionStats& stats() const { return stats_; }
@@ -61,6 +76,8 @@ class RegionTable : public Napi::ObjectWrap<RegionTable> {
   Napi::Value JsRead(const Napi::CallbackInfo& info);
   Napi::Value JsWrite(const Napi::CallbackInfo& info);
   Napi::Value Stats(const Napi::CallbackInfo& info);
+  Napi::Value LockJs(const Napi::CallbackInfo& info);
+  Napi::Value UnlockJs(const Napi::CallbackInfo& info);
   int CallJs(Napi::Env env, uint32_t region, uint64_t offset, uint8_t* buf, uint32_t count, bool write, bool* via_js);
 
   std::vector<RegionEntry> regions_;
@@ -71,6 +88,7 @@ class RegionTable : public Napi::ObjectWrap<RegionTable> {
   int js_depth_ = 0;             // JS accesses on the stack (more than 1 only while a handler waits)
   uint32_t scratch_in_use_ = 0;  // bytes of scratch the innermost running JS access uses
   RegionStats stats_;
+  std::recursive_mutex lock_;
 };
 
 }  // namespace mdevkit

@@ -19,15 +19,15 @@ constexpr int kMaxIovecs = 1024;
 // byte sent, so the caller resends only the remaining bytes, without fds.
 // Returns the bytes sent or -errno (-EAGAIN when a non-blocking socket is full; -EINVAL for
 // nfds outside [0, kMaxFdsPerMessage], iovcnt outside [0, kMaxIovecs], or fds with no bytes to
-// carry them). Retries EINTR.
-ssize_t SendWithFds(int fd, const iovec* iov, int iovcnt, const int* fds, int nfds);
+// carry them). Retries EINTR unless retryEintr is false (then -EINTR: a signal woke the caller).
+ssize_t SendWithFds(int fd, const iovec* iov, int iovcnt, const int* fds, int nfds, bool retryEintr = true);
 
 // Receives into iov[0..iovcnt) and up to maxFds (<= kMaxFdsPerMessage) passed fds, which arrive
 // close-on-exec and are stored in fds[0..*nfds); the caller owns them. *fdsTruncated is set when
 // the sender attached more fds than fit: the kernel closes the excess, and we close any it
 // delivered beyond maxFds, so the message is incomplete and usually a protocol error.
 // Returns the bytes received (0 = orderly EOF) or -errno (-EAGAIN when nothing is queued on a
-// non-blocking socket). On error no fds are returned. Retries EINTR.
-ssize_t RecvWithFds(int fd, const iovec* iov, int iovcnt, int* fds, int maxFds, int* nfds, bool* fdsTruncated);
+// non-blocking socket). On error no fds are returned. Retries EINTR unless retryEintr is false.
+ssize_t RecvWithFds(int fd, const iovec* iov, int iovcnt, int* fds, int maxFds, int* nfds, bool* fdsTruncated, bool retryEintr = true);
 
 }  // namespace mdevkit

@@ -10,12 +10,19 @@
 // File descriptors: Linux delivers SCM_RIGHTS fds with the recvmsg() that reads the first byte
 // of the sendmsg() they came with, and ends that recvmsg() after it. So the fds of one recvmsg()
 // belong to the last message that *starts* in the bytes it returned.
+#include <fcntl.h>
 #include <poll.h>
+#include <pthread.h>
+#include <signal.h>
 #include <sys/socket.h>
 #include <unistd.h>
 #include <uv.h>
 
 #include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <mutex>
+#include <thread>
 #include <cerrno>
 #include <chrono>
 #include <cstring>
@@ -26,6 +33,7 @@
 
 #include "errors.h"
 #include "fd_util.h"
+#include "js_entry.h"
 #include "modules.h"
 #include "owned_ref.h"
 #include "region_table.h"
@@ -38,8 +46,23 @@ namespace {
 
 constexpr napi_type_tag kConnTag = {0x2b7d9e4a61c3f085ULL, 0x7f14c0d29a5e3b61ULL};
 constexpr int kMaxReadsPerWakeup = 64;  // fairness between connections sharing the loop
-constexpr int kMaxIovPerSend = 64;
 constexpr uint32_t kDefaultDrainMs = 2000;
+// In loop mode, after this many messages in a row served without JS, the I/O thread takes over.
+constexpr uint32_t kNativeStreakForThread = 64;
+
+// A signal that only interrupts: it wakes a connection's I/O thread out of a blocking recvmsg or
+// sendmsg when the JS thread wants the connection back. Installed once, without SA_RESTART.
+int WakeSignal() { return SIGRTMAX - 2; }
+void InstallWakeSignal() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    struct sigaction sa {};
+    sa.sa_handler = [](int) {};
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = 0;
+    sigaction(WakeSignal(), &sa, nullptr);
+  });
+}
 
 using Clock = std::chrono::steady_clock;
 
@@ -64,21 +87,117 @@ void CloseAll(std::vector<int>& fds) {
   fds.clear();
 }
 
+// A counter written by one side at a time (the loop or the I/O thread) and read by JS at any
+// time: relaxed atomic loads and stores, no locked read-modify-write.
+struct Counter {
+  std::atomic<uint64_t> v{0};
+  Counter& operator++(int) {
+    v.store(v.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+    return *this;
+  }
+  Counter& operator+=(uint64_t n) {
+    v.store(v.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
+    return *this;
+  }
+  uint64_t get() const { return v.load(std::memory_order_relaxed); }
+};
+
 struct ConnStats {
-  uint64_t messages = 0;
-  uint64_t region_accesses = 0;
-  uint64_t js_messages = 0;
-  uint64_t error_replies = 0;
-  uint64_t posted_errors = 0;
-  uint64_t unexpected_replies = 0;
-  uint64_t recv_calls = 0;
-  uint64_t send_calls = 0;
-  uint64_t bytes_in = 0;
-  uint64_t bytes_out = 0;
-  uint64_t requests = 0;
-  uint64_t dropped_slow = 0;
-  uint64_t early_replies = 0;
-  uint64_t served_while_waiting = 0;
+  Counter messages;
+  Counter region_accesses;
+  Counter js_messages;
+  Counter error_replies;
+  Counter posted_errors;
+  Counter unexpected_replies;
+  Counter recv_calls;
+  Counter send_calls;
+  Counter bytes_in;
+  Counter bytes_out;
+  Counter requests;
+  Counter dropped_slow;
+  Counter early_replies;
+  Counter served_while_waiting;
+  Counter thread_messages;
+  Counter to_thread;
+  Counter to_loop;
+};
+
+// Replies waiting to be sent, as one contiguous byte stream: no allocation per reply once the
+// buffer has grown, and one iovec per send. A reply that carries fds is sent on its own, so its
+// SCM_RIGHTS data arrives with its first byte and no other message's.
+class OutQueue {
+ public:
+  ~OutQueue() { Clear(); }
+
+  bool empty() const { return sent_ == len_; }
+  size_t size() const { return len_; }
+
+  // Room for n more bytes at the end of the stream.
+  uint8_t* Append(size_t n) {
+    if (sent_ == len_) sent_ = len_ = 0;
+    if (len_ + n > cap_) {
+      size_t live = len_ - sent_;
+      size_t cap = std::max<size_t>({cap_ * 2, live + n, 4096});
+      std::unique_ptr<uint8_t[]> grown(new uint8_t[cap]);
+      if (live) std::memcpy(grown.get(), buf_.get() + sent_, live);
+      for (Mark& m : marks_) m.start -= sent_, m.end -= sent_;
+      buf_ = std::move(grown);
+      cap_ = cap;
+      len_ = live;
+      sent_ = 0;
+    }
+    uint8_t* p = buf_.get() + len_;
+    len_ += n;
+    return p;
+  }
+
+  // The message in [start, end) of the stream goes with these fds (owned from now on).
+  void AttachFds(size_t start, size_t end, std::vector<int> fds) { marks_.push_back(Mark{start, end, std::move(fds)}); }
+
+  // What to send next: the bytes up to the next reply with fds, or that reply alone with its fds.
+  void Next(iovec* iov, const std::vector<int>** fds) const {
+    *fds = nullptr;
+    size_t end = len_;
+    if (!marks_.empty()) {
+      const Mark& m = marks_.front();
+      if (m.start == sent_) {
+        end = m.end;
+        *fds = &m.fds;
+      } else {
+        end = m.start;
+      }
+    }
+    iov->iov_base = buf_.get() + sent_;
+    iov->iov_len = end - sent_;
+  }
+
+  void Consumed(size_t n) {
+    sent_ += n;
+    // fds travel with the first byte of their message.
+    while (!marks_.empty() && marks_.front().start < sent_) {
+      CloseAll(marks_.front().fds);
+      marks_.pop_front();
+    }
+    if (sent_ == len_) sent_ = len_ = 0;
+  }
+
+  void Clear() {
+    for (Mark& m : marks_) CloseAll(m.fds);
+    marks_.clear();
+    sent_ = len_ = 0;
+  }
+
+ private:
+  struct Mark {
+    size_t start;
+    size_t end;
+    std::vector<int> fds;
+  };
+  std::unique_ptr<uint8_t[]> buf_;
+  size_t cap_ = 0;
+  size_t len_ = 0;
+  size_t sent_ = 0;
+  std::deque<Mark> marks_;
 };
 
 class VfioUserConnection : public Napi::ObjectWrap<VfioUserConnection> {
@@ -120,6 +239,7 @@ class VfioUserConnection : public Napi::ObjectWrap<VfioUserConnection> {
     message_timeout_ms_ = OptionalMs(env, o, "messageTimeoutMs");
     reply_timeout_ms_ = OptionalMs(env, o, "replyTimeoutMs");
     drain_ms_ = OptionalMs(env, o, "drainMs");
+    io_thread_ = o.Get("ioThread").ToBoolean();
     struct stat st;
     if (::fstat(fd, &st) < 0) ThrowErrno(env, "fstat", errno);
     if (!S_ISSOCK(st.st_mode)) ThrowInvalid(env, "fd", "is not a socket");
@@ -130,7 +250,7 @@ class VfioUserConnection : public Napi::ObjectWrap<VfioUserConnection> {
     cap_ = static_cast<size_t>(max_message_) * 2 + 4096;
     in_.reset(new uint8_t[cap_]);
     fd_ = fd;
-    async_context_ = std::make_unique<Napi::AsyncContext>(env, "mdevkit.VfioUserConnection");
+    js_ = std::make_unique<JsEntry>(env, "mdevkit.VfioUserConnection");
     info.This().As<Napi::Object>().TypeTag(&kConnTag);
   }
 
@@ -144,6 +264,7 @@ class VfioUserConnection : public Napi::ObjectWrap<VfioUserConnection> {
   }
 
   ~VfioUserConnection() override {
+    StopThread();
     ReleaseFds();
     // The uv handle is closed in Shutdown(); an object that was never started owns none.
   }
@@ -168,6 +289,13 @@ class VfioUserConnection : public Napi::ObjectWrap<VfioUserConnection> {
     timer_ = new uv_timer_t;
     uv_timer_init(loop, timer_);
     timer_->data = this;
+    if (io_thread_) {
+      InstallWakeSignal();
+      async_ = new uv_async_t;
+      uv_async_init(loop, async_, &VfioUserConnection::OnThreadYield);
+      async_->data = this;
+      thread_ = std::thread([this] { ThreadMain(); });
+    }
     started_ = true;
     Ref();  // an active connection keeps its JS object alive until it closes
     UpdatePoll();
@@ -185,13 +313,13 @@ class VfioUserConnection : public Napi::ObjectWrap<VfioUserConnection> {
   Napi::Value CloseGracefully(const Napi::CallbackInfo& info) {
     std::string reason = info.Length() > 0 && info[0].IsString() ? info[0].As<Napi::String>().Utf8Value() : "closed by the server";
     if (closed_ || draining_) return info.Env().Undefined();
+    TakeBack();
     if (!started_) {
       Shutdown(reason.c_str(), 0);
       return info.Env().Undefined();
     }
     {
-      Napi::HandleScope scope(env_);
-      Napi::CallbackScope callback_scope(env_, *async_context_);
+      JsEntry::Scope scope(*js_);
       // Answer what the peer already sent (unless a handler is on the stack: then it is being served).
       if (nesting_ == 0 && out_.empty()) HandleReadable();
       BeginDrain(reason.c_str());
@@ -224,6 +352,7 @@ class VfioUserConnection : public Napi::ObjectWrap<VfioUserConnection> {
     if (command > 0xffff) ThrowRangeError(env, "command", "must fit 16 bits");
     if (closed_) ThrowErrno(env, "request", EPIPE);
     if (payload.length + sizeof(VfioUserHeader) > max_message_) ThrowRangeError(env, "payload", "exceeds the message size limit");
+    TakeBack();
     std::vector<uint8_t> reply;
     int err = DoRequest(static_cast<uint16_t>(command), payload.data, payload.length, timeout_ms, &reply);
     if (err != 0) ThrowErrno(env, "vfio-user request", err);
@@ -234,20 +363,23 @@ class VfioUserConnection : public Napi::ObjectWrap<VfioUserConnection> {
     Napi::Env env = info.Env();
     Napi::Object o = Napi::Object::New(env);
     auto set = [&](const char* k, uint64_t v) { o.Set(k, Napi::Number::New(env, static_cast<double>(v))); };
-    set("messages", stats_.messages);
-    set("regionAccesses", stats_.region_accesses);
-    set("jsMessages", stats_.js_messages);
-    set("errorReplies", stats_.error_replies);
-    set("postedErrors", stats_.posted_errors);
-    set("unexpectedReplies", stats_.unexpected_replies);
-    set("recvCalls", stats_.recv_calls);
-    set("sendCalls", stats_.send_calls);
-    set("bytesIn", stats_.bytes_in);
-    set("bytesOut", stats_.bytes_out);
-    set("requests", stats_.requests);
-    set("droppedSlow", stats_.dropped_slow);
-    set("earlyReplies", stats_.early_replies);
-    set("servedWhileWaiting", stats_.served_while_waiting);
+    set("messages", stats_.messages.get());
+    set("regionAccesses", stats_.region_accesses.get());
+    set("jsMessages", stats_.js_messages.get());
+    set("errorReplies", stats_.error_replies.get());
+    set("postedErrors", stats_.posted_errors.get());
+    set("unexpectedReplies", stats_.unexpected_replies.get());
+    set("recvCalls", stats_.recv_calls.get());
+    set("sendCalls", stats_.send_calls.get());
+    set("bytesIn", stats_.bytes_in.get());
+    set("bytesOut", stats_.bytes_out.get());
+    set("requests", stats_.requests.get());
+    set("droppedSlow", stats_.dropped_slow.get());
+    set("earlyReplies", stats_.early_replies.get());
+    set("servedWhileWaiting", stats_.served_while_waiting.get());
+    set("threadMessages", stats_.thread_messages.get());
+    set("toThread", stats_.to_thread.get());
+    set("toLoop", stats_.to_loop.get());
     return o;
   }
 
@@ -256,12 +388,12 @@ class VfioUserConnection : public Napi::ObjectWrap<VfioUserConnection> {
   static void OnPoll(uv_poll_t* handle, int status, int events) {
     auto* self = static_cast<VfioUserConnection*>(handle->data);
     if (self == nullptr || self->closed_) return;
-    Napi::HandleScope scope(self->env_);
-    // A callback scope makes promise jobs and nextTicks queued by JS handlers run after this
-    // wakeup, as they would after any other Node callback.
-    Napi::CallbackScope callback_scope(self->env_, *self->async_context_);
+    // A handle scope now; a callback scope (promise jobs and nextTicks queued by JS handlers run
+    // after this wakeup, as after any Node callback) only if the wakeup calls into JS.
+    JsEntry::Scope scope(*self->js_);
     if (status < 0) {
       self->Shutdown("poll error", -status);
+      self->AfterWakeup();
       return;
     }
     try {
@@ -343,6 +475,229 @@ class VfioUserConnection : public Napi::ObjectWrap<VfioUserConnection> {
   void AfterWakeup() {
     FinishDispatchClose();
     UpdateTimer();
+    MaybeHandToThread();
+  }
+
+  // ---- the I/O thread ---------------------------------------------------------------------------
+  //
+  // With ioThread, a connection whose traffic needs no JS is served by a thread of its own: one
+  // blocking recvmsg and one sendmsg per request, none of the event loop's costs. The connection's
+  // state belongs to one side at a time: the loop (uv_poll on the socket, everything as above) or
+  // the thread (thread_owns_). The thread serves REGION_READ/WRITE that the region table serves
+  // natively, under the table's lock; at the first message that needs JS (a hooked register,
+  // config space, any other command, fds), a partial message that waits too long, or EOF, it stops
+  // and hands the connection back to the loop (uv_async), leaving that message in the buffer. The
+  // loop hands it to the thread again after kNativeStreakForThread native-only messages in a row.
+  // The JS thread takes it back on demand (DMA requests, ends) by waking the thread with a signal.
+
+  void MaybeHandToThread() {
+    if (!io_thread_ || closed_ || draining_ || nesting_ > 0 || native_streak_ < kNativeStreakForThread) return;
+    if (!out_.empty() || !pending_.empty() || in_start_ != in_end_ || !in_fds_.empty()) return;
+    native_streak_ = 0;
+    if (poll_ != nullptr) uv_poll_stop(poll_);
+    poll_events_ = 0;
+    SetBlocking(true);
+    // The thread's patience: a blocking receive or send that times out hands the connection back
+    // to the loop, whose limits then apply (so a slow client is dropped within twice the limit).
+    if (!socket_timeouts_set_) {
+      SetSocketTimeout(SO_RCVTIMEO, message_timeout_ms_);
+      SetSocketTimeout(SO_SNDTIMEO, reply_timeout_ms_);
+      socket_timeouts_set_ = true;
+    }
+    stats_.to_thread++;
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      thread_owns_ = true;
+      yield_.store(false, std::memory_order_relaxed);
+    }
+    cv_.notify_all();
+  }
+
+  // The JS thread needs the connection now (a request to send, an end): wake the thread and wait
+  // until it has let go.
+  void TakeBack() {
+    if (!io_thread_ || !thread_.joinable()) return;
+    std::unique_lock<std::mutex> lk(mu_);
+    if (!thread_owns_) return;
+    yield_.store(true, std::memory_order_relaxed);
+    while (thread_owns_) {
+      // The signal may land just before the thread blocks; it is sent again until it lets go.
+      pthread_kill(thread_.native_handle(), WakeSignal());
+      cv_.wait_for(lk, std::chrono::milliseconds(5));
+    }
+    lk.unlock();
+    ResumeLoop();
+  }
+
+  void SetSocketTimeout(int option, uint32_t ms) {
+    if (ms == 0) return;
+    timeval tv{static_cast<time_t>(ms / 1000), static_cast<suseconds_t>((ms % 1000) * 1000)};
+    ::setsockopt(fd_, SOL_SOCKET, option, &tv, sizeof tv);
+  }
+
+  void SetBlocking(bool blocking) {
+    if (fd_ < 0 || blocking_ == blocking) return;
+    int flags = ::fcntl(fd_, F_GETFL);
+    if (flags < 0) return;
+    ::fcntl(fd_, F_SETFL, blocking ? (flags & ~O_NONBLOCK) : (flags | O_NONBLOCK));
+    blocking_ = blocking;
+  }
+
+  // The loop owns the connection again: non-blocking socket, watched, buffered input served.
+  void ResumeLoop() {
+    SetBlocking(false);
+    stats_.to_loop++;
+    UpdatePoll();
+  }
+
+  static void OnThreadYield(uv_async_t* handle) {
+    auto* self = static_cast<VfioUserConnection*>(handle->data);
+    if (self == nullptr || self->closed_) return;
+    {
+      std::lock_guard<std::mutex> lk(self->mu_);
+      if (self->thread_owns_) return;  // taken back and handed over again meanwhile
+    }
+    if (self->blocking_) self->ResumeLoop();
+    JsEntry::Scope scope(*self->js_);
+    try {
+      // What the thread left: the message that needs JS, and whatever follows it.
+      self->ProcessMessages();
+      if (!self->closed_) self->HandleReadable();
+      self->AfterWakeup();
+    } catch (const Napi::Error& e) {
+      self->Shutdown("internal error", EIO);
+      self->AfterWakeup();
+      napi_fatal_exception(self->env_, e.Value());
+    }
+  }
+
+  void ThreadMain() {
+    std::unique_lock<std::mutex> lk(mu_);
+    for (;;) {
+      cv_.wait(lk, [this] { return stop_thread_ || thread_owns_; });
+      if (stop_thread_) return;
+      lk.unlock();
+      ServeOnThread();
+      lk.lock();
+      thread_owns_ = false;
+      cv_.notify_all();
+      if (!stop_thread_) uv_async_send(async_);
+    }
+  }
+
+  // The thread's loop; returns when the connection must go back to the JS thread.
+  void ServeOnThread() {
+    for (;;) {
+      if (yield_.load(std::memory_order_relaxed)) return;
+      // Serve every complete message that needs no JS.
+      while (in_end_ - in_start_ >= sizeof(VfioUserHeader)) {
+        VfioUserHeader h;
+        std::memcpy(&h, in_.get() + in_start_, sizeof h);
+        if (h.msg_size < sizeof(VfioUserHeader) || h.msg_size > max_message_) return;
+        if (in_end_ - in_start_ < h.msg_size) break;
+        if (!in_fds_.empty() && in_fds_.front().pos <= stream_base_ + in_start_) return;
+        if ((h.flags & kVfioUserTypeMask) != kVfioUserTypeCommand) return;
+        if (h.command != kVfioUserRegionRead && h.command != kVfioUserRegionWrite) return;
+        if (ThreadAccess(h, in_.get() + in_start_ + sizeof h, h.msg_size - static_cast<uint32_t>(sizeof h)) == RegionTable::kNeedsJs) return;
+        in_start_ += h.msg_size;
+        stats_.messages++;
+        stats_.thread_messages++;
+      }
+      if (in_start_ == in_end_) {
+        stream_base_ += in_start_;
+        in_start_ = in_end_ = 0;
+      }
+      // Replies out (blocking; a client that does not read them is the loop's to judge).
+      while (!out_.empty()) {
+        iovec iov;
+        const std::vector<int>* fds = nullptr;
+        out_.Next(&iov, &fds);
+        ssize_t r = SendWithFds(fd_, &iov, 1, nullptr, 0, false);
+        stats_.send_calls++;
+        if (r < 0) return;  // EINTR (asked to yield), EAGAIN (send timeout) or a broken socket
+        stats_.bytes_out += static_cast<uint64_t>(r);
+        out_.Consumed(static_cast<size_t>(r));
+      }
+      if (yield_.load(std::memory_order_relaxed)) return;
+      if (in_end_ == cap_) return;  // a message larger than the buffer's free space: the loop copes
+      iovec iov{in_.get() + in_end_, cap_ - in_end_};
+      int fds[kMaxFdsPerMessage];
+      int nfds = 0;
+      bool truncated = false;
+      ssize_t n = RecvWithFds(fd_, &iov, 1, fds, std::max(max_fds_, 1), &nfds, &truncated, false);
+      stats_.recv_calls++;
+      // An idle client may stay idle: only a timeout with part of a message buffered matters.
+      if (n == -EAGAIN && in_end_ == in_start_) continue;
+      if (n <= 0) {
+        // EOF or an error: the loop reads it again and ends the connection. EINTR: asked to
+        // yield, or a timeout with a partial message the loop's patience now applies to.
+        return;
+      }
+      uint64_t chunk_start = stream_base_ + in_end_;
+      in_end_ += static_cast<size_t>(n);
+      stats_.bytes_in += static_cast<uint64_t>(n);
+      if (nfds > 0 || truncated) {
+        // Recorded exactly as the loop does; the message is then the loop's to serve.
+        uint64_t owner = LastMessageStartIn(chunk_start, stream_base_ + in_end_);
+        if (owner == UINT64_MAX) {
+          for (int i = 0; i < nfds; i++) ::close(fds[i]);
+          return;  // fds that belong to no message: the loop will find the stream broken
+        }
+        FdBatch* batch = FindBatch(owner);
+        if (batch == nullptr) {
+          in_fds_.push_back(FdBatch{owner, {}, false});
+          batch = &in_fds_.back();
+        }
+        batch->fds.insert(batch->fds.end(), fds, fds + nfds);
+        batch->truncated = batch->truncated || truncated;
+      }
+    }
+  }
+
+  // A REGION_READ/WRITE on the I/O thread: served if the table needs no JS for it, else kNeedsJs.
+  int ThreadAccess(const VfioUserHeader& h, const uint8_t* payload, uint32_t len) {
+    if (len < sizeof(VfioUserRegionAccess)) return RegionTable::kNeedsJs;
+    VfioUserRegionAccess a;
+    std::memcpy(&a, payload, sizeof a);
+    bool write = h.command == kVfioUserRegionWrite;
+    bool no_reply = (h.flags & kVfioUserNoReply) != 0;
+    if (a.count > max_xfer_ || len != sizeof a + (write ? a.count : 0)) return RegionTable::kNeedsJs;  // errors: the loop's
+    int r;
+    if (write) {
+      r = table_->AccessNative(a.region, a.offset, const_cast<uint8_t*>(payload) + sizeof a, a.count, true);
+    } else {
+      read_tmp_.resize(a.count);
+      r = table_->AccessNative(a.region, a.offset, read_tmp_.data(), a.count, false);
+    }
+    if (r == RegionTable::kNeedsJs) return r;
+    stats_.region_accesses++;
+    if (r != 0) {
+      if (no_reply) stats_.posted_errors++;
+      else QueueError(h, r);
+      return 0;
+    }
+    if (!no_reply) QueueReply(h, reinterpret_cast<const uint8_t*>(&a), sizeof a, write ? nullptr : read_tmp_.data(), write ? 0 : a.count, {});
+    return 0;
+  }
+
+  void StopThread() {
+    if (!thread_.joinable()) return;
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      stop_thread_ = true;
+      yield_.store(true, std::memory_order_relaxed);
+    }
+    cv_.notify_all();
+    for (;;) {
+      {
+        std::lock_guard<std::mutex> lk(mu_);
+        if (!thread_owns_) break;
+      }
+      pthread_kill(thread_.native_handle(), WakeSignal());
+      std::unique_lock<std::mutex> lk(mu_);
+      cv_.wait_for(lk, std::chrono::milliseconds(5), [this] { return !thread_owns_; });
+    }
+    thread_.join();
   }
 
   void UpdateTimer() {
@@ -385,8 +740,12 @@ class VfioUserConnection : public Napi::ObjectWrap<VfioUserConnection> {
   static void OnTimer(uv_timer_t* handle) {
     auto* self = static_cast<VfioUserConnection*>(handle->data);
     if (self == nullptr || self->closed_) return;
-    Napi::HandleScope scope(self->env_);
-    Napi::CallbackScope callback_scope(self->env_, *self->async_context_);
+    {
+      // The I/O thread's patience is the socket timeouts; the loop judges once it owns it again.
+      std::lock_guard<std::mutex> lk(self->mu_);
+      if (self->thread_owns_) return;
+    }
+    JsEntry::Scope scope(*self->js_);
     self->armed_deadline_ = Clock::time_point::max();
     Clock::time_point now = Clock::now();
     if (self->draining_) {
@@ -566,7 +925,10 @@ class VfioUserConnection : public Napi::ObjectWrap<VfioUserConnection> {
       return;
     }
     if (negotiated_ && (h.command == kVfioUserRegionRead || h.command == kVfioUserRegionWrite)) {
+      uint64_t js_before = table_->stats().js_reads.load(std::memory_order_relaxed) + table_->stats().js_writes.load(std::memory_order_relaxed);
       int err = fds.empty() ? RegionAccess(h, payload, len, no_reply) : EINVAL;
+      uint64_t js_after = table_->stats().js_reads.load(std::memory_order_relaxed) + table_->stats().js_writes.load(std::memory_order_relaxed);
+      native_streak_ = (js_after == js_before && err == 0) ? native_streak_ + 1 : 0;
       CloseAll(fds);
       if (err != 0) {
         if (no_reply) stats_.posted_errors++;
@@ -626,8 +988,10 @@ class VfioUserConnection : public Napi::ObjectWrap<VfioUserConnection> {
   }
 
   void DispatchToJs(const VfioUserHeader& h, const uint8_t* payload, uint32_t len, std::vector<int> fds, bool no_reply) {
+    native_streak_ = 0;
     Napi::Env env = env_;
     Napi::HandleScope scope(env);
+    JsEntry::EnterCurrent();
     stats_.js_messages++;
     Napi::Array js_fds = Napi::Array::New(env, fds.size());
     for (size_t i = 0; i < fds.size(); i++) js_fds.Set(static_cast<uint32_t>(i), Napi::Number::New(env, fds[i]));
@@ -675,48 +1039,31 @@ class VfioUserConnection : public Napi::ObjectWrap<VfioUserConnection> {
 
   // ---- output -------------------------------------------------------------------------------
 
-  struct OutChunk {
-    std::vector<uint8_t> bytes;
-    std::vector<int> fds;
-    size_t sent = 0;
-  };
-
   void QueueReply(const VfioUserHeader& req, const uint8_t* a, size_t alen, const uint8_t* b, size_t blen, std::vector<int> fds) {
-    OutChunk c;
     VfioUserHeader h{req.msg_id, req.command, static_cast<uint32_t>(sizeof(VfioUserHeader) + alen + blen), kVfioUserTypeReply, 0};
-    c.bytes.resize(h.msg_size);
-    std::memcpy(c.bytes.data(), &h, sizeof h);
-    if (alen) std::memcpy(c.bytes.data() + sizeof h, a, alen);
-    if (blen) std::memcpy(c.bytes.data() + sizeof h + alen, b, blen);
-    c.fds = std::move(fds);
-    out_.push_back(std::move(c));
+    size_t start = out_.size();
+    uint8_t* p = out_.Append(h.msg_size);
+    std::memcpy(p, &h, sizeof h);
+    if (alen) std::memcpy(p + sizeof h, a, alen);
+    if (blen) std::memcpy(p + sizeof h + alen, b, blen);
+    if (!fds.empty()) out_.AttachFds(start, start + h.msg_size, std::move(fds));
   }
 
   void QueueError(const VfioUserHeader& req, int err) {
     stats_.error_replies++;
-    OutChunk c;
     // errno 0 with the Error flag reads as success to some clients (QEMU): never send it.
     VfioUserHeader h{req.msg_id, req.command, sizeof(VfioUserHeader), kVfioUserTypeReply | kVfioUserError,
                      static_cast<uint32_t>(err > 0 ? err : EIO)};
-    c.bytes.resize(sizeof h);
-    std::memcpy(c.bytes.data(), &h, sizeof h);
-    out_.push_back(std::move(c));
+    std::memcpy(out_.Append(sizeof h), &h, sizeof h);
   }
 
   // Sends queued replies without blocking. Returns false if the connection broke.
   bool Flush() {
     while (!out_.empty() && !closed_) {
-      iovec iov[kMaxIovPerSend];
-      int n = 0;
-      const std::vector<int>& fds = out_.front().fds;
-      for (auto it = out_.begin(); it != out_.end() && n < kMaxIovPerSend; ++it) {
-        if (n > 0 && !it->fds.empty()) break;  // a reply with fds goes out alone
-        iov[n].iov_base = it->bytes.data() + it->sent;
-        iov[n].iov_len = it->bytes.size() - it->sent;
-        n++;
-        if (!fds.empty()) break;
-      }
-      ssize_t r = SendWithFds(fd_, iov, n, fds.data(), static_cast<int>(fds.size()));
+      iovec iov;
+      const std::vector<int>* fds = nullptr;
+      out_.Next(&iov, &fds);
+      ssize_t r = SendWithFds(fd_, &iov, 1, fds ? fds->data() : nullptr, fds ? static_cast<int>(fds->size()) : 0);
       stats_.send_calls++;
       if (r == -EAGAIN) break;
       if (r < 0) {
@@ -724,15 +1071,7 @@ class VfioUserConnection : public Napi::ObjectWrap<VfioUserConnection> {
         return false;
       }
       stats_.bytes_out += static_cast<uint64_t>(r);
-      CloseAll(out_.front().fds);  // they travelled with the first byte
-      size_t left = static_cast<size_t>(r);
-      while (left > 0 && !out_.empty()) {
-        OutChunk& c = out_.front();
-        size_t take = std::min(left, c.bytes.size() - c.sent);
-        c.sent += take;
-        left -= take;
-        if (c.sent == c.bytes.size()) out_.pop_front();
-      }
+      out_.Consumed(static_cast<size_t>(r));
     }
     if (draining_ && out_.empty()) ShutWrite();
     UpdatePoll();
@@ -951,8 +1290,7 @@ class VfioUserConnection : public Napi::ObjectWrap<VfioUserConnection> {
   void ReleaseFds() {
     for (FdBatch& b : in_fds_) CloseAll(b.fds);
     in_fds_.clear();
-    for (OutChunk& c : out_) CloseAll(c.fds);
-    out_.clear();
+    out_.Clear();
     if (twin_fd_ >= 0) ::close(twin_fd_);
     twin_fd_ = -1;
     if (fd_ >= 0) ::close(fd_);
@@ -961,6 +1299,7 @@ class VfioUserConnection : public Napi::ObjectWrap<VfioUserConnection> {
 
   void Shutdown(const char* reason, int err) {
     if (closed_) return;
+    StopThread();
     closed_ = true;
     close_reason_ = reason;
     close_errno_ = err;
@@ -972,6 +1311,10 @@ class VfioUserConnection : public Napi::ObjectWrap<VfioUserConnection> {
     if (timer_ != nullptr) {
       uv_close(reinterpret_cast<uv_handle_t*>(timer_), [](uv_handle_t* h) { delete reinterpret_cast<uv_timer_t*>(h); });
       timer_ = nullptr;
+    }
+    if (async_ != nullptr) {
+      uv_close(reinterpret_cast<uv_handle_t*>(async_), [](uv_handle_t* h) { delete reinterpret_cast<uv_async_t*>(h); });
+      async_ = nullptr;
     }
     ReleaseFds();
     // Nothing more will be read: give the buffers back now rather than when the wrapper is collected.
@@ -994,6 +1337,7 @@ class VfioUserConnection : public Napi::ObjectWrap<VfioUserConnection> {
     if (close_notified_) return;
     close_notified_ = true;
     Napi::HandleScope scope(env_);
+    JsEntry::EnterCurrent();
     try {
       on_close_.Call({Napi::String::New(env_, close_reason_), Napi::Number::New(env_, close_errno_)});
     } catch (const Napi::Error& e) {
@@ -1008,6 +1352,17 @@ class VfioUserConnection : public Napi::ObjectWrap<VfioUserConnection> {
   int twin_fd_ = -1;
   uv_poll_t* poll_ = nullptr;
   uv_timer_t* timer_ = nullptr;
+  uv_async_t* async_ = nullptr;
+  bool io_thread_ = false;
+  std::thread thread_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool thread_owns_ = false;   // guarded by mu_
+  bool stop_thread_ = false;   // guarded by mu_
+  std::atomic<bool> yield_{false};
+  bool blocking_ = false;
+  bool socket_timeouts_set_ = false;
+  uint32_t native_streak_ = 0;
   int poll_events_ = 0;
   uint32_t message_timeout_ms_ = 0;
   uint32_t reply_timeout_ms_ = 0;
@@ -1025,7 +1380,7 @@ class VfioUserConnection : public Napi::ObjectWrap<VfioUserConnection> {
   Napi::Reference<Napi::Value> table_ref_;
   Napi::FunctionReference on_message_;
   Napi::FunctionReference on_close_;
-  std::unique_ptr<Napi::AsyncContext> async_context_;
+  std::unique_ptr<JsEntry> js_;
   uint32_t max_message_ = 0;
   int max_fds_ = 0;
   uint32_t max_xfer_ = 0;
@@ -1036,7 +1391,7 @@ class VfioUserConnection : public Napi::ObjectWrap<VfioUserConnection> {
   size_t cur_msg_end_ = 0;
   uint64_t stream_base_ = 0;
   std::deque<FdBatch> in_fds_;
-  std::deque<OutChunk> out_;
+  OutQueue out_;
   std::vector<uint8_t> read_tmp_;
   std::vector<PendingReply> pending_;
   std::vector<uint8_t> twin_in_;

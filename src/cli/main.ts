@@ -41,6 +41,7 @@ program
   .option('--message-timeout <ms>', 'vfio-user: drop a client that does not complete a started message within <ms> (0: never)', parseIntOption, 5000)
   .option('--reply-timeout <ms>', 'vfio-user: drop a client that leaves replies unread for <ms> (0: never)', parseIntOption, 10000)
   .option('--drain-timeout <ms>', 'vfio-user: ending a connection, wait at most <ms> for the client\'s end of stream', parseIntOption, 2000)
+  .option('--no-io-thread', 'vfio-user: serve every access on the event loop (no per-connection I/O thread for accesses that need no JS)')
   .option('--max-waiting <n>', 'vfio-user: clients that may queue for a busy device; more are refused with EBUSY', parseIntOption, 16)
   .option('--xen <domid>', 'serve as a Xen IOREQ server for domain <domid> (needs dom0: /dev/xen/privcmd)', parseIntOption)
   .option('--bdf <address>', 'Xen: the device\'s PCI address in the guest, SSSS:BB:DD.F (claims its config space)')
@@ -92,6 +93,7 @@ program.commands.at(-1)!.action(async (spec: string, opts: ServeOpts) => {
       replyTimeoutMs: opts.replyTimeout,
       drainMs: opts.drainTimeout,
       maxWaitingClients: opts.maxWaiting,
+      ioThread: opts.ioThread,
       ...(opts.maxDataXfer !== undefined ? { maxDataXferSize: opts.maxDataXfer } : {}),
     },
     verbose: opts.verbose,
@@ -110,6 +112,7 @@ interface ServeOpts {
   replyTimeout: number;
   drainTimeout: number;
   maxWaiting: number;
+  ioThread: boolean;
   xen?: number;
   xenSim: boolean;
   simVcpus: number;

@@ -519,6 +519,32 @@ export class PciDevice {
     return this;
   }
 
+  private accessLock: { lock(): void; unlock(): void } | null = null;
+
+  /**
+   * Adapters that serve some accesses off the JS thread (the vfio-user I/O thread) hand the device
+   * their access lock here; null takes it back.
+   */
+  useAccessLock(lock: { lock(): void; unlock(): void } | null): void {
+    this.accessLock = lock;
+  }
+
+  /**
+   * Runs `fn` while no guest access is being served on another thread: device code that changes
+   * register state outside access handlers and control messages (timers, its own events) goes
+   * here. Access handlers themselves need not: the access that runs them holds the device.
+   */
+  exclusive<T>(fn: () => T): T {
+    const l = this.accessLock;
+    if (!l) return fn();
+    l.lock();
+    try {
+      return fn();
+    } finally {
+      l.unlock();
+    }
+  }
+
   /**
    * Reports a diagnostic: something the guest or the VMM did that the device cannot make sense of.
    * The device keeps going as its hardware would (an error register, a dropped command); this is
