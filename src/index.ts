@@ -14,6 +14,7 @@ export * from './irq.js';
 export * from './guest-memory.js';
 export * from './write-watch.js';
 export * from './state.js';
+export * from './migration.js';
 export * from './pci/constants.js';
 export * from './pci/config-space.js';
 export * from './pci/capabilities.js';

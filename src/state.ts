@@ -1,5 +1,6 @@
 /**
- * Versioned device-state images (save/restore, later migration data).
+ * Versioned device-state images: save/restore, the files `mdevkit serve --save/--restore` write
+ * and read, and the device part of a live-migration stream (src/migration.ts).
  *
  * Layout (little-endian): magic "MDEVSTAT" · u16 format version (1) · u16 vendor · u16 device ·
  * u16 section count · sections · u32 CRC-32 of everything before it. A section is
@@ -92,6 +93,18 @@ export function decodeState(image: Uint8Array, expect: StateIdentity): Map<strin
   }
   if (pos !== body.length) throw new MdevError('EINVAL', `${body.length - pos} trailing bytes after the last section`, 'image');
   return sections;
+}
+
+/**
+ * The identity stamped in an image (after checking its magic, size and CRC), for tools that
+ * convert images without the device at hand.
+ */
+export function peekStateIdentity(image: Uint8Array): StateIdentity {
+  if (!(image instanceof Uint8Array)) throw new MdevError('EINVAL', 'must be a Uint8Array', 'image');
+  const buf = Buffer.from(image.buffer, image.byteOffset, image.byteLength);
+  if (buf.length < 20 || !buf.subarray(0, 8).equals(MAGIC)) throw new MdevError('EINVAL', 'not a device-state image (bad magic)', 'image');
+  if (crc32(buf.subarray(0, buf.length - 4)) !== buf.readUInt32LE(buf.length - 4)) throw new MdevError('EBADMSG', 'checksum mismatch (corrupted image)', 'image');
+  return { vendorId: buf.readUInt16LE(10), deviceId: buf.readUInt16LE(12) };
 }
 
 function hex4(v: number): string {

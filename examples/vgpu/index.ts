@@ -101,6 +101,8 @@ export class VirtualGpu extends PciDevice {
   /** The device's copy of the GTT (GPU page → guest address, 0 = not present). */
   readonly shadowGtt = new Float64Array(VGPU.GTT_ENTRIES);
   private gttWatch: WatchHandle | null = null;
+  /** Set by a restore: the GTT is read again (and watched) before the ring next runs. */
+  private gttRearm = false;
 
   constructor() {
     super({ vendorId: 0x1b36, deviceId: 0x7fa0, classCode: 0x038000, revision: 1, name: 'vgpu', configSize: 4096 });
@@ -184,9 +186,27 @@ export class VirtualGpu extends PciDevice {
     if (update) this.regs.set('GTT_UPDATES', (this.regs.get('GTT_UPDATES') + (last - first + 1)) >>> 0);
   }
 
+  /**
+   * After a restore (another host, another path: the old watch is gone): the shadow is a cache of
+   * the guest's page table, so it is read again from GTT_ROOT and the page watched anew.
+   */
+  private rearmGtt(): void {
+    this.gttRearm = false;
+    this.loadGtt();
+  }
+
+  protected override onRestored(): void {
+    // Nothing guest-visible changes here: the GTT is taken up again at the next doorbell, when
+    // guest memory and write-watch of the destination are attached.
+    this.gttWatch?.remove();
+    this.gttWatch = null;
+    this.gttRearm = true;
+  }
+
   /** Runs the commands between RING_HEAD and RING_TAIL. */
   private processRing(): void {
     if (!(this.regs.get('CONTROL') & 1)) return this.fail(VGPU.ERR_DISABLED);
+    if (this.gttRearm) this.rearmGtt();
     // Writes to watched pages since the last doorbell become visible here (compare mode).
     this.writeWatch?.sync();
     const size = this.regs.get('RING_SIZE');

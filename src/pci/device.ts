@@ -109,6 +109,34 @@ export interface DeviceDiagnostic {
   suspectGpa?: number;
 }
 
+/**
+ * A restore failed and the previous state could not be put back either: the device is in no
+ * defined state until it is reset. (Migration reports this as the ERROR state.)
+ */
+export class DeviceStateLostError extends MdevError {
+  override name = 'DeviceStateLostError';
+
+  /**
+   * Creates the error (code `EIO`, field `device.state`).
+   * @param message what failed
+   */
+  constructor(message: string) {
+    super('EIO', message, 'device.state');
+  }
+}
+
+/** Options of {@link PciDevice.saveState}. */
+export interface SaveStateOptions {
+  /** Include the RAM behind BARs as `ram.barN` sections (default true). */
+  includeRam?: boolean;
+}
+
+/** Options of {@link PciDevice.restoreState}. */
+export interface RestoreStateOptions {
+  /** RAM of BARs (by BAR index) that the image leaves out, each exactly the region's size. */
+  ram?: ReadonlyMap<number, Uint8Array>;
+}
+
 /** VFIO-style region indexes: BAR0-5, ROM, config. */
 export const REGION_INDEX = { BAR0: 0, ROM: 6, CONFIG: 7 } as const;
 
@@ -602,22 +630,41 @@ export class PciDevice {
   /** Restores the sections from {@link saveExtraState}; throw an MdevError on bad input. */
   protected loadExtraState(_sections: ReadonlyMap<string, StateSection>): void {}
 
+  /**
+   * Runs after a successful {@link restoreState}, with everything loaded: re-derive what is not
+   * state but follows from it — caches of guest memory, write-watches, which belong to the host the
+   * device ran on before (a restored device may run on another host, or another hypervisor path).
+   * Must not throw. Override.
+   */
+  protected onRestored(): void {}
+
   private identity(): { vendorId: number; deviceId: number } {
     return { vendorId: this.config.get(PCI.VENDOR_ID, 2), deviceId: this.config.get(PCI.DEVICE_ID, 2) };
   }
 
-  /** A versioned image of the device state: config space, interrupts, register blocks, RAM, extras. */
-  saveState(): Uint8Array {
+  /**
+   * The RAM behind the BARs (mappable regions such as VRAM), by BAR index: the bytes a state image
+   * carries as `ram.barN` sections, and what live migration copies ahead while the guest runs.
+   */
+  ramBars(): { index: number; bytes: Uint8Array }[] {
     this.realize();
+    return this.barList.flatMap((bar, i) => (bar?.region.backing ? [{ index: i, bytes: bar.region.backing.bytes.subarray(0, bar.region.size) }] : []));
+  }
+
+  /**
+   * A versioned image of the device state: config space, interrupts, register blocks, RAM, extras.
+   * With `includeRam: false` the `ram.barN` sections are left out (live migration sends RAM
+   * separately, page by page); {@link restoreState} then takes the RAM in its `ram` option.
+   */
+  saveState(options: SaveStateOptions = {}): Uint8Array {
+    this.realize();
+    const includeRam = options.includeRam ?? true;
     const sections: StateSection[] = [
       { name: 'pci.config', version: STATE_SECTION_VERSION, data: this.config.storage.values.slice() },
       { name: 'pci.irq', version: STATE_SECTION_VERSION, data: this.irqController!.saveState() },
     ];
     for (const b of this.registerBlocks()) sections.push({ name: `regs.${b.name}`, version: STATE_SECTION_VERSION, data: b.saveState() });
-    this.barList.forEach((bar, i) => {
-      const backing = bar?.region.backing;
-      if (backing) sections.push({ name: `ram.bar${i}`, version: STATE_SECTION_VERSION, data: backing.bytes.slice(0, bar.region.size) });
-    });
+    if (includeRam) for (const r of this.ramBars()) sections.push({ name: `ram.bar${r.index}`, version: STATE_SECTION_VERSION, data: r.bytes.slice() });
     for (const s of this.saveExtraState()) {
       if (!s.name.startsWith('x.')) throw new MdevError('EINVAL', `extra state section ${s.name} must be named "x.…"`, 'saveExtraState');
       sections.push(s);
@@ -627,23 +674,40 @@ export class PciDevice {
 
   /**
    * Restores an image from {@link saveState}. Everything is checked before anything changes; if a
-   * device-specific section is refused, the previous state is put back.
+   * device-specific section is refused, the previous state is put back and the error thrown. If
+   * even that fails (a device hook that throws on its own saved state), the device is in no
+   * defined state and a {@link DeviceStateLostError} (`EIO`) is thrown: only {@link reset} brings
+   * it back.
+   * `options.ram` supplies the RAM of BARs whose `ram.barN` section the image leaves out.
    */
-  restoreState(image: Uint8Array): void {
+  restoreState(image: Uint8Array, options: RestoreStateOptions = {}): void {
     this.realize();
     const sections = decodeState(image, this.identity());
     const need = (name: string, size: number | null): Uint8Array => {
       const s = sections.get(name);
       if (!s) throw new MdevError('EINVAL', `section ${name} is missing`, 'image');
-      if (s.version !== STATE_SECTION_VERSION) throw new MdevError('ENOTSUP', `section ${name} version ${s.version}`, `image.${name}`);
+      if (s.version !== STATE_SECTION_VERSION) throw new MdevError('ENOTSUP', `section ${name} version ${s.version}, this build reads ${STATE_SECTION_VERSION}`, `image.${name}`);
       if (size !== null && s.data.length !== size) throw new MdevError('EINVAL', `section ${name} has ${s.data.length} bytes, expected ${size}`, `image.${name}`);
       return s.data;
     };
     const config = need('pci.config', this.config.size);
     const irqState = need('pci.irq', null);
     const blocks = this.registerBlocks().map((b) => [b, need(`regs.${b.name}`, b.size)] as const);
-    const rams = this.barList.flatMap((bar, i) => (bar?.region.backing ? [[bar, need(`ram.bar${i}`, bar.region.size)] as const] : []));
-    const known = new Set(['pci.config', 'pci.irq', ...blocks.map(([b]) => `regs.${b.name}`), ...rams.map(([b]) => `ram.bar${b.index}`)]);
+    const given = options.ram ?? new Map<number, Uint8Array>();
+    const ramBars = this.ramBars();
+    for (const index of given.keys()) {
+      if (!ramBars.some((r) => r.index === index)) throw new MdevError('EINVAL', `BAR${index} has no RAM`, `ram.${index}`);
+      if (sections.has(`ram.bar${index}`)) throw new MdevError('EINVAL', `RAM of BAR${index} is both in the image and given separately`, `ram.${index}`);
+    }
+    const rams = ramBars.map((r) => {
+      const data = given.get(r.index);
+      if (data === undefined) return [r.bytes, need(`ram.bar${r.index}`, r.bytes.length)] as const;
+      if (!(data instanceof Uint8Array) || data.length !== r.bytes.length) {
+        throw new MdevError('EINVAL', `RAM of BAR${r.index} must be ${r.bytes.length} bytes`, `ram.${r.index}`);
+      }
+      return [r.bytes, data] as const;
+    });
+    const known = new Set(['pci.config', 'pci.irq', ...blocks.map(([b]) => `regs.${b.name}`), ...ramBars.map((r) => `ram.bar${r.index}`)]);
     for (const name of sections.keys()) {
       if (!known.has(name) && !name.startsWith('x.')) throw new MdevError('EINVAL', `unknown section ${name}`, 'image');
     }
@@ -662,14 +726,19 @@ export class PciDevice {
     try {
       current.set(config);
       for (const [b, data] of blocks) b.loadState(data);
-      for (const [bar, data] of rams) bar.region.backing!.bytes.set(data);
+      for (const [bytes, data] of rams) bytes.set(data);
       this.irqController!.loadState(irqState);
       this.loadExtraState(extras);
     } catch (e) {
-      this.restoreState(backup);
+      try {
+        this.restoreState(backup);
+      } catch (again) {
+        throw new DeviceStateLostError(`restoring failed (${(e as Error).message}) and so did putting the previous state back (${(again as Error).message}); reset the device`);
+      }
       throw e;
     }
     this.updateDecode();
+    this.onRestored();
   }
 
   /** Read-only config bytes the device itself changes at run time (status, MSI pending). */
