@@ -2,7 +2,10 @@
  * The device-model ABI an IOREQ server in dom0 uses through Linux, defined once: the DMOP numbers
  * and argument layouts of Xen's `xen/include/public/hvm/dm_op.h`, the privcmd ioctls that carry
  * DMOPs and map memory (Linux `include/uapi/xen/privcmd.h`), and the event-channel ioctls
- * (`include/uapi/xen/evtchn.h`). The ioreq page ABI itself lives in ioreq-abi.ts.
+ * (`include/uapi/xen/evtchn.h`), and the raw hypercalls a device model makes before it restricts its
+ * privcmd handle (IOCTL_PRIVCMD_HYPERCALL: `XENMEM_*` memory ops of `xen/include/public/memory.h`
+ * and the `XEN_DOMCTL_max_mem` domctl of `domctl.h`). The ioreq page ABI itself lives in
+ * ioreq-abi.ts.
  *
  * Layouts are those of LP64 targets (x86_64, arm64), where Xen's `uint64_aligned_t` is a plain
  * 8-byte-aligned `uint64_t` and pointers and `size_t` are 8 bytes; fields are in host byte order.
@@ -106,6 +109,15 @@ export const DmOpArgs = {
 /** `struct xen_dm_op_modified_memory_extent`, the elements of modified_memory's buffer 1. */
 export const ModifiedMemoryExtent = { nr: 0, pad: 4, firstPfn: 8, sizeof: 16 } as const;
 
+/**
+ * Caching types of pin_memory_cacheattr (`XEN_DMOP_MEM_CACHEATTR_*`, the x86 MTRR/PAT codes), and
+ * `DELETE` (`XEN_DMOP_DELETE_MEM_CACHEATTR`), which removes a pinned range.
+ */
+export const MemCacheAttr = { UC: 0, WC: 1, WT: 4, WP: 5, WB: 6, UCM: 7, DELETE: 0xffff_ffff } as const;
+
+/** The name of a {@link MemCacheAttr} type. */
+export type MemCacheAttrName = keyof typeof MemCacheAttr;
+
 // The union holds uint64_aligned_t members, so it is 8-byte aligned and sized to its largest
 // member rounded up to 8.
 const UNION_ALIGN = 8;
@@ -153,13 +165,65 @@ export const XEN_PFN_SIZE = 8;
  */
 export const PrivcmdDmOpLimits = { maxBufs: 16, maxBufSize: 4096 } as const;
 
+/** `struct privcmd_hypercall { __u64 op; __u64 arg[5]; }`: IOCTL_PRIVCMD_HYPERCALL's argument. */
+export const PrivcmdHypercall = { op: 0, arg: 8, nrArgs: 5, sizeof: 48 } as const;
+
 /** The privcmd ioctls (`_IOC(_IOC_NONE, 'P', nr, sizeof(arg))`). */
 export const PrivcmdIoctl = {
+  HYPERCALL: IOC(IOC_NONE, 'P', 0, PrivcmdHypercall.sizeof),
   MMAPBATCH_V2: IOC(IOC_NONE, 'P', 4, PrivcmdMmapBatchV2.sizeof),
   DM_OP: IOC(IOC_NONE, 'P', 5, PrivcmdDmOp.sizeof),
   RESTRICT: IOC(IOC_NONE, 'P', 6, DOMID_SIZE),
   MMAP_RESOURCE: IOC(IOC_NONE, 'P', 7, PrivcmdMmapResource.sizeof),
 } as const;
+
+// ---------------------------------------------------------------------------------------------
+// Raw hypercalls (xen/include/public/xen.h, memory.h, domctl.h). IOCTL_PRIVCMD_RESTRICT makes
+// privcmd refuse these (EPERM): a device model makes them before it restricts its handle.
+
+/** Hypercall numbers (`__HYPERVISOR_*`). */
+export const Hypercall = { MEMORY_OP: 12, DOMCTL: 36 } as const;
+
+/** `XENMEM_*` sub-operations of memory_op. */
+export const XenMemOp = {
+  /** arg: `domid_t *`; returns the domain's pages (`tot_pages`). */
+  CURRENT_RESERVATION: 3,
+  /** arg: `domid_t *`; returns the domain's page limit (`max_pages`). */
+  MAXIMUM_RESERVATION: 4,
+  /** arg: `struct xen_memory_reservation *`; returns how many extents were populated. */
+  POPULATE_PHYSMAP: 6,
+} as const;
+
+/**
+ * `struct xen_memory_reservation` (LP64): `XEN_GUEST_HANDLE(xen_pfn_t) extent_start` (a pointer),
+ * `xen_ulong_t nr_extents`, `unsigned int extent_order`, `unsigned int mem_flags`, `domid_t domid`.
+ */
+export const XenMemoryReservation = { extentStart: 0, nrExtents: 8, extentOrder: 16, memFlags: 20, domid: 24, sizeof: 32 } as const;
+
+/**
+ * `struct xen_domctl`: `uint32_t cmd`, `uint32_t interface_version`, `domid_t domain`,
+ * `uint16_t _pad[3]`, then a union padded to 128 bytes (8-byte aligned).
+ */
+export const XenDomctl = { cmd: 0, interfaceVersion: 4, domain: 8, pad: 10, u: 16, unionSize: 128, sizeof: 144 } as const;
+
+/** `XEN_DOMCTL_*` commands used here. */
+export const DomctlCmd = { MAX_MEM: 11 } as const;
+
+/** Argument structs of {@link DomctlCmd} (members of `xen_domctl.u`). */
+export const DomctlArgs = {
+  /** `struct xen_domctl_max_mem`: IN max_memkb (u64, KiB). */
+  MAX_MEM: { maxMemkb: 0, sizeof: 8 },
+} as const;
+
+/**
+ * `XEN_DOMCTL_INTERFACE_VERSION` of Xen 4.17 (Debian 12's libxen-dev). Xen refuses a domctl of
+ * another version with EACCES; the version changes between Xen releases even where the struct a
+ * command uses does not (max_mem's has not changed since Xen 3).
+ */
+export const XEN_DOMCTL_INTERFACE_VERSION_4_17 = 0x15;
+
+/** Xen stores `max_pages` in an `unsigned int`: larger limits are clipped to this. */
+export const MAX_DOMAIN_PAGES = U32_MAX;
 
 // ---------------------------------------------------------------------------------------------
 // Linux evtchn (include/uapi/xen/evtchn.h)
@@ -388,6 +452,115 @@ export function encodeMapMemTypeToIoreqServer(id: number, memType: number, flags
 /** Encodes nr_vcpus (no input). */
 export function encodeNrVcpus(): Uint8Array {
   return encode(DmOp.NR_VCPUS, () => {});
+}
+
+/**
+ * Encodes relocate_memory: `size` frames move from `srcGfn` to `dstGfn` (one at a time, lowest
+ * first: XENMAPSPACE_gmfn_range). Both ranges must fit below 2^64.
+ */
+export function encodeRelocateMemory(srcGfn: bigint, dstGfn: bigint, size: number): Uint8Array {
+  checkU64('srcGfn', srcGfn);
+  checkU64('dstGfn', dstGfn);
+  checkInt('size', size, 0, U32_MAX);
+  if (srcGfn + BigInt(size) - 1n > U64_MAX) throw new MdevError('ERANGE', 'srcGfn + size - 1 exceeds 2^64 - 1', 'size');
+  if (dstGfn + BigInt(size) - 1n > U64_MAX) throw new MdevError('ERANGE', 'dstGfn + size - 1 exceeds 2^64 - 1', 'size');
+  const a = DmOpArgs.RELOCATE_MEMORY;
+  return encode(DmOp.RELOCATE_MEMORY, (u) => {
+    u.setUint32(a.size, size, LE);
+    u.setBigUint64(a.srcGfn, srcGfn, LE);
+    u.setBigUint64(a.dstGfn, dstGfn, LE);
+  });
+}
+
+/**
+ * Encodes pin_memory_cacheattr for the frames `[startGfn, endGfn]` (inclusive; `end < start` is
+ * refused here as Xen refuses it).
+ * @param type a {@link MemCacheAttr} value (DELETE removes the range pinned with exactly these bounds)
+ */
+export function encodePinMemoryCacheattr(startGfn: bigint, endGfn: bigint, type: number): Uint8Array {
+  checkU64('startGfn', startGfn);
+  checkU64('endGfn', endGfn);
+  if (endGfn < startGfn) throw new MdevError('EINVAL', `must be >= startGfn (${startGfn}), got ${endGfn}: ranges are inclusive`, 'endGfn');
+  checkInt('type', type, 0, U32_MAX);
+  if (!Object.values(MemCacheAttr).includes(type as never)) {
+    throw new MdevError('EINVAL', `must be a XEN_DMOP_MEM_CACHEATTR_* value (0, 1, 4-7) or DELETE (0xffffffff), got ${type}`, 'type');
+  }
+  const a = DmOpArgs.PIN_MEMORY_CACHEATTR;
+  return encode(DmOp.PIN_MEMORY_CACHEATTR, (u) => {
+    u.setBigUint64(a.start, startGfn, LE);
+    u.setBigUint64(a.end, endGfn, LE);
+    u.setUint32(a.type, type, LE);
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hypercall encoders (IOCTL_PRIVCMD_HYPERCALL)
+
+/** One argument of a hypercall: a value, or a buffer (or nested argument) whose address is passed. */
+export type HypercallArg = bigint | Uint8Array | BigUint64Array | IoctlArg;
+
+/**
+ * The argument of IOCTL_PRIVCMD_HYPERCALL: `{op, arg[5]}` with `args` stored in order (missing
+ * ones 0); buffer arguments are passed by address (pointer marshaling). The ioctl returns the
+ * hypercall's own non-negative result; a negative one comes back as the ioctl's errno.
+ */
+export function privcmdHypercallArg(op: number, args: readonly HypercallArg[]): IoctlArg {
+  checkInt('op', op, 0, U32_MAX);
+  if (!Array.isArray(args) || args.length > PrivcmdHypercall.nrArgs) {
+    throw new MdevError('EINVAL', `must be an array of at most ${PrivcmdHypercall.nrArgs} arguments, got ${describe(args)}`, 'args');
+  }
+  const data = new Uint8Array(PrivcmdHypercall.sizeof);
+  const view = new DataView(data.buffer);
+  view.setBigUint64(PrivcmdHypercall.op, BigInt(op), LE);
+  const pointers: { offset: number; target: Uint8Array | BigUint64Array | IoctlArg }[] = [];
+  args.forEach((arg, i) => {
+    const offset = PrivcmdHypercall.arg + 8 * i;
+    if (typeof arg === 'bigint') view.setBigUint64(offset, checkU64(`args[${i}]`, arg), LE);
+    else if (arg instanceof Uint8Array || arg instanceof BigUint64Array || (typeof arg === 'object' && arg !== null && 'data' in arg)) pointers.push({ offset, target: arg });
+    else throw new MdevError('EINVAL', `must be a bigint or a buffer, got ${describe(arg)}`, `args[${i}]`);
+  });
+  return { data, pointers };
+}
+
+/** A `domid_t` in its own buffer: the argument of XENMEM_current_reservation and XENMEM_maximum_reservation. */
+export function encodeDomidArg(domid: number): Uint8Array {
+  return domidBytes(domid);
+}
+
+/**
+ * `struct xen_memory_reservation` for XENMEM_populate_physmap of `domid`: one order-0 extent per
+ * element of `gfns` (`extent_start` points at them), no flags.
+ */
+export function encodeMemoryReservation(domid: number, gfns: BigUint64Array): IoctlArg {
+  checkDomid('domid', domid);
+  if (!(gfns instanceof BigUint64Array) || gfns.length === 0) {
+    throw new MdevError('EINVAL', `must be a non-empty BigUint64Array, got ${describe(gfns)}`, 'gfns');
+  }
+  const data = new Uint8Array(XenMemoryReservation.sizeof);
+  const view = new DataView(data.buffer);
+  view.setBigUint64(XenMemoryReservation.nrExtents, BigInt(gfns.length), LE);
+  view.setUint32(XenMemoryReservation.extentOrder, 0, LE);
+  view.setUint32(XenMemoryReservation.memFlags, 0, LE);
+  view.setUint16(XenMemoryReservation.domid, domid, LE);
+  return { data, pointers: [{ offset: XenMemoryReservation.extentStart, target: gfns }] };
+}
+
+/**
+ * `struct xen_domctl` for XEN_DOMCTL_max_mem: the domain's page limit becomes `maxMemkb` KiB
+ * (Xen keeps `maxMemkb / 4` pages, clipped to 2^32 - 1).
+ * @param interfaceVersion `XEN_DOMCTL_INTERFACE_VERSION` of the running Xen (4.17: {@link XEN_DOMCTL_INTERFACE_VERSION_4_17})
+ */
+export function encodeDomctlMaxMem(domid: number, maxMemkb: bigint, interfaceVersion: number): Uint8Array {
+  checkDomid('domid', domid);
+  checkU64('maxMemkb', maxMemkb);
+  checkInt('interfaceVersion', interfaceVersion, 0, U32_MAX);
+  const data = new Uint8Array(XenDomctl.sizeof);
+  const view = new DataView(data.buffer);
+  view.setUint32(XenDomctl.cmd, DomctlCmd.MAX_MEM, LE);
+  view.setUint32(XenDomctl.interfaceVersion, interfaceVersion, LE);
+  view.setUint16(XenDomctl.domain, domid, LE);
+  view.setBigUint64(XenDomctl.u + DomctlArgs.MAX_MEM.maxMemkb, maxMemkb, LE);
+  return data;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -59,7 +59,29 @@ export interface PfnExtent {
   readonly nr: number;
 }
 
-/** Hypervisor services for one guest domain. Errors are MdevErrors with Xen's errno. */
+/** The domain's memory accounting, in 4 KiB pages. */
+export interface DomainPages {
+  /** Pages the domain holds (`tot_pages`, XENMEM_current_reservation). */
+  readonly totPages: number;
+  /** Its page limit (`max_pages`, XENMEM_maximum_reservation): allocations beyond it fail. */
+  readonly maxPages: number;
+}
+
+/**
+ * Caching types for {@link XenHost.pinMemoryCacheattr} (`XEN_DMOP_MEM_CACHEATTR_*`: uncached,
+ * write-combining, write-through, write-protect, write-back, UC-minus), and `'delete'`, which
+ * removes a pinned range.
+ */
+export type MemCacheType = 'uc' | 'wc' | 'wt' | 'wp' | 'wb' | 'ucm' | 'delete';
+
+/**
+ * Hypervisor services for one guest domain. Errors are MdevErrors with Xen's errno.
+ *
+ * Three operations are *privileged*: {@link domainPages}, {@link setMaxPages} and
+ * {@link populatePhysmap} are raw hypercalls (IOCTL_PRIVCMD_HYPERCALL), which a privcmd handle
+ * refuses once {@link restrict} has been called. They fail with EPERM then, naming the operation;
+ * a device model makes them first, then restricts. Everything else works on restricted handles.
+ */
 export interface XenHost {
   /** The guest's domain id. */
   readonly domid: number;
@@ -101,7 +123,39 @@ export interface XenHost {
   setIsaIrqLevel(irq: number, level: boolean): void;
   /** DMOP inject_msi. */
   injectMsi(address: bigint, data: number): void;
-  /** Restricts the privcmd and evtchn handles to this domain (irreversible); a no-op in the simulator. */
+  /** Privileged: XENMEM_current_reservation and XENMEM_maximum_reservation. */
+  domainPages(): DomainPages;
+  /**
+   * Privileged: XEN_DOMCTL_max_mem, the domain's page limit becomes `maxPages` (Xen keeps at most
+   * 2^32 - 1, and accepts a limit below the pages the domain holds: new allocations then fail).
+   * A guest config's `maxmem=` does not raise this limit; `xl mem-max` does the same as this.
+   */
+  setMaxPages(maxPages: number): void;
+  /**
+   * Privileged: XENMEM_populate_physmap, one new page of the domain at each of `gfns`, in order.
+   * Returns how many were populated: fewer than asked when the domain reaches its page limit (Xen
+   * logs "Over-allocation") or Xen has no free memory; Xen reports no errno for that. A gfn that
+   * already has a page gets a new one (the old page stays the domain's, unmapped, until it dies).
+   */
+  populatePhysmap(gfns: readonly bigint[]): number;
+  /**
+   * DMOP relocate_memory: moves the pages at `[srcGfn, srcGfn + nr)` to `[dstGfn, dstGfn + nr)`, one
+   * at a time from the lowest; a page's contents and foreign mappings of it go with it, and its old
+   * gfn becomes empty. A page already at a destination gfn is freed. Fails (EINVAL) at the first
+   * source gfn without a page, leaving earlier pages moved.
+   */
+  relocateMemory(srcGfn: bigint, dstGfn: bigint, nr: number): void;
+  /**
+   * DMOP pin_memory_cacheattr: the guest's accesses to the frames `[startGfn, endGfn]` (inclusive)
+   * use caching `type`; `'delete'` removes the range pinned with exactly these bounds.
+   */
+  pinMemoryCacheattr(startGfn: bigint, endGfn: bigint, type: MemCacheType): void;
+  /** Whether {@link restrict} has been called (the privileged operations then fail with EPERM). */
+  readonly restricted: boolean;
+  /**
+   * Restricts the privcmd and evtchn handles to this domain (irreversible): privcmd then refuses
+   * raw hypercalls, so the privileged operations fail with EPERM. The simulator refuses them too.
+   */
   restrict(): void;
   /** Releases the host's handles. */
   close(): void;

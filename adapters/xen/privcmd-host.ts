@@ -1,7 +1,8 @@
 /**
  * The real {@link XenHost}: Linux's /dev/xen/privcmd (DMOPs through IOCTL_PRIVCMD_DM_OP, the ioreq
- * pages through IOCTL_PRIVCMD_MMAP_RESOURCE, guest RAM through IOCTL_PRIVCMD_MMAPBATCH_V2) and
- * /dev/xen/evtchn (interdomain event channels), as a dom0 device model uses them.
+ * pages through IOCTL_PRIVCMD_MMAP_RESOURCE, guest RAM through IOCTL_PRIVCMD_MMAPBATCH_V2, the
+ * domain's page limit and new pages through IOCTL_PRIVCMD_HYPERCALL) and /dev/xen/evtchn
+ * (interdomain event channels), as a dom0 device model uses them.
  *
  * Errors from the kernel or from Xen are {@link XenSyscallError}s: `code`/`errno` are the ioctl's
  * errno (for DMOPs and resource mappings, Xen's own error, which privcmd passes through) and the
@@ -12,12 +13,17 @@ import { constants as fsConstants, openSync } from 'node:fs';
 import { getSystemErrorMap } from 'node:util';
 import { MdevError, checkBigInt, checkInt, describe, isErrno } from '../../src/errors.js';
 import { closeFd } from '../../src/native/fd.js';
-import { ioctl } from '../../src/native/ioctl.js';
+import { addressOf, ioctl } from '../../src/native/ioctl.js';
 import { PAGE_SIZE, mappingAddress, mmapFd, munmap } from '../../src/native/mmap.js';
 import { optionsRecord } from '../../src/native/options.js';
 import {
   DmOp,
   EvtchnIoctl,
+  Hypercall,
+  MAX_DOMAIN_PAGES,
+  MemCacheAttr,
+  XEN_DOMCTL_INTERFACE_VERSION_4_17,
+  XenMemOp,
   GetIoreqServerInfoFlag,
   PrivcmdDmOpLimits,
   ModifiedMemoryExtent,
@@ -30,6 +36,11 @@ import {
   dmOpName,
   encodeCreateIoreqServer,
   encodeDestroyIoreqServer,
+  encodeDomctlMaxMem,
+  encodeDomidArg,
+  encodeMemoryReservation,
+  encodePinMemoryCacheattr,
+  encodeRelocateMemory,
   encodeGetIoreqServerInfo,
   encodeInjectMsi,
   encodeIoRange,
@@ -46,11 +57,13 @@ import {
   evtchnPortArg,
   evtchnRestrictDomidArg,
   privcmdDmOpArg,
+  privcmdHypercallArg,
   privcmdMmapBatchV2Arg,
+  type HypercallArg,
   privcmdMmapResourceArg,
   privcmdRestrictArg,
 } from './abi.js';
-import type { BufioreqModeName, EventBinding, ForeignMapping, IoRangeKind, IoreqPages, PfnExtent, XenHost } from './host.js';
+import type { BufioreqModeName, DomainPages, EventBinding, ForeignMapping, IoRangeKind, IoreqPages, MemCacheType, PfnExtent, XenHost } from './host.js';
 import { BufioreqMode, IoRangeType, Ioreq, IoreqResource, XEN_PAGE_SIZE } from './ioreq-abi.js';
 
 /** Where Linux puts the privcmd device. */
@@ -121,6 +134,19 @@ function openDevice(path: unknown, field: string, driver: string, nonBlocking: b
 }
 
 const BUFIOREQ_MODES: Readonly<Record<BufioreqModeName, number>> = { off: BufioreqMode.OFF, legacy: BufioreqMode.LEGACY, atomic: BufioreqMode.ATOMIC };
+/** {@link MemCacheType} names → `XEN_DMOP_MEM_CACHEATTR_*`. */
+export const MEM_CACHE_TYPES: Readonly<Record<MemCacheType, number>> = {
+  uc: MemCacheAttr.UC,
+  wc: MemCacheAttr.WC,
+  wt: MemCacheAttr.WT,
+  wp: MemCacheAttr.WP,
+  wb: MemCacheAttr.WB,
+  ucm: MemCacheAttr.UCM,
+  delete: MemCacheAttr.DELETE,
+};
+
+/** Gfns per XENMEM_populate_physmap hypercall (a 32 KiB extent list; Xen preempts long ones itself). */
+export const POPULATE_CHUNK = 4096;
 const IO_RANGE_TYPES: Readonly<Record<IoRangeKind, number>> = { port: IoRangeType.PORT, memory: IoRangeType.MEMORY, pci: IoRangeType.PCI };
 
 // modified_memory passes its extents in one DMOP buffer, which privcmd limits to a page by default.
@@ -179,6 +205,11 @@ export interface PrivcmdXenHostOptions {
   privcmdPath?: string;
   /** The event-channel device. Default {@link DEFAULT_EVTCHN_PATH}. */
   evtchnPath?: string;
+  /**
+   * `XEN_DOMCTL_INTERFACE_VERSION` of the running Xen, for {@link PrivcmdXenHost.setMaxPages}
+   * (Xen refuses other versions with EACCES). Default 0x15, Xen 4.17's.
+   */
+  domctlInterfaceVersion?: number;
 }
 
 /**
@@ -198,6 +229,9 @@ export class PrivcmdXenHost implements XenHost {
   #privcmd: number;
   #evtchn: number;
   #restricted = false;
+  /** IOCTL_PRIVCMD_RESTRICT succeeded (even if the evtchn restriction then failed). */
+  #privcmdRestricted = false;
+  readonly #domctlVersion: number;
   readonly #bindings = new Set<EventBinding>();
 
   /**
@@ -207,8 +241,14 @@ export class PrivcmdXenHost implements XenHost {
    *   "no /dev/xen/privcmd: not running in a Xen dom0 ...", EACCES, ...)
    */
   constructor(options: PrivcmdXenHostOptions) {
-    const { domid, privcmdPath = DEFAULT_PRIVCMD_PATH, evtchnPath = DEFAULT_EVTCHN_PATH } = optionsRecord('options', options);
+    const {
+      domid,
+      privcmdPath = DEFAULT_PRIVCMD_PATH,
+      evtchnPath = DEFAULT_EVTCHN_PATH,
+      domctlInterfaceVersion = XEN_DOMCTL_INTERFACE_VERSION_4_17,
+    } = optionsRecord('options', options);
     this.domid = checkDomid('domid', domid);
+    this.#domctlVersion = checkInt('domctlInterfaceVersion', domctlInterfaceVersion, 0, 0xffff_ffff);
     if (process.arch !== 'x64' && process.arch !== 'arm64') {
       throw new MdevError('ENOTSUP', `the privcmd ABI of ${process.arch} is not described (x64 and arm64 are)`);
     }
@@ -436,6 +476,8 @@ export class PrivcmdXenHost implements XenHost {
    * DMOP track_dirty_vram: Xen writes a bit per frame (LSB-first) into the first `ceil(nr / 8)`
    * bytes of `bitmap` and clears its log; `nr` 0 stops tracking. Linux's privcmd passes at most
    * `dm_op_buf_max_size` bytes (default 4096, so 32768 frames) per buffer: E2BIG beyond.
+   * Xen wants the bitmap buffer even for `nr` 0, and privcmd refuses a NULL or page-aligned empty
+   * one (EFAULT): the stop passes one byte of a private buffer, away from a page boundary.
    * @param nr `0..262144` (Xen's limit, 1 GiB)
    */
   trackDirtyVram(firstPfn: bigint, nr: number, bitmap: Uint8Array): void {
@@ -444,7 +486,7 @@ export class PrivcmdXenHost implements XenHost {
     if (!(bitmap instanceof Uint8Array) || bitmap.byteLength < bytes) {
       throw new MdevError('EINVAL', `must be a Uint8Array of at least ${bytes} bytes for ${nr} frames, got ${describe(bitmap)}`, 'bitmap');
     }
-    this.#dmOp(DmOp.TRACK_DIRTY_VRAM, op, bitmap.subarray(0, bytes));
+    this.#dmOp(DmOp.TRACK_DIRTY_VRAM, op, nr === 0 ? unalignedByte() : bitmap.subarray(0, bytes));
   }
 
   /**
@@ -490,6 +532,92 @@ export class PrivcmdXenHost implements XenHost {
   }
 
   /**
+   * DMOP relocate_memory (Xen 4.12 and later), `nr` frames at a time. Xen moves them one by one
+   * (continuing itself when preempted); an error stops at the failing frame.
+   */
+  relocateMemory(srcGfn: bigint, dstGfn: bigint, nr: number): void {
+    this.#dmOp(DmOp.RELOCATE_MEMORY, encodeRelocateMemory(srcGfn, dstGfn, nr), undefined, ` of ${nr} frames 0x${srcGfn.toString(16)} -> 0x${dstGfn.toString(16)}`);
+  }
+
+  /** DMOP pin_memory_cacheattr of the frames `[startGfn, endGfn]`. */
+  pinMemoryCacheattr(startGfn: bigint, endGfn: bigint, type: MemCacheType): void {
+    const op = encodePinMemoryCacheattr(startGfn, endGfn, lookup('type', MEM_CACHE_TYPES, type));
+    this.#dmOp(DmOp.PIN_MEMORY_CACHEATTR, op, undefined, ` (${type}) of frames 0x${startGfn.toString(16)}-0x${endGfn.toString(16)}`);
+  }
+
+  /** Whether {@link restrict} succeeded for privcmd. */
+  get restricted(): boolean {
+    return this.#privcmdRestricted;
+  }
+
+  /**
+   * One raw hypercall (IOCTL_PRIVCMD_HYPERCALL); returns its non-negative result. Refused here,
+   * before the kernel refuses it, once the handle is restricted.
+   */
+  #hypercall(op: number, args: readonly HypercallArg[], what: string): number {
+    const fd = this.#live(this.#privcmd);
+    if (this.#privcmdRestricted) {
+      throw new MdevError(
+        'EPERM',
+        `${what} on domain ${this.domid} is a raw hypercall, which privcmd refuses once restricted (IOCTL_PRIVCMD_RESTRICT): do it before restrict()`,
+      );
+    }
+    try {
+      return ioctl(fd, PrivcmdIoctl.HYPERCALL, privcmdHypercallArg(op, args));
+    } catch (e) {
+      if (isErrno(e, 'EACCES') && op === Hypercall.DOMCTL) {
+        rethrow(e, `${what} on domain ${this.domid} (IOCTL_PRIVCMD_HYPERCALL): Xen refused XEN_DOMCTL_INTERFACE_VERSION 0x${this.#domctlVersion.toString(16)}; set domctlInterfaceVersion for this Xen (4.17: 0x15)`);
+      }
+      rethrow(e, `${what} on domain ${this.domid} (IOCTL_PRIVCMD_HYPERCALL)`);
+    }
+  }
+
+  /** Privileged: XENMEM_current_reservation and XENMEM_maximum_reservation (memory_op). */
+  domainPages(): DomainPages {
+    const totPages = this.#hypercall(Hypercall.MEMORY_OP, [BigInt(XenMemOp.CURRENT_RESERVATION), encodeDomidArg(this.domid)], 'XENMEM_current_reservation');
+    const maxPages = this.#hypercall(Hypercall.MEMORY_OP, [BigInt(XenMemOp.MAXIMUM_RESERVATION), encodeDomidArg(this.domid)], 'XENMEM_maximum_reservation');
+    // The hypercall returns a long; ioctl(2) passes it on as an int, so limits of 2^31 pages and
+    // more come back negative (and would be taken for an errno): 8 TiB, far beyond a guest's.
+    return { totPages, maxPages };
+  }
+
+  /**
+   * Privileged: XEN_DOMCTL_max_mem (the domctl hypercall), in pages (Xen takes KiB).
+   * @param maxPages `0..2^32 - 1`
+   */
+  setMaxPages(maxPages: number): void {
+    checkInt('maxPages', maxPages, 0, MAX_DOMAIN_PAGES);
+    const domctl = encodeDomctlMaxMem(this.domid, BigInt(maxPages) * BigInt(XEN_PAGE_SIZE / 1024), this.#domctlVersion);
+    this.#hypercall(Hypercall.DOMCTL, [domctl], `XEN_DOMCTL_max_mem (${maxPages} pages)`);
+  }
+
+  /**
+   * Privileged: XENMEM_populate_physmap of order-0 extents, {@link POPULATE_CHUNK} gfns per
+   * hypercall; stops at the first hypercall that populates fewer than it was given.
+   * @returns the number of gfns populated, from the first
+   */
+  populatePhysmap(gfns: readonly bigint[]): number {
+    if (!Array.isArray(gfns) || gfns.length === 0) throw new MdevError('EINVAL', `must be a non-empty array of gfns, got ${describe(gfns)}`, 'gfns');
+    const all = new BigUint64Array(gfns.length);
+    gfns.forEach((gfn, i) => {
+      all[i] = checkBigInt(`gfns[${i}]`, gfn, 0n, (1n << 64n) - 1n);
+    });
+    let done = 0;
+    while (done < all.length) {
+      const chunk = all.slice(done, done + POPULATE_CHUNK);
+      const reservation = encodeMemoryReservation(this.domid, chunk);
+      const n = this.#hypercall(
+        Hypercall.MEMORY_OP,
+        [BigInt(XenMemOp.POPULATE_PHYSMAP), reservation],
+        `XENMEM_populate_physmap of ${chunk.length} gfns from 0x${chunk[0]!.toString(16)}`,
+      );
+      done += Math.min(n, chunk.length);
+      if (n < chunk.length) break;
+    }
+    return done;
+  }
+
+  /**
    * Restricts both fds to this domain, irreversibly: IOCTL_PRIVCMD_RESTRICT (privcmd then refuses
    * other domains with EPERM and arbitrary hypercalls altogether) and IOCTL_EVTCHN_RESTRICT_DOMID
    * (only this domain's channels can be bound). Call before dropping privileges. Calling it again
@@ -499,10 +627,13 @@ export class PrivcmdXenHost implements XenHost {
     if (this.#restricted) return;
     const privcmd = this.#live(this.#privcmd);
     const evtchn = this.#live(this.#evtchn);
-    try {
-      ioctl(privcmd, PrivcmdIoctl.RESTRICT, privcmdRestrictArg(this.domid));
-    } catch (e) {
-      rethrow(e, `IOCTL_PRIVCMD_RESTRICT to domain ${this.domid}`);
+    if (!this.#privcmdRestricted) {
+      try {
+        ioctl(privcmd, PrivcmdIoctl.RESTRICT, privcmdRestrictArg(this.domid));
+      } catch (e) {
+        rethrow(e, `IOCTL_PRIVCMD_RESTRICT to domain ${this.domid}`);
+      }
+      this.#privcmdRestricted = true;
     }
     try {
       ioctl(evtchn, EvtchnIoctl.RESTRICT_DOMID, evtchnRestrictDomidArg(this.domid));
@@ -523,6 +654,13 @@ export class PrivcmdXenHost implements XenHost {
     this.#bindings.clear();
     for (const fd of fds) if (fd >= 0) closeFd(fd);
   }
+}
+
+/** One byte of a fresh buffer whose address is not page aligned (track_dirty_vram's stop). */
+function unalignedByte(): Uint8Array {
+  const buf = new Uint8Array(16);
+  const at = addressOf(buf) % BigInt(XEN_PAGE_SIZE) === 0n ? 1 : 0;
+  return buf.subarray(at, at + 1);
 }
 
 function releaseOnce(mapping: ArrayBuffer): () => void {

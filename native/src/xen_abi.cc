@@ -1,7 +1,7 @@
 // The Xen device-model ABI that adapters/xen/abi.ts, adapters/xen/ioreq-abi.ts and xen_ioreq.h
 // assume, checked against the real headers: Xen's public headers (Debian/Ubuntu libxen-dev:
-// <xen/hvm/ioreq.h>, <xen/hvm/dm_op.h>, <xen/hvm/hvm_op.h>, <xen/memory.h>) and Linux's uapi
-// <xen/privcmd.h> and <xen/evtchn.h>.
+// <xen/hvm/ioreq.h>, <xen/hvm/dm_op.h>, <xen/hvm/hvm_op.h>, <xen/memory.h>, <xen/domctl.h>) and
+// Linux's uapi <xen/privcmd.h> and <xen/evtchn.h>.
 //
 // On x86_64 and arm64, the targets the TypeScript layouts describe, every offset, size and
 // constant is a static_assert: a mismatch fails the build. The same values, read from the headers,
@@ -27,6 +27,9 @@
 #define MDEVKIT_XEN_HEADERS 1
 #endif
 #endif
+#if defined(MDEVKIT_XEN_HEADERS) && __has_include(<xen/domctl.h>)
+#define MDEVKIT_XEN_DOMCTL 1
+#endif
 
 #ifdef MDEVKIT_XEN_HEADERS
 // The toolstack view of the public headers: dm_op.h's structs use uint64_aligned_t, which xen.h
@@ -39,6 +42,14 @@
 #include <xen/hvm/hvm_op.h>
 #include <xen/hvm/dm_op.h>
 #include <xen/hvm/ioreq.h>
+#ifdef MDEVKIT_XEN_DOMCTL
+// domctl.h pulls in hvm/save.h, which refuses strict ISO mode (it uses anonymous unions, a GNU
+// extension GCC and Clang accept in C++ anyway): hide -std=c++17's __STRICT_ANSI__ from it alone.
+#pragma push_macro("__STRICT_ANSI__")
+#undef __STRICT_ANSI__
+#include <xen/domctl.h>
+#pragma pop_macro("__STRICT_ANSI__")
+#endif
 // Linux uapi; privcmd.h's <xen/interface/xen.h> resolves to native/compat (see there).
 #include <xen/privcmd.h>
 #include <xen/evtchn.h>
@@ -391,7 +402,12 @@ Napi::Object ModifiedMemoryExtent(Napi::Env env) {
 }
 
 Napi::Object Privcmd(Napi::Env env) {
-  Table dmOp(env), dmOpBuf(env), batch(env), resource(env), ioctls(env), misc(env);
+  Table dmOp(env), dmOpBuf(env), batch(env), resource(env), hypercall(env), ioctls(env), misc(env);
+  XEN_FIELD(hypercall, privcmd_hypercall, op, "op", 0);
+  XEN_FIELD(hypercall, privcmd_hypercall, arg, "arg", 8);
+  static_assert(sizeof(privcmd_hypercall::arg) / sizeof(privcmd_hypercall::arg[0]) == 5, "privcmd_hypercall has 5 arguments");
+  hypercall.Set("nrArgs", 5);
+  XEN_SIZE(hypercall, privcmd_hypercall, 48);
   XEN_FIELD(dmOp, privcmd_dm_op, dom, "dom", 0);
   XEN_FIELD(dmOp, privcmd_dm_op, num, "num", 2);
   XEN_FIELD(dmOp, privcmd_dm_op, ubufs, "ubufs", 8);
@@ -415,6 +431,7 @@ Napi::Object Privcmd(Napi::Env env) {
   // Xen's struct xen_dm_op_buf, which privcmd fills from privcmd_dm_op_buf, has the same shape.
   static_assert(!kCheck || (sizeof(xen_dm_op_buf) == sizeof(privcmd_dm_op_buf) && offsetof(xen_dm_op_buf, size) == offsetof(privcmd_dm_op_buf, size)),
                 "xen_dm_op_buf matches privcmd_dm_op_buf");
+  XEN_ABI_CONST(ioctls, "HYPERCALL", IOCTL_PRIVCMD_HYPERCALL, 0x00305000);
   XEN_ABI_CONST(ioctls, "MMAPBATCH_V2", IOCTL_PRIVCMD_MMAPBATCH_V2, 0x00205004);
   XEN_ABI_CONST(ioctls, "DM_OP", IOCTL_PRIVCMD_DM_OP, 0x00105005);
   XEN_ABI_CONST(ioctls, "RESTRICT", IOCTL_PRIVCMD_RESTRICT, 0x00025006);
@@ -428,9 +445,61 @@ Napi::Object Privcmd(Napi::Env env) {
       .Set("PrivcmdDmOpBuf", dmOpBuf.Get())
       .Set("PrivcmdMmapBatchV2", batch.Get())
       .Set("PrivcmdMmapResource", resource.Get())
+      .Set("PrivcmdHypercall", hypercall.Get())
       .Set("PrivcmdIoctl", ioctls.Get())
       .Set("misc", misc.Get())
       .Get();
+}
+
+// abi.ts's raw-hypercall tables: hypercall numbers, XENMEM_* ops and struct xen_memory_reservation,
+// the pin_memory_cacheattr types, and (with domctl.h) struct xen_domctl for XEN_DOMCTL_max_mem.
+Napi::Object Memory(Napi::Env env) {
+  Table hypercall(env), memOp(env), reservation(env), cacheAttr(env);
+  XEN_CONST(hypercall, "MEMORY_OP", __HYPERVISOR_memory_op, 12);
+  XEN_CONST(hypercall, "DOMCTL", __HYPERVISOR_domctl, 36);
+  XEN_CONST(memOp, "CURRENT_RESERVATION", XENMEM_current_reservation, 3);
+  XEN_CONST(memOp, "MAXIMUM_RESERVATION", XENMEM_maximum_reservation, 4);
+  XEN_CONST(memOp, "POPULATE_PHYSMAP", XENMEM_populate_physmap, 6);
+  XEN_FIELD(reservation, xen_memory_reservation, extent_start, "extentStart", 0);
+  XEN_FIELD(reservation, xen_memory_reservation, nr_extents, "nrExtents", 8);
+  XEN_FIELD(reservation, xen_memory_reservation, extent_order, "extentOrder", 16);
+  XEN_FIELD(reservation, xen_memory_reservation, mem_flags, "memFlags", 20);
+  XEN_FIELD(reservation, xen_memory_reservation, domid, "domid", 24);
+  XEN_SIZE(reservation, xen_memory_reservation, 32);
+  // extent_start is a guest handle: one pointer to xen_pfn_t.
+  static_assert(!kCheck || sizeof(xen_memory_reservation::extent_start) == sizeof(void*), "extent_start is a pointer");
+  XEN_CONST(cacheAttr, "UC", XEN_DMOP_MEM_CACHEATTR_UC, 0);
+  XEN_CONST(cacheAttr, "WC", XEN_DMOP_MEM_CACHEATTR_WC, 1);
+  XEN_CONST(cacheAttr, "WT", XEN_DMOP_MEM_CACHEATTR_WT, 4);
+  XEN_CONST(cacheAttr, "WP", XEN_DMOP_MEM_CACHEATTR_WP, 5);
+  XEN_CONST(cacheAttr, "WB", XEN_DMOP_MEM_CACHEATTR_WB, 6);
+  XEN_CONST(cacheAttr, "UCM", XEN_DMOP_MEM_CACHEATTR_UCM, 7);
+  XEN_CONST(cacheAttr, "DELETE", XEN_DMOP_DELETE_MEM_CACHEATTR, 0xffffffffu);
+  Table out(env);
+  out.Set("Hypercall", hypercall.Get())
+      .Set("XenMemOp", memOp.Get())
+      .Set("XenMemoryReservation", reservation.Get())
+      .Set("MemCacheAttr", cacheAttr.Get());
+#ifdef MDEVKIT_XEN_DOMCTL
+  Table domctl(env), cmd(env), maxMem(env);
+  XEN_FIELD(domctl, xen_domctl, cmd, "cmd", 0);
+  XEN_FIELD(domctl, xen_domctl, interface_version, "interfaceVersion", 4);
+  XEN_FIELD(domctl, xen_domctl, domain, "domain", 8);
+  XEN_FIELD(domctl, xen_domctl, _pad, "pad", 10);
+  XEN_FIELD(domctl, xen_domctl, u, "u", 16);
+  static_assert(!kCheck || sizeof(xen_domctl::u) == 128, "xen_domctl's union is 128 bytes");
+  domctl.Set("unionSize", sizeof(xen_domctl::u));
+  XEN_SIZE(domctl, xen_domctl, 144);
+  XEN_CONST(cmd, "MAX_MEM", XEN_DOMCTL_max_mem, 11);
+  XEN_FIELD(maxMem, xen_domctl_max_mem, max_memkb, "maxMemkb", 0);
+  XEN_SIZE(maxMem, xen_domctl_max_mem, 8);
+  static_assert(offsetof(xen_domctl, u) + offsetof(xen_domctl_max_mem, max_memkb) == offsetof(xen_domctl, u.max_mem.max_memkb), "max_mem is a member of xen_domctl.u");
+  out.Set("XenDomctl", domctl.Get())
+      .Set("DomctlCmd", cmd.Get())
+      .Set("DomctlArgs", Table(env).Set("MAX_MEM", maxMem.Get()).Get())
+      .Set("interfaceVersion", static_cast<double>(XEN_DOMCTL_INTERFACE_VERSION));
+#endif
+  return out.Get();
 }
 
 Napi::Object Evtchn(Napi::Env env) {
@@ -489,6 +558,7 @@ void InitXenAbi(Napi::Env env, Napi::Object exports) {
   abi.Set("ModifiedMemoryExtent", ModifiedMemoryExtent(env));
   abi.Set("privcmd", Privcmd(env));
   abi.Set("evtchn", Evtchn(env));
+  abi.Set("memory", Memory(env));
 #else
   abi.Set("headersPresent", false);
 #endif

@@ -35,7 +35,14 @@ interface XenAbi {
   DmOpArgs: Record<string, Layout>;
   XenDmOp: Layout;
   ModifiedMemoryExtent: Layout;
-  privcmd: Record<'PrivcmdDmOp' | 'PrivcmdDmOpBuf' | 'PrivcmdMmapBatchV2' | 'PrivcmdMmapResource' | 'PrivcmdIoctl' | 'misc', Layout>;
+  privcmd: Record<'PrivcmdDmOp' | 'PrivcmdDmOpBuf' | 'PrivcmdMmapBatchV2' | 'PrivcmdMmapResource' | 'PrivcmdHypercall' | 'PrivcmdIoctl' | 'misc', Layout>;
+  memory: Record<'Hypercall' | 'XenMemOp' | 'XenMemoryReservation' | 'MemCacheAttr', Layout> & {
+    /** Present when <xen/domctl.h> is installed. */
+    XenDomctl?: Layout;
+    DomctlCmd?: Layout;
+    DomctlArgs?: Record<string, Layout>;
+    interfaceVersion?: number;
+  };
   evtchn: Record<'EvtchnBindInterdomain' | 'EvtchnUnbind' | 'EvtchnNotify' | 'EvtchnRestrictDomid' | 'EvtchnIoctl', Layout>;
 }
 
@@ -51,7 +58,7 @@ function image(size: number, offset: number, ...bytes: number[]): Uint8Array {
 
 describe('Xen ABI constants that need no headers', () => {
   it('ioctl numbers equal the values of the fact sheet (x86_64)', () => {
-    expect(abi.PrivcmdIoctl).toEqual({ MMAPBATCH_V2: 0x00205004, DM_OP: 0x00105005, RESTRICT: 0x00025006, MMAP_RESOURCE: 0x00205007 });
+    expect(abi.PrivcmdIoctl).toEqual({ HYPERCALL: 0x00305000, MMAPBATCH_V2: 0x00205004, DM_OP: 0x00105005, RESTRICT: 0x00025006, MMAP_RESOURCE: 0x00205007 });
     expect(abi.EvtchnIoctl).toEqual({ BIND_INTERDOMAIN: 0x00084501, UNBIND: 0x00044503, NOTIFY: 0x00044504, RESTRICT_DOMID: 0x00024506 });
   });
 
@@ -112,6 +119,21 @@ describe.skipIf(skipHeaders)(
       expect(abi.PrivcmdIoctl).toEqual(xen.privcmd.PrivcmdIoctl);
       expect(abi.DOMID_SIZE).toBe(xen.privcmd.misc['DOMID_SIZE']);
       expect(abi.XEN_PFN_SIZE).toBe(xen.privcmd.misc['XEN_PFN_SIZE']);
+    });
+
+    it('raw hypercalls: numbers, XENMEM_* and struct xen_memory_reservation match xen.h and memory.h; cache types dm_op.h', () => {
+      expect(abi.PrivcmdHypercall).toEqual(xen.privcmd.PrivcmdHypercall);
+      expect(abi.Hypercall).toEqual(xen.memory.Hypercall);
+      expect(abi.XenMemOp).toEqual(xen.memory.XenMemOp);
+      expect(abi.XenMemoryReservation).toEqual(xen.memory.XenMemoryReservation);
+      expect(abi.MemCacheAttr).toEqual(xen.memory.MemCacheAttr);
+    });
+
+    it.skipIf(xen.memory?.XenDomctl === undefined)('struct xen_domctl and XEN_DOMCTL_max_mem match domctl.h (Debian 12: Xen 4.17, interface 0x15)', () => {
+      expect(abi.XenDomctl).toEqual(xen.memory.XenDomctl);
+      expect(abi.DomctlCmd).toEqual(xen.memory.DomctlCmd);
+      expect(abi.DomctlArgs).toEqual(xen.memory.DomctlArgs);
+      expect(abi.XEN_DOMCTL_INTERFACE_VERSION_4_17).toBe(xen.memory.interfaceVersion);
     });
 
     it('evtchn layouts and ioctl numbers match Linux uapi evtchn.h', () => {

@@ -15,6 +15,11 @@ import {
   encodeModifiedMemory,
   encodeModifiedMemoryExtents,
   encodeNrVcpus,
+  encodeDomctlMaxMem,
+  encodeDomidArg,
+  encodeMemoryReservation,
+  encodePinMemoryCacheattr,
+  encodeRelocateMemory,
   encodeSetIoreqServerState,
   encodeSetIsaIrqLevel,
   encodeSetMemType,
@@ -24,6 +29,7 @@ import {
   evtchnPortArg,
   evtchnRestrictDomidArg,
   privcmdDmOpArg,
+  privcmdHypercallArg,
   privcmdMmapBatchV2Arg,
   privcmdMmapResourceArg,
   privcmdRestrictArg,
@@ -137,6 +143,16 @@ describe('DMOP encoders produce the bytes of dm_op.h', () => {
     expect(encodeNrVcpus()).toEqual(dmOp(20));
   });
 
+  it('relocate_memory (17): u32 size at 0, u64 src_gfn at 8, u64 dst_gfn at 16', () => {
+    expect(encodeRelocateMemory(0x1000000n, 0xe0000n, 4096)).toEqual(dmOp(17, [[0, 4, 4096], [8, 8, 0x1000000n], [16, 8, 0xe0000n]]));
+    expect(encodeRelocateMemory(5n, 6n, 0)).toEqual(dmOp(17, [[8, 8, 5n], [16, 8, 6n]]));
+  });
+
+  it('pin_memory_cacheattr (18): u64 start at 0, u64 end at 8, u32 type at 16 (WC 1, DELETE ~0)', () => {
+    expect(encodePinMemoryCacheattr(0xe0000n, 0xe0fffn, 1)).toEqual(dmOp(18, [[0, 8, 0xe0000n], [8, 8, 0xe0fffn], [16, 4, 1]]));
+    expect(encodePinMemoryCacheattr(7n, 7n, 0xffffffff)).toEqual(dmOp(18, [[0, 8, 7n], [8, 8, 7n], [16, 4, 0xffffffff]]));
+  });
+
   it('decoders read the OUT fields where Xen writes them', () => {
     const created = dmOp(1, [[0, 1, 1], [4, 2, 0x0203]]);
     expect(decodeCreateIoreqServer(created)).toBe(0x0203);
@@ -166,6 +182,44 @@ describe('DMOP encoders produce the bytes of dm_op.h', () => {
     expectArgError(() => encodeModifiedMemoryExtents([{ firstPfn: 0n, nr: 1 }, { firstPfn: 0n, nr: 0 }]), 'ERANGE', 'extents[1].nr');
     expectArgError(() => encodeModifiedMemoryExtents([{ firstPfn: (1n << 64n) - 1n, nr: 2 }]), 'ERANGE', 'extents[0]');
     expectArgError(() => encodeInjectMsi(0xfee00000n, -1), 'ERANGE', 'data');
+    expectArgError(() => encodeRelocateMemory((1n << 64n) - 2n, 0n, 3), 'ERANGE', 'size');
+    expectArgError(() => encodeRelocateMemory(0n, 0n, 2 ** 32), 'ERANGE', 'size');
+    expectArgError(() => encodePinMemoryCacheattr(2n, 1n, 1), 'EINVAL', 'endGfn');
+    expectArgError(() => encodePinMemoryCacheattr(1n, 2n, 2), 'EINVAL', 'type'); // 2 and 3 are no PAT types
+    expectArgError(() => encodeDomctlMaxMem(0x7ff0, 0n, 0x15), 'ERANGE', 'domid');
+    expectArgError(() => encodeMemoryReservation(1, new BigUint64Array(0)), 'EINVAL', 'gfns');
+  });
+});
+
+// struct xen_domctl and xen_memory_reservation as read off domctl.h and memory.h (LP64).
+describe('raw hypercall arguments', () => {
+  it('XEN_DOMCTL_max_mem: u32 cmd 11 at 0, u32 interface_version at 4, u16 domain at 8, u64 max_memkb at 16 of 144 bytes', () => {
+    const d = encodeDomctlMaxMem(0x1234, 0x12_3456_7890n, 0x15);
+    expect(d.byteLength).toBe(144);
+    const v = new DataView(d.buffer);
+    expect([v.getUint32(0, true), v.getUint32(4, true), v.getUint16(8, true), u64(d, 16)]).toEqual([11, 0x15, 0x1234, 0x12_3456_7890n]);
+    expect(d.subarray(10, 16).every((b) => b === 0) && d.subarray(24).every((b) => b === 0)).toBe(true);
+  });
+
+  it('IOCTL_PRIVCMD_HYPERCALL: {u64 op; u64 arg[5]} with buffers passed by address', () => {
+    const domid = encodeDomidArg(7);
+    expect([...domid]).toEqual([7, 0]);
+    const top = ioctlMarshalForTest(privcmdHypercallArg(12, [4n, domid]));
+    expect(top.byteLength).toBe(48);
+    expect([u64(top, 0), u64(top, 8), u64(top, 16), u64(top, 24), u64(top, 32), u64(top, 40)]).toEqual([12n, 4n, addressOf(domid), 0n, 0n, 0n]);
+    expectArgError(() => privcmdHypercallArg(12, [1n, 2n, 3n, 4n, 5n, 6n]), 'EINVAL', 'args');
+    expectArgError(() => privcmdHypercallArg(12, [-1n]), 'ERANGE', 'args[0]');
+  });
+
+  it('XENMEM_populate_physmap: arg[1] -> xen_memory_reservation {extent_start* @0, nr_extents @8, order @16, flags @20, domid @24} -> gfns', () => {
+    const gfns = new BigUint64Array([0x1000000n, 0x1000001n, 0x1000002n]);
+    const reservation = encodeMemoryReservation(9, gfns);
+    const top = ioctlMarshalForTest(privcmdHypercallArg(12, [6n, reservation]));
+    const data = reservation.data as Uint8Array;
+    expect([u64(top, 0), u64(top, 8), u64(top, 16)]).toEqual([12n, 6n, addressOf(data)]);
+    expect(data.byteLength).toBe(32);
+    const v = new DataView(data.buffer);
+    expect([u64(data, 0), u64(data, 8), v.getUint32(16, true), v.getUint32(20, true), v.getUint16(24, true)]).toEqual([addressOf(gfns), 3n, 0, 0, 9]);
   });
 });
 
@@ -374,6 +428,8 @@ describe('PrivcmdXenHost', () => {
       ['XEN_DMOP_set_pci_intx_level', (h) => h.setPciIntxLevel(0, 0, 3, 0, true)],
       ['XEN_DMOP_set_isa_irq_level', (h) => h.setIsaIrqLevel(5, true)],
       ['XEN_DMOP_inject_msi', (h) => h.injectMsi(0xfee00000n, 0x41)],
+      ['XEN_DMOP_relocate_memory', (h) => h.relocateMemory(0x1000000n, 0xe0000n, 16)],
+      ['XEN_DMOP_pin_memory_cacheattr', (h) => h.pinMemoryCacheattr(0xe0000n, 0xe000fn, 'wc')],
       // mapIoreqPages asks Xen whether the server has a buffered ring first.
       ['XEN_DMOP_get_ioreq_server_info', (h) => h.mapIoreqPages(1, 2)],
     ];
@@ -384,6 +440,19 @@ describe('PrivcmdXenHost', () => {
         expect(e.errno).toBe(25);
         expect(e.message).toContain(`${name}`);
         expect(e.message).toContain('on domain 5 (IOCTL_PRIVCMD_DM_OP)');
+      });
+    }
+
+    const hypercalls: [string, (h: PrivcmdXenHost) => unknown][] = [
+      ['XENMEM_current_reservation', (h) => h.domainPages()],
+      ['XEN_DOMCTL_max_mem (300 pages)', (h) => h.setMaxPages(300)],
+      ['XENMEM_populate_physmap of 2 gfns from 0x1000000', (h) => h.populatePhysmap([0x1000000n, 0x1000001n])],
+    ];
+    for (const [name, call] of hypercalls) {
+      it(`${name}: IOCTL_PRIVCMD_HYPERCALL fails with its errno`, () => {
+        const e = thrown(() => call(fileHost()));
+        expect({ code: e.code, syscall: e.syscall, name: e.name }).toEqual({ code: 'ENOTTY', syscall: 'ioctl', name: 'XenSyscallError' });
+        expect(e.message).toContain(`${name} on domain 5 (IOCTL_PRIVCMD_HYPERCALL)`);
       });
     }
 
@@ -457,6 +526,12 @@ describe('PrivcmdXenHost', () => {
       expectArgError(() => host.trackDirtyVram(0n, 100, new Uint8Array(12)), 'EINVAL', 'bitmap'); // needs 13 bytes
       expectArgError(() => host.trackDirtyVram(0n, 262145, new Uint8Array(32768)), 'ERANGE', 'nr');
       expectArgError(() => host.setMemType(4, 0n, 0), 'ERANGE', 'nr');
+      expectArgError(() => host.populatePhysmap([]), 'EINVAL', 'gfns');
+      expectArgError(() => host.populatePhysmap([1n, -1n]), 'ERANGE', 'gfns[1]');
+      expectArgError(() => host.setMaxPages(2 ** 32), 'ERANGE', 'maxPages');
+      expectArgError(() => host.relocateMemory(0n, 1n, -1), 'ERANGE', 'size');
+      expectArgError(() => host.pinMemoryCacheattr(0n, 1n, 'wx' as 'wc'), 'EINVAL', 'type');
+      expectArgError(() => new PrivcmdXenHost({ domid: 1, domctlInterfaceVersion: -1 }), 'ERANGE', 'domctlInterfaceVersion');
     });
 
     it('interrupts and events', () => {

@@ -503,12 +503,14 @@ describe('interrupts', () => {
 });
 
 describe('SimXenHost', () => {
-  it('is kind sim, reports nr_vcpus, and restrict() is a no-op', () => {
+  it('is kind sim, reports nr_vcpus, and restrict() only takes the privileged operations away (sim-memory.test.ts)', () => {
     const { host } = domain({ nrVcpus: 4 });
     expect(host.kind).toBe('sim');
     expect(host.domid).toBe(1);
     expect(host.nrVcpus()).toBe(4);
     host.restrict();
+    expect(host.restricted).toBe(true);
+    expect(host.nrVcpus()).toBe(4);
   });
 
   it('binds ports to duplicated eventfds; a port binds once; unbind frees it', () => {
@@ -579,6 +581,11 @@ describe('SimXenHost', () => {
       () => host.setPciIntxLevel(0, 0, 0, 0, true),
       () => host.setIsaIrqLevel(1, true),
       () => host.injectMsi(0xfee00000n, 0x30),
+      () => host.relocateMemory(0n, 1n, 1),
+      () => host.pinMemoryCacheattr(0n, 1n, 'wc'),
+      () => host.domainPages(),
+      () => host.setMaxPages(1),
+      () => host.populatePhysmap([1n]),
       () => host.restrict(),
     ]) {
       expect(codeOf(call)).toBe('EBADF');

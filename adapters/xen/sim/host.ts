@@ -9,13 +9,14 @@
  * The host behaves like an open pair of privcmd/evtchn handles: {@link SimXenHost.close} releases
  * what the host holds (its mappings and bound eventfds) but not the ioreq servers it created, which
  * belong to the domain until destroyed (as with Xen, where closing the handles leaves the servers
- * in place). After close every call fails with EBADF.
+ * in place). After close every call fails with EBADF. After {@link SimXenHost.restrict} the
+ * privileged operations (raw hypercalls on real Xen) fail with EPERM, as privcmd refuses them.
  * @module
  */
 import { MdevError, describe } from '../../../src/errors.js';
 import { closeFd, dupFd } from '../../../src/native/fd.js';
 import { mmapFd, munmap } from '../../../src/native/mmap.js';
-import type { BufioreqModeName, EventBinding, ForeignMapping, IoRangeKind, IoreqPages, PfnExtent, XenHost } from '../host.js';
+import type { BufioreqModeName, DomainPages, EventBinding, ForeignMapping, IoRangeKind, IoreqPages, MemCacheType, PfnExtent, XenHost } from '../host.js';
 import { XEN_PAGE_SIZE } from '../ioreq-abi.js';
 import type { SimHypervisor } from './hypervisor.js';
 import { MAX_SIM_VCPUS } from './layout.js';
@@ -36,6 +37,7 @@ export class SimXenHost implements XenHost {
   private readonly mappings = new Set<ArrayBuffer>();
   private readonly bindings = new Map<EventBinding, BoundChannels>();
   private closed = false;
+  private restrictedHandles = false;
 
   /**
    * Opens a host on a simulated domain.
@@ -169,27 +171,33 @@ export class SimXenHost implements XenHost {
   }
 
   /**
-   * Maps guest frames, frame after frame in the order given, straight from the guest-RAM memfd
-   * (writes are the guest's memory; nothing is copied).
-   * @throws EINVAL for an empty list; EFAULT when a frame lies beyond guest RAM; EOPNOTSUPP when the
-   *   frames are not consecutive ascending: one `Uint8Array` over scattered frames needs a mapping
-   *   placed inside another (MAP_FIXED), which the native core does not offer yet
+   * Maps the pages behind guest frames, in the order given, straight from the hypervisor's memfds
+   * (writes are the guest's memory; nothing is copied). Like a privcmd foreign mapping, it maps
+   * the pages themselves: it stays valid, with the same pages, when relocate_memory moves them.
+   * @throws EINVAL for an empty list; EFAULT when a frame has no page (beyond guest RAM and never
+   *   populated, or relocated away); EOPNOTSUPP when the pages are not consecutive in one pool
+   *   (guest RAM in place, or one populate_physmap run): one `Uint8Array` over scattered pages
+   *   needs a mapping placed inside another (MAP_FIXED), which the native core does not offer yet
    */
   mapForeign(gfns: readonly bigint[], writable: boolean): ForeignMapping {
     this.open();
     if (!Array.isArray(gfns) || gfns.length === 0) throw new MdevError('EINVAL', `must be a non-empty array of frames, got ${describe(gfns)}`, 'gfns');
     if (typeof writable !== 'boolean') throw new MdevError('EINVAL', `must be a boolean, got ${describe(writable)}`, 'writable');
-    const ramPages = BigInt(this.hypervisor.ramPages);
     gfns.forEach((gfn, i) => {
       if (typeof gfn !== 'bigint' || gfn < 0n) throw new MdevError('EINVAL', `must be a frame number (bigint), got ${describe(gfn)}`, `gfns[${i}]`);
-      if (gfn >= ramPages) throw new MdevError('EFAULT', `frame 0x${gfn.toString(16)} is beyond guest RAM (${ramPages} frames)`, `gfns[${i}]`);
     });
-    for (let i = 1; i < gfns.length; i++) {
-      if (gfns[i] !== gfns[0]! + BigInt(i)) {
-        throw new MdevError('EOPNOTSUPP', 'the simulator maps one run of consecutive frames per mapping; split the request', `gfns[${i}]`);
+    const pages = this.hypervisor.pagesOf(gfns);
+    pages.forEach((page, i) => {
+      if (page < 0) throw new MdevError('EFAULT', `frame 0x${gfns[i]!.toString(16)} has no page (guest RAM has ${this.hypervisor.ramPages} frames)`, `gfns[${i}]`);
+    });
+    const ramPages = this.hypervisor.ramPages;
+    for (let i = 1; i < pages.length; i++) {
+      if (pages[i] !== pages[0]! + i || (pages[i]! < ramPages) !== (pages[0]! < ramPages)) {
+        throw new MdevError('EOPNOTSUPP', 'the simulator maps one run of consecutive pages per mapping; split the request', `gfns[${i}]`);
       }
     }
-    const ab = this.map(this.hypervisor.ramFd, gfns.length * XEN_PAGE_SIZE, Number(gfns[0]!) * XEN_PAGE_SIZE, writable);
+    const file = this.hypervisor.pageFile(pages[0]!);
+    const ab = this.map(file.fd, gfns.length * XEN_PAGE_SIZE, file.offset, writable);
     let released = false;
     return {
       bytes: new Uint8Array(ab),
@@ -236,9 +244,55 @@ export class SimXenHost implements XenHost {
     this.hypervisor.injectMsi(address, data);
   }
 
-  /** Nothing to restrict: the simulator serves one domain. (EBADF after close, like the real handles.) */
+  relocateMemory(srcGfn: bigint, dstGfn: bigint, nr: number): void {
+    this.open();
+    this.hypervisor.relocateMemory(srcGfn, dstGfn, nr);
+  }
+
+  pinMemoryCacheattr(startGfn: bigint, endGfn: bigint, type: MemCacheType): void {
+    this.open();
+    this.hypervisor.pinMemoryCacheattr(startGfn, endGfn, type);
+  }
+
+  /** Privileged (EPERM after {@link restrict}): the domain's pages and limit. */
+  domainPages(): DomainPages {
+    this.privileged('XENMEM_current_reservation');
+    return this.hypervisor.domainPages();
+  }
+
+  /** Privileged (EPERM after {@link restrict}): XEN_DOMCTL_max_mem. */
+  setMaxPages(maxPages: number): void {
+    this.privileged('XEN_DOMCTL_max_mem');
+    this.hypervisor.setMaxPages(maxPages);
+  }
+
+  /** Privileged (EPERM after {@link restrict}): XENMEM_populate_physmap. */
+  populatePhysmap(gfns: readonly bigint[]): number {
+    this.privileged('XENMEM_populate_physmap');
+    if (!Array.isArray(gfns) || gfns.length === 0) throw new MdevError('EINVAL', `must be a non-empty array of gfns, got ${describe(gfns)}`, 'gfns');
+    return this.hypervisor.populatePhysmap(gfns);
+  }
+
+  /** Whether {@link restrict} was called. */
+  get restricted(): boolean {
+    return this.restrictedHandles;
+  }
+
+  /**
+   * Restricts the handles like IOCTL_PRIVCMD_RESTRICT: the privileged operations fail with EPERM
+   * from now on; everything else goes on (the simulator serves one domain anyway). Irreversible;
+   * calling it again is a no-op. (EBADF after close, like the real handles.)
+   */
   restrict(): void {
     this.open();
+    this.restrictedHandles = true;
+  }
+
+  private privileged(what: string): void {
+    this.open();
+    if (this.restrictedHandles) {
+      throw new MdevError('EPERM', `${what} on domain ${this.domid} is a raw hypercall, which privcmd refuses once restricted (IOCTL_PRIVCMD_RESTRICT): do it before restrict()`);
+    }
   }
 
   /** Unmaps every mapping and closes every eventfd this host handed out. Idempotent. */

@@ -24,10 +24,36 @@
  *   mmio_dm to mmio_dm; HVMMEM_unused or an unknown type is EINVAL, as is a range that is empty or
  *   ends beyond the last guest frame. Pages are changed one by one and the first refused page stops
  *   the operation, leaving the earlier ones changed (as Xen does);
- * - track_dirty_vram: one range per domain; `nr` beyond 1 GiB of frames or a bitmap shorter than
- *   ceil(nr / 8) bytes is EINVAL; the first call for a range (or after the range changed) returns
- *   every bit set and starts logging, later calls return and clear the frames the guest wrote;
- *   nr 0 stops tracking;
+ * - track_dirty_vram (HAP's): one range per domain; `nr` beyond 1 GiB of frames or a bitmap shorter
+ *   than ceil(nr / 8) bytes is EINVAL. The first call for a range (or after the range changed)
+ *   returns every bit set (whole bytes) and write-protects the range's ram_rw frames for logging
+ *   (p2m_ram_logdirty); a guest write to such a frame makes it ram_rw again. A later call reports
+ *   exactly the frames that are ram_rw then — written by the guest, or given a page since (populate,
+ *   relocate) — and write-protects them again; frames without a page or of other types read 0.
+ *   Writes through a foreign mapping (the device model's) are not seen. A call on another range
+ *   takes over (the old range is ram_rw again); nr 0 stops tracking. set_mem_type refuses to make
+ *   a write-protected frame ioreq_server (EINVAL, as Xen refuses p2m_ram_logdirty);
+ * - the domain's pages: `tot_pages` starts at the RAM's frames, the limit `max_pages` at
+ *   {@link SimHypervisorOptions.maxPages}; XEN_DOMCTL_max_mem sets it (no error, even below
+ *   `tot_pages`: allocations then fail; clipped to 2^32 - 1);
+ * - XENMEM_populate_physmap: gfns in order, one new page each (zeroed, or garbage without
+ *   {@link SimHypervisorOptions.scrubPages}); stops at the first that would take `tot_pages` past
+ *   the limit (Xen logs "Over-allocation for d<domid>: <n> > <max>", see {@link xenLog}), when the
+ *   extra pool is empty (Xen's "Could not allocate order=0 extent"), or at a gfn beyond
+ *   {@link SIM_MAX_GFN}, and returns how many were populated (no errno, as Xen). A gfn that has a
+ *   page gets a new one; the old page stays the domain's (counted, unmapped) as in Xen;
+ * - relocate_memory (XENMAPSPACE_gmfn_range): frames one at a time from the lowest; a source frame
+ *   without a page is EINVAL (earlier frames stay moved); the page at a destination frame, if any,
+ *   is freed (Xen frees normal domain memory it replaces: no error); the destination becomes
+ *   ram_rw with the page and its contents, the source a hole (reads as mmio_dm: accesses go to
+ *   the ioreq servers, and RAM wins over any server's claim of the range); a destination beyond
+ *   {@link SIM_MAX_GFN} is EINVAL. Overlapping upward moves lose data, as in Xen. Whenever a page
+ *   leaves the p2m, every vCPU sends IOREQ_TYPE_INVALIDATE to every enabled server before its next
+ *   access (Xen's mapcache invalidation);
+ * - pin_memory_cacheattr (hvm_set_mem_pinned_cacheattr): end < start or a gfn with bits at or above
+ *   bit 48 (the simulated host's paddr_bits, compared with the gfns as Xen does) is EINVAL, as is a
+ *   type other than UC, WC, WT, WP, WB, UC-; the same bounds again change the type; a range
+ *   overlapping another is EBUSY; a 65th range ENOSPC; DELETE of bounds not pinned ENOENT;
  * - modified_memory: does nothing unless global log-dirty mode is on (Xen returns 0 without
  *   looking at the extents); otherwise extents are taken last to first, an empty or overflowing
  *   extent or one whose end (exclusive) lies beyond the highest guest frame is EINVAL — the same
@@ -40,10 +66,11 @@
  * Where the simulator stands in for Xen mechanics: event channels are eventfd pairs (one per vCPU
  * and server, plus one for the buffered ring), ports are allocated lowest-free from 1 like Xen's
  * per-domain port table; the ioreq and buffered pages are memfds; there is one emulator domain, so
- * Xen's EPERM for a server created by another domain cannot occur; the p2m has no separate
- * log-dirty type (logging is a bitmap beside it), so a frame inside the VRAM range can still be
- * moved to ioreq_server where Xen would refuse it while the frame is write-protected for logging.
- * After {@link SimHypervisor.close} (the domain is gone) every operation is ESRCH.
+ * Xen's EPERM for a server created by another domain cannot occur; write-protection for
+ * track_dirty_vram is a bit per frame beside the p2m; frames beyond guest RAM hold only ram_rw
+ * pages (set_mem_type on them is EOPNOTSUPP), are not logged for global log-dirty, and pages come
+ * from a fixed extra pool instead of Xen's heap. After {@link SimHypervisor.close} (the domain is
+ * gone) every operation is ESRCH.
  * @module
  */
 import { MdevError, describe } from '../../../src/errors.js';
@@ -60,12 +87,14 @@ import {
   memfdCreate,
 } from '../../../src/native/fd.js';
 import { PAGE_SIZE, mmapFd, munmap } from '../../../src/native/mmap.js';
-import type { BufioreqModeName, IoRangeKind, PfnExtent } from '../host.js';
+import type { BufioreqModeName, DomainPages, IoRangeKind, MemCacheType, PfnExtent } from '../host.js';
 import { BufioreqMode, HvmMemType, IoRangeType, Ioreq, IoreqMemAccess, XEN_PAGE_SIZE } from '../ioreq-abi.js';
 import { SimInterruptCounters, isaIrqGsi, pciIntxGsi } from './interrupts.js';
 import {
   Ctl,
+  EXTENTS_BYTES,
   Irq,
+  MAX_HIGH_EXTENTS,
   MAX_IOREQ_SERVERS,
   MAX_IO_RANGES,
   MAX_SIM_RAM_BYTES,
@@ -73,10 +102,17 @@ import {
   NR_RANGE_TYPES,
   RANGES_BYTES,
   SIM_LAYOUT_VERSION,
+  SIM_MAX_GFN,
   Slot,
   VRAM_MAX_PAGES,
   ctlBytes,
+  extentIndex,
+  invalidateIndex,
   irqBytes,
+  p2mEntry,
+  p2mPage,
+  p2mType,
+  pageLocation,
   rangeIndex,
   slotIndex,
   type SimVcpuDescriptor,
@@ -100,7 +136,51 @@ export interface SimHypervisorOptions {
   ramBytes: number;
   /** How long a vCPU waits for an ioreq response before ETIMEDOUT, in ms. Default 10 000. */
   vcpuTimeoutMs?: number;
+  /**
+   * Bytes of the extra pool, the memory populate_physmap can still hand the domain (Xen's free
+   * heap): a multiple of 4096 up to 4 GiB, sparse like guest RAM. Default 512 MiB.
+   */
+  extraBytes?: number;
+  /**
+   * The domain's initial page limit (`max_pages`). Default the RAM's frames + 256 (xl adds 1 MiB
+   * to `memory`; `maxmem=` does not raise it).
+   */
+  maxPages?: number;
+  /**
+   * Zero pages before populate_physmap hands them out (default true). False fills them with 0xa5,
+   * as pages may come back from a Xen booted with `bootscrub=0`.
+   */
+  scrubPages?: boolean;
 }
+
+/** Pinned cache attributes of a frame range (pin_memory_cacheattr). */
+export interface SimPinnedCacheattr {
+  /** First frame. */
+  readonly start: bigint;
+  /** Last frame (inclusive). */
+  readonly end: bigint;
+  /** Caching type. */
+  readonly type: Exclude<MemCacheType, 'delete'>;
+}
+
+/** Pages beyond guest RAM: `nr` frames from gfn `first` hold pages `page` .. `page + nr - 1`. */
+interface HighExtent {
+  first: number;
+  nr: number;
+  page: number;
+}
+
+/** Default {@link SimHypervisorOptions.extraBytes}. */
+export const SIM_DEFAULT_EXTRA_BYTES = 512 * 2 ** 20;
+
+/** Frames xl adds to a domain's `memory` for its page limit (LIBXL_MAXMEM_CONSTANT, 1 MiB). */
+export const SIM_MAXMEM_SLACK_PAGES = 256;
+
+/** `paddr_bits` of the simulated host (pin_memory_cacheattr refuses gfns with bits at or above it). */
+export const SIM_PADDR_BITS = 48;
+
+/** Pinned cache attribute ranges per domain (Xen's arbitrary limit; ENOSPC beyond). */
+export const MAX_PINNED_CACHEATTRS = 64;
 
 /** The mappable resources of an ioreq server (what XENMEM_acquire_resource hands out). */
 export interface SimIoreqServerResources {
@@ -193,10 +273,21 @@ export class SimHypervisor {
   readonly ramBytes: number;
   /** Guest RAM size in frames. */
   readonly ramPages: number;
-  /** memfd holding guest RAM (offset = guest physical address). */
+  /**
+   * memfd of the RAM pool: guest RAM's pages, page n at offset n · 4096 (so offset = guest physical
+   * address while relocate_memory leaves the RAM's frames alone).
+   */
   readonly ramFd: number;
-  /** Guest RAM as the hypervisor sees it (for toolstack-style inspection in tests and tools). */
+  /**
+   * The RAM pool as the hypervisor sees it (for toolstack-style inspection in tests and tools):
+   * guest RAM at its guest-physical addresses, as long as relocate_memory left it in place. Use
+   * {@link readGuest} to read through the p2m.
+   */
   readonly ram: Uint8Array;
+  /** Bytes of the extra pool (see {@link SimHypervisorOptions.extraBytes}). */
+  readonly extraBytes: number;
+  /** memfd of the extra pool, or -1 without one. */
+  readonly extraFd: number;
   /** What the guest observes of the interrupts raised so far. */
   readonly interrupts: SimInterruptCounters;
   /** The global log-dirty bitmap (one bit per guest frame), the toolstack's migration view. */
@@ -208,11 +299,27 @@ export class SimHypervisor {
   private readonly rangesBuffer: SharedArrayBuffer;
   private readonly rangeWords: BigUint64Array;
   private readonly p2mBuffer: SharedArrayBuffer;
-  private readonly p2m: Uint8Array;
+  private readonly p2m: Int32Array;
+  private readonly extentsBuffer: SharedArrayBuffer;
+  private readonly extentWords: BigUint64Array;
+  /** Pages beyond guest RAM, sorted by gfn, never overlapping; published to {@link extentWords}. */
+  private high: HighExtent[] = [];
+  /** Free pages as sorted `[start, end)` runs, none crossing from the RAM pool to the extra pool. */
+  private freePages: [number, number][] = [];
+  private readonly extraMapping: ArrayBuffer | null;
+  private readonly extra: Uint8Array;
+  private readonly scrubPages: boolean;
+  private totPagesCount: number;
+  private maxPagesCount: number;
+  /** Pages the domain holds that no frame maps (replaced by populate_physmap, as in Xen). */
+  private orphanedPages = 0;
+  private pinned: SimPinnedCacheattr[] = [];
+  private readonly xenLogLines: string[] = [];
+  private readonly vramArmedBuffer: SharedArrayBuffer;
+  private readonly vramArmed: Int32Array;
   private readonly irqBuffer: SharedArrayBuffer;
   private readonly irq: Int32Array;
   private readonly irqEventFds: number[] = [];
-  private readonly vramBitmap: DirtyBitmap;
   private readonly ramMapping: ArrayBuffer;
 
   private readonly servers: (ServerState | undefined)[] = new Array<ServerState | undefined>(MAX_IOREQ_SERVERS).fill(undefined);
@@ -240,7 +347,7 @@ export class SimHypervisor {
     if (PAGE_SIZE !== XEN_PAGE_SIZE) {
       throw new MdevError('EOPNOTSUPP', `the simulator maps guest frames individually and needs 4 KiB host pages, not ${PAGE_SIZE}`);
     }
-    const { domid = 1, nrVcpus = 1, ramBytes, vcpuTimeoutMs = 10_000 } = options;
+    const { domid = 1, nrVcpus = 1, ramBytes, vcpuTimeoutMs = 10_000, extraBytes = SIM_DEFAULT_EXTRA_BYTES, maxPages, scrubPages = true } = options;
     this.domid = intArg('options.domid', domid, 1, 0x7fef);
     this.nrVcpus = intArg('options.nrVcpus', nrVcpus, 1, MAX_SIM_VCPUS);
     // Guest RAM is one mapping, and Node 20 maps at most 4 GiB into one ArrayBuffer.
@@ -248,19 +355,32 @@ export class SimHypervisor {
       throw new MdevError('EINVAL', `must be a positive multiple of ${XEN_PAGE_SIZE} up to 4 GiB, got ${describe(ramBytes)}`, 'options.ramBytes');
     }
     this.vcpuTimeoutMs = intArg('options.vcpuTimeoutMs', vcpuTimeoutMs, 1, 2 ** 31 - 1);
+    if (!Number.isSafeInteger(extraBytes) || extraBytes < 0 || extraBytes % XEN_PAGE_SIZE !== 0 || extraBytes > MAX_SIM_RAM_BYTES) {
+      throw new MdevError('EINVAL', `must be a multiple of ${XEN_PAGE_SIZE} up to 4 GiB, got ${describe(extraBytes)}`, 'options.extraBytes');
+    }
+    if (typeof scrubPages !== 'boolean') throw new MdevError('EINVAL', `must be a boolean, got ${describe(scrubPages)}`, 'options.scrubPages');
     this.ramBytes = ramBytes;
     this.ramPages = ramBytes / XEN_PAGE_SIZE;
+    this.extraBytes = extraBytes;
+    this.scrubPages = scrubPages;
+    this.totPagesCount = this.ramPages;
+    this.maxPagesCount = intArg('options.maxPages', maxPages ?? this.ramPages + SIM_MAXMEM_SLACK_PAGES, 0, 0xffff_ffff);
+    if (extraBytes > 0) this.freePages = [[this.ramPages, this.ramPages + extraBytes / XEN_PAGE_SIZE]];
 
     this.ctlBuffer = new SharedArrayBuffer(ctlBytes(this.nrVcpus));
     this.ctl = new Int32Array(this.ctlBuffer);
     this.rangesBuffer = new SharedArrayBuffer(RANGES_BYTES);
     this.rangeWords = new BigUint64Array(this.rangesBuffer);
-    this.p2mBuffer = new SharedArrayBuffer(this.ramPages); // zero = HVMMEM_ram_rw
-    this.p2m = new Uint8Array(this.p2mBuffer);
+    this.p2mBuffer = new SharedArrayBuffer(this.ramPages * 4);
+    this.p2m = new Int32Array(this.p2mBuffer);
+    for (let pfn = 0; pfn < this.ramPages; pfn++) this.p2m[pfn] = p2mEntry(HvmMemType.RAM_RW, pfn);
+    this.extentsBuffer = new SharedArrayBuffer(EXTENTS_BYTES);
+    this.extentWords = new BigUint64Array(this.extentsBuffer);
     this.irqBuffer = new SharedArrayBuffer(irqBytes(this.nrVcpus));
     this.irq = new Int32Array(this.irqBuffer);
     this.interrupts = new SimInterruptCounters(this.irqBuffer, this.nrVcpus);
-    this.vramBitmap = DirtyBitmap.createShared(VRAM_MAX_PAGES);
+    this.vramArmedBuffer = new SharedArrayBuffer(VRAM_MAX_PAGES / 8);
+    this.vramArmed = new Int32Array(this.vramArmedBuffer);
     this.logDirtyBitmap = DirtyBitmap.createShared(this.ramPages);
 
     Atomics.store(this.ctl, Ctl.magic, SIM_LAYOUT_VERSION);
@@ -270,20 +390,27 @@ export class SimHypervisor {
     for (let id = 0; id < MAX_IOREQ_SERVERS; id++) this.publishServer(id);
 
     const fds: number[] = [];
+    let ramMapping: ArrayBuffer | null = null;
     try {
       this.ramFd = sealedMemfd(`xen-sim-d${this.domid}-ram`, ramBytes);
       fds.push(this.ramFd);
+      this.extraFd = extraBytes > 0 ? sealedMemfd(`xen-sim-d${this.domid}-extra`, extraBytes) : -1;
+      if (this.extraFd >= 0) fds.push(this.extraFd);
       for (let v = 0; v < this.nrVcpus; v++) {
         const fd = eventfdCreate(0, { nonBlocking: true });
         fds.push(fd);
         this.irqEventFds.push(fd);
       }
-      this.ramMapping = mmapFd(this.ramFd, ramBytes, { writable: true, shared: true });
+      ramMapping = mmapFd(this.ramFd, ramBytes, { writable: true, shared: true });
+      this.extraMapping = this.extraFd >= 0 ? mmapFd(this.extraFd, extraBytes, { writable: true, shared: true }) : null;
     } catch (e) {
+      if (ramMapping !== null) munmap(ramMapping);
       for (const fd of fds) closeFd(fd);
       throw e;
     }
+    this.ramMapping = ramMapping;
     this.ram = new Uint8Array(this.ramMapping);
+    this.extra = this.extraMapping === null ? new Uint8Array(0) : new Uint8Array(this.extraMapping);
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -527,8 +654,8 @@ export class SimHypervisor {
       // Xen resets the remaining entries (p2m_finish_type_change, with continuations) before the
       // DMOP returns to the caller.
       for (let pfn = 0; pfn < this.ramPages && this.ioreqEntries > 0; pfn++) {
-        if (Atomics.load(this.p2m, pfn) === HvmMemType.IOREQ_SERVER) {
-          Atomics.store(this.p2m, pfn, HvmMemType.RAM_RW);
+        if (this.lowType(pfn) === HvmMemType.IOREQ_SERVER) {
+          this.setLowType(pfn, HvmMemType.RAM_RW);
           this.ioreqEntries--;
         }
       }
@@ -544,17 +671,21 @@ export class SimHypervisor {
 
   /**
    * DMOP set_mem_type: changes the type of frames `[firstPfn, firstPfn + nr)`, one at a time.
-   * @throws EINVAL for an empty range or one beyond the last guest frame, for HVMMEM_unused or an
-   *   unknown type, for HVMMEM_ioreq_server while no server claims it, and at the first frame whose
-   *   current type may not change to `memType` (earlier frames keep their new type)
+   * @throws EINVAL for an empty range or one beyond the highest frame with a page, for
+   *   HVMMEM_unused or an unknown type, for HVMMEM_ioreq_server while no server claims it, and at
+   *   the first frame whose current type may not change to `memType` (earlier frames keep their new
+   *   type); EOPNOTSUPP for frames beyond guest RAM (the simulator keeps those ram_rw)
    */
   setMemType(memType: number, firstPfn: bigint, nr: number): void {
     this.enter();
     u64Arg('firstPfn', firstPfn);
     const count = u32Arg('nr', nr);
     const last = (firstPfn + BigInt(count) - 1n) & U64_MAX;
-    if (firstPfn > last || last > BigInt(this.ramPages - 1)) {
+    if (firstPfn > last || last > BigInt(this.maxGpfn())) {
       throw new MdevError('EINVAL', `frames [${hex(firstPfn)}, +${count}) are not within guest RAM (${this.ramPages} frames)`, 'firstPfn');
+    }
+    if (last > BigInt(this.ramPages - 1)) {
+      throw new MdevError('EOPNOTSUPP', `frames [${hex(firstPfn)}, +${count}) reach beyond guest RAM, whose pages the simulator keeps ram_rw`, 'firstPfn');
     }
     if (!Number.isInteger(memType) || memType < 0 || memType > HvmMemType.IOREQ_SERVER || memType === HvmMemType.UNUSED) {
       throw new MdevError('EINVAL', `not a settable hvmmem_type_t: ${describe(memType)}`, 'memType');
@@ -564,24 +695,33 @@ export class SimHypervisor {
     }
     const first = Number(firstPfn);
     for (let pfn = first; pfn < first + count; pfn++) {
-      const old = Atomics.load(this.p2m, pfn);
-      if (!typeChangeAllowed(old, memType)) {
-        throw new MdevError('EINVAL', `frame ${hex(BigInt(pfn))} cannot change from type ${old} to ${memType}`, 'memType');
+      const old = this.lowType(pfn);
+      // A frame write-protected for track_dirty_vram is p2m_ram_logdirty in Xen, which may not
+      // become ioreq_server; any other change ends the write-protection.
+      const logdirty = old === HvmMemType.RAM_RW && this.armed(pfn);
+      if (!typeChangeAllowed(old, memType) || (logdirty && memType === HvmMemType.IOREQ_SERVER)) {
+        const what = logdirty ? 'ram_rw write-protected for track_dirty_vram (p2m_ram_logdirty)' : `type ${old}`;
+        throw new MdevError('EINVAL', `frame ${hex(BigInt(pfn))} cannot change from ${what} to ${memType}`, 'memType');
       }
       if (old === HvmMemType.IOREQ_SERVER) this.ioreqEntries--;
       if (memType === HvmMemType.IOREQ_SERVER) this.ioreqEntries++;
-      Atomics.store(this.p2m, pfn, memType);
+      this.disarm(pfn);
+      this.setLowType(pfn, memType);
     }
   }
 
-  /** The type of guest frame `pfn` (HVMOP_get_mem_type), an HvmMemType value. */
+  /**
+   * The type of guest frame `pfn` (HVMOP_get_mem_type), an HvmMemType value: a frame without a
+   * page (never populated beyond guest RAM, or relocated away) reads HVMMEM_mmio_dm, as in Xen.
+   */
   memType(pfn: number | bigint): number {
     this.enter();
     const n = Number(pfn);
-    if (!Number.isInteger(n) || n < 0 || n >= this.ramPages) {
-      throw new MdevError('EINVAL', `must be a guest frame below ${this.ramPages}, got ${describe(pfn)}`, 'pfn');
+    if (!Number.isInteger(n) || n < 0 || n > SIM_MAX_GFN) {
+      throw new MdevError('EINVAL', `must be a guest frame below 2^40, got ${describe(pfn)}`, 'pfn');
     }
-    return Atomics.load(this.p2m, n);
+    if (n < this.ramPages) return this.lowType(n);
+    return this.highPage(n) >= 0 ? HvmMemType.RAM_RW : HvmMemType.MMIO_DM;
   }
 
   /** Frames currently typed HVMMEM_ioreq_server (Xen's p2m ioreq entry count). */
@@ -591,7 +731,9 @@ export class SimHypervisor {
 
   /**
    * DMOP track_dirty_vram. See the module notes for the semantics; `bitmap` receives
-   * ceil(nr / 8) bytes, bit i (LSB first) for frame firstPfn + i.
+   * ceil(nr / 8) bytes, bit i (LSB first) for frame firstPfn + i. The report happens with the
+   * domain paused in Xen; here each frame's write-protection is taken back atomically, so a guest
+   * write that races with the call is reported by this call or by the next one, never lost.
    * @throws EINVAL when nr exceeds 1 GiB of frames or `bitmap` is too short
    */
   trackDirtyVram(firstPfn: bigint, nr: number, bitmap: Uint8Array): void {
@@ -604,23 +746,30 @@ export class SimHypervisor {
     if (bitmap.byteLength < bytes) throw new MdevError('EINVAL', `needs ${bytes} bytes for ${count} frames, got ${bitmap.byteLength}`, 'bitmap');
     if (count === 0) {
       if (this.vram !== null) {
+        // The range goes back to ram_rw.
         this.vram = null;
+        this.vramArmed.fill(0);
         this.publish(() => this.publishGlobals());
       }
       return;
     }
     if (this.vram === null || this.vram.first !== firstPfn || this.vram.nr !== count) {
-      // A new range: everything counts as dirty and logging starts afresh. (A vCPU that marks a
-      // frame of the old range meanwhile leaves a spurious bit: one extra redraw, never a lost one.)
-      this.vramBitmap.clearAll();
+      // A new range: the old one goes back to ram_rw, the new one's ram_rw frames are
+      // write-protected, and every frame counts as dirty.
+      this.vramArmed.fill(0);
       this.vram = { first: firstPfn, nr: count };
       this.publish(() => this.publishGlobals());
+      for (let i = 0; i < count; i++) if (this.isRamRw(firstPfn + BigInt(i))) Atomics.or(this.vramArmed, i >>> 5, 1 << (i & 31));
       bitmap.fill(0xff, 0, bytes);
       return;
     }
-    const report = new Uint8Array(DirtyBitmap.reportByteLength(count * XEN_PAGE_SIZE, XEN_PAGE_SIZE));
-    this.vramBitmap.reportAndClear(0, count * XEN_PAGE_SIZE, XEN_PAGE_SIZE, report);
-    bitmap.set(report.subarray(0, bytes));
+    // p2m_log_dirty_range: a frame is dirty if it is ram_rw now; it is write-protected again.
+    bitmap.fill(0, 0, bytes);
+    for (let i = 0; i < count; i++) {
+      if (!this.isRamRw(firstPfn + BigInt(i))) continue;
+      const bit = 1 << (i & 31);
+      if ((Atomics.or(this.vramArmed, i >>> 5, bit) & bit) === 0) bitmap[i >>> 3]! |= 1 << (i & 7);
+    }
   }
 
   /**
@@ -638,16 +787,17 @@ export class SimHypervisor {
       return { firstPfn: e.firstPfn, nr: u32Arg(`extents[${i}].nr`, e.nr) };
     });
     if (this.logDirtyOn) {
-      const maxGpfn = BigInt(this.ramPages - 1);
+      const maxGpfn = BigInt(this.maxGpfn());
       for (let i = copy.length - 1; i >= 0; i--) {
         const { firstPfn, nr } = copy[i]!;
         const end = (firstPfn + BigInt(nr)) & U64_MAX;
         if (end <= firstPfn || end > maxGpfn) {
           throw new MdevError('EINVAL', `frames [${hex(firstPfn)}, ${hex(end)}) are empty or end beyond frame ${hex(maxGpfn)}`, `extents[${i}]`);
         }
-        for (let pfn = Number(firstPfn); pfn < Number(end); pfn++) {
-          // Xen marks frames that have a page behind them: not emulated MMIO.
-          if (Atomics.load(this.p2m, pfn) !== HvmMemType.MMIO_DM) this.logDirtyBitmap.markPage(pfn);
+        for (let pfn = Number(firstPfn); pfn < Math.min(Number(end), this.ramPages); pfn++) {
+          // Xen marks frames that have a page behind them: not emulated MMIO. (Frames beyond guest
+          // RAM are not logged by the simulator.)
+          if (this.lowType(pfn) !== HvmMemType.MMIO_DM) this.logDirtyBitmap.markPage(pfn);
         }
       }
     }
@@ -699,6 +849,389 @@ export class SimHypervisor {
     this.enter();
     this.logDirtyOn = false;
     this.publish(() => this.publishGlobals());
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // The domain's pages
+
+  /** XENMEM_current_reservation and XENMEM_maximum_reservation: pages held, and the limit. */
+  domainPages(): DomainPages {
+    this.enter();
+    return { totPages: this.totPagesCount, maxPages: this.maxPagesCount };
+  }
+
+  /**
+   * XEN_DOMCTL_max_mem, in pages: the new limit, clipped to 2^32 - 1. A limit below the pages the
+   * domain holds is accepted (Xen lets the domain ratchet down; allocations fail meanwhile).
+   * @throws EINVAL for a negative or non-integer count
+   */
+  setMaxPages(maxPages: number): void {
+    this.enter();
+    if (typeof maxPages !== 'number' || !Number.isSafeInteger(maxPages) || maxPages < 0) {
+      throw new MdevError('EINVAL', `must be a non-negative integer, got ${describe(maxPages)}`, 'maxPages');
+    }
+    this.maxPagesCount = Math.min(maxPages, 0xffff_ffff);
+  }
+
+  /** Pages the domain holds that no frame maps any more (replaced by populate_physmap). */
+  get orphanedPageCount(): number {
+    return this.orphanedPages;
+  }
+
+  /** What the simulated Xen printed (its console, `xl dmesg`), oldest first, at most {@link SIM_LOG_LIMIT} lines. */
+  get xenLog(): readonly string[] {
+    return this.xenLogLines;
+  }
+
+  private xenPrint(line: string): void {
+    this.xenLogLines.push(`(XEN) ${line}`);
+    if (this.xenLogLines.length > SIM_LOG_LIMIT) this.xenLogLines.splice(0, this.xenLogLines.length - SIM_LOG_LIMIT);
+  }
+
+  /**
+   * XENMEM_populate_physmap with order-0 extents: a new page at each of `gfns`, in order. See the
+   * module notes for where it stops.
+   * @returns how many gfns were populated, from the first
+   * @throws EINVAL when `gfns` is not an array of u64 bigints (nothing is populated then)
+   */
+  populatePhysmap(gfns: readonly bigint[]): number {
+    this.enter();
+    if (!Array.isArray(gfns)) throw new MdevError('EINVAL', `must be an array of gfns, got ${describe(gfns)}`, 'gfns');
+    gfns.forEach((gfn, i) => u64Arg(`gfns[${i}]`, gfn));
+    let done = 0;
+    let changed = false;
+    // Consecutive pages for consecutive gfns when the pool allows, so one mapping covers them.
+    const pages = this.takePages(Math.min(gfns.length, Math.max(0, this.maxPagesCount - this.totPagesCount)));
+    try {
+      for (const gfn of gfns) {
+        if (this.totPagesCount + 1 > this.maxPagesCount) {
+          this.xenPrint(`d${this.domid} Over-allocation for d${this.domid}: ${this.totPagesCount + 1} > ${this.maxPagesCount}`);
+          break;
+        }
+        const page = pages[done];
+        if (page === undefined) {
+          this.xenPrint(`d${this.domid} Could not allocate order=0 extent: id=${this.domid} memflags=0 (${done} of ${gfns.length})`);
+          break;
+        }
+        if (gfn > BigInt(SIM_MAX_GFN)) break;
+        if (gfn >= BigInt(this.ramPages) && this.high.length > MAX_HIGH_EXTENTS - 2) break; // the simulator's extent table is full
+        const bytes = this.pageBytes(page);
+        if (this.scrubPages) bytes.fill(0);
+        else bytes.fill(0xa5);
+        const old = this.frameEntry(Number(gfn));
+        if (old.page >= 0) this.orphanedPages++; // the old page stays the domain's, unmapped
+        if (old.type === HvmMemType.IOREQ_SERVER) this.ioreqEntries--;
+        this.setFrame(Number(gfn), page);
+        this.totPagesCount++;
+        changed = true;
+        done++;
+      }
+    } finally {
+      this.releasePages(pages.slice(done));
+      if (changed) this.publish(() => this.publishExtents());
+    }
+    return done;
+  }
+
+  /**
+   * DMOP relocate_memory: moves `size` frames from `srcGfn` to `dstGfn`. See the module notes.
+   * @throws EINVAL at the first source frame without a page or destination beyond {@link SIM_MAX_GFN}
+   *   (earlier frames stay moved); ENOMEM when the simulator's extent table is full
+   */
+  relocateMemory(srcGfn: bigint, dstGfn: bigint, size: number): void {
+    this.enter();
+    u64Arg('srcGfn', srcGfn);
+    u64Arg('dstGfn', dstGfn);
+    const count = u32Arg('size', size);
+    let changed = false;
+    try {
+      for (let i = 0; i < count; i++) {
+        const src = srcGfn + BigInt(i);
+        const dst = dstGfn + BigInt(i);
+        const from = src <= BigInt(SIM_MAX_GFN) ? this.frameEntry(Number(src)) : { type: HvmMemType.MMIO_DM, page: -1 };
+        if (from.page < 0) throw new MdevError('EINVAL', `frame ${hex(src)} has no page to relocate (${i} of ${count} moved)`, 'srcGfn');
+        if (dst > BigInt(SIM_MAX_GFN)) throw new MdevError('EINVAL', `frame ${hex(dst)} is beyond the p2m (${i} of ${count} moved)`, 'dstGfn');
+        if (src === dst) continue;
+        const to = this.frameEntry(Number(dst));
+        // Taking a page out of an extent may split it, putting one in may start another.
+        if (this.high.length > MAX_HIGH_EXTENTS - 2 && (dst >= BigInt(this.ramPages) || src >= BigInt(this.ramPages))) {
+          throw new MdevError('ENOMEM', `the simulator's table of ${MAX_HIGH_EXTENTS} page extents beyond guest RAM is full`, 'dstGfn');
+        }
+        if (to.page >= 0) {
+          // Normal domain memory at the destination is freed.
+          if (to.type === HvmMemType.IOREQ_SERVER) this.ioreqEntries--;
+          this.clearFrame(Number(dst));
+          this.releasePages([to.page]);
+          this.totPagesCount--;
+        } else if (to.type === HvmMemType.IOREQ_SERVER) {
+          this.ioreqEntries--;
+        }
+        if (from.type === HvmMemType.IOREQ_SERVER) this.ioreqEntries--;
+        this.clearFrame(Number(src));
+        this.setFrame(Number(dst), from.page);
+        changed = true;
+      }
+    } finally {
+      if (changed) {
+        this.publish(() => this.publishExtents());
+        this.requestMapcacheInvalidate();
+      }
+    }
+  }
+
+  /**
+   * DMOP pin_memory_cacheattr: pins caching type `type` on frames `[start, end]`. See the module
+   * notes for the errors.
+   */
+  pinMemoryCacheattr(start: bigint, end: bigint, type: MemCacheType): void {
+    this.enter();
+    u64Arg('start', start);
+    u64Arg('end', end);
+    if (end < start || (start | end) >> BigInt(SIM_PADDR_BITS) !== 0n) {
+      throw new MdevError('EINVAL', `[${hex(start)}, ${hex(end)}] is empty or beyond the host's ${SIM_PADDR_BITS} address bits`, 'end');
+    }
+    if (type === 'delete') {
+      const i = this.pinned.findIndex((r) => r.start === start && r.end === end);
+      if (i < 0) throw new MdevError('ENOENT', `no range [${hex(start)}, ${hex(end)}] is pinned`, 'start');
+      this.pinned.splice(i, 1);
+      return;
+    }
+    if (typeof type !== 'string' || !['uc', 'wc', 'wt', 'wp', 'wb', 'ucm'].includes(type)) {
+      throw new MdevError('EINVAL', `must be 'uc', 'wc', 'wt', 'wp', 'wb', 'ucm' or 'delete', got ${describe(type)}`, 'type');
+    }
+    const same = this.pinned.findIndex((r) => r.start === start && r.end === end);
+    if (same >= 0) {
+      this.pinned[same] = { start, end, type };
+      return;
+    }
+    const other = this.pinned.find((r) => r.start <= end && start <= r.end);
+    if (other !== undefined) throw new MdevError('EBUSY', `[${hex(start)}, ${hex(end)}] overlaps the pinned range [${hex(other.start)}, ${hex(other.end)}]`, 'start');
+    if (this.pinned.length >= MAX_PINNED_CACHEATTRS) throw new MdevError('ENOSPC', `${MAX_PINNED_CACHEATTRS} ranges are pinned already`, 'start');
+    this.pinned.push({ start, end, type });
+  }
+
+  /** The pinned cache attribute ranges, in the order they were pinned. */
+  get pinnedCacheattrs(): readonly SimPinnedCacheattr[] {
+    return [...this.pinned];
+  }
+
+  /**
+   * The page behind each frame, for the host's foreign mappings (which map pages, so they stay
+   * valid when relocate_memory moves them): page numbers, -1 for a frame without one.
+   */
+  pagesOf(gfns: readonly bigint[]): number[] {
+    this.enter();
+    return gfns.map((gfn) => (gfn >= 0n && gfn <= BigInt(SIM_MAX_GFN) ? this.frameEntry(Number(gfn)).page : -1));
+  }
+
+  /** The memfd and offset of page `page` (see {@link pagesOf}). */
+  pageFile(page: number): { fd: number; offset: number } {
+    this.enter();
+    const loc = pageLocation(page, this.ramPages);
+    return { fd: loc.pool === 0 ? this.ramFd : this.extraFd, offset: loc.offset };
+  }
+
+  /**
+   * Reads guest memory through the p2m, as the toolstack would (no ioreqs, nothing logged):
+   * frames without a page read as all-ones.
+   */
+  readGuest(gpa: bigint | number, length: number): Uint8Array {
+    this.enter();
+    const out = new Uint8Array(length);
+    this.walkGuest(gpa, length, (bytes, at, n) => (bytes === null ? out.fill(0xff, at, at + n) : out.set(bytes, at)));
+    return out;
+  }
+
+  /** Writes guest memory through the p2m, as the toolstack would; writes to frames without a page vanish. */
+  writeGuest(gpa: bigint | number, data: Uint8Array): void {
+    this.enter();
+    this.walkGuest(gpa, data.length, (bytes, at) => bytes?.set(data.subarray(at, at + bytes.length)));
+  }
+
+  private walkGuest(gpa: bigint | number, length: number, visit: (bytes: Uint8Array | null, at: number, n: number) => void): void {
+    const start = typeof gpa === 'bigint' ? gpa : BigInt(gpa);
+    if (start < 0n || !Number.isSafeInteger(length) || length < 0) throw new MdevError('EINVAL', 'bad range', 'gpa');
+    let done = 0;
+    while (done < length) {
+      const at = start + BigInt(done);
+      const gfn = at / BigInt(XEN_PAGE_SIZE);
+      const off = Number(at % BigInt(XEN_PAGE_SIZE));
+      const n = Math.min(length - done, XEN_PAGE_SIZE - off);
+      const page = gfn <= BigInt(SIM_MAX_GFN) ? this.frameEntry(Number(gfn)).page : -1;
+      visit(page < 0 ? null : this.pageBytes(page).subarray(off, off + n), done, n);
+      done += n;
+    }
+  }
+
+  // ---- the p2m, pages and extents ----------------------------------------------------------------
+
+  private lowType(pfn: number): number {
+    return p2mType(Atomics.load(this.p2m, pfn));
+  }
+
+  private setLowType(pfn: number, type: number): void {
+    Atomics.store(this.p2m, pfn, p2mEntry(type, p2mPage(Atomics.load(this.p2m, pfn))));
+  }
+
+  /** The page of a frame beyond guest RAM, or -1. */
+  private highPage(gfn: number): number {
+    const e = this.findHigh(gfn);
+    return e === null ? -1 : e.page + (gfn - e.first);
+  }
+
+  private findHigh(gfn: number): HighExtent | null {
+    let lo = 0;
+    let hi = this.high.length - 1;
+    while (lo <= hi) {
+      const mid = (lo + hi) >>> 1;
+      const e = this.high[mid]!;
+      if (gfn < e.first) hi = mid - 1;
+      else if (gfn >= e.first + e.nr) lo = mid + 1;
+      else return e;
+    }
+    return null;
+  }
+
+  /** Type and page of any frame below {@link SIM_MAX_GFN}. */
+  private frameEntry(gfn: number): { type: number; page: number } {
+    if (gfn < this.ramPages) {
+      const e = Atomics.load(this.p2m, gfn);
+      return { type: p2mType(e), page: p2mPage(e) };
+    }
+    const page = this.highPage(gfn);
+    return { type: page >= 0 ? HvmMemType.RAM_RW : HvmMemType.MMIO_DM, page };
+  }
+
+  /** True when the frame has a page and is ram_rw (what track_dirty_vram looks at). */
+  private isRamRw(gfn: bigint): boolean {
+    if (gfn > BigInt(SIM_MAX_GFN)) return false;
+    const e = this.frameEntry(Number(gfn));
+    return e.page >= 0 && e.type === HvmMemType.RAM_RW;
+  }
+
+  /** Puts `page` at frame `gfn` as ram_rw (a new p2m entry: not write-protected for logging). */
+  private setFrame(gfn: number, page: number): void {
+    this.disarm(gfn);
+    if (gfn < this.ramPages) {
+      Atomics.store(this.p2m, gfn, p2mEntry(HvmMemType.RAM_RW, page));
+      return;
+    }
+    const existing = this.findHigh(gfn);
+    if (existing !== null) this.removeHigh(gfn);
+    // Join a neighbour when both gfn and page continue it.
+    const i = this.high.findIndex((e) => e.first > gfn);
+    const at = i < 0 ? this.high.length : i;
+    const before = this.high[at - 1];
+    const after = this.high[at];
+    if (before !== undefined && before.first + before.nr === gfn && before.page + before.nr === page) {
+      before.nr++;
+      if (after !== undefined && after.first === gfn + 1 && after.page === page + 1) {
+        before.nr += after.nr;
+        this.high.splice(at, 1);
+      }
+    } else if (after !== undefined && after.first === gfn + 1 && after.page === page + 1) {
+      after.first--;
+      after.page--;
+      after.nr++;
+    } else {
+      if (this.high.length >= MAX_HIGH_EXTENTS) throw new MdevError('ENOMEM', `the simulator's table of ${MAX_HIGH_EXTENTS} page extents beyond guest RAM is full`, 'gfn');
+      this.high.splice(at, 0, { first: gfn, nr: 1, page });
+    }
+  }
+
+  /** Makes frame `gfn` a hole (no page; reads as mmio_dm). */
+  private clearFrame(gfn: number): void {
+    this.disarm(gfn);
+    if (gfn < this.ramPages) Atomics.store(this.p2m, gfn, p2mEntry(HvmMemType.MMIO_DM, -1));
+    else this.removeHigh(gfn);
+  }
+
+  private removeHigh(gfn: number): void {
+    const e = this.findHigh(gfn);
+    if (e === null) return;
+    const i = this.high.indexOf(e);
+    const k = gfn - e.first;
+    const parts: HighExtent[] = [];
+    if (k > 0) parts.push({ first: e.first, nr: k, page: e.page });
+    if (k + 1 < e.nr) parts.push({ first: gfn + 1, nr: e.nr - k - 1, page: e.page + k + 1 });
+    this.high.splice(i, 1, ...parts);
+  }
+
+  /** The bytes of page `page` in the hypervisor's mapping of its pool. */
+  private pageBytes(page: number): Uint8Array {
+    const loc = pageLocation(page, this.ramPages);
+    return (loc.pool === 0 ? this.ram : this.extra).subarray(loc.offset, loc.offset + XEN_PAGE_SIZE);
+  }
+
+  /** Takes up to `n` free pages, as few runs as possible (first fit, then pieces). */
+  private takePages(n: number): number[] {
+    const out: number[] = [];
+    const fit = this.freePages.findIndex(([a, b]) => b - a >= n);
+    const order = fit >= 0 ? [fit] : [...this.freePages.keys()];
+    for (const i of order) {
+      const run = this.freePages[i]!;
+      while (out.length < n && run[0] < run[1]) out.push(run[0]++);
+      if (out.length >= n) break;
+    }
+    this.freePages = this.freePages.filter(([a, b]) => a < b);
+    return out;
+  }
+
+  /** Returns pages to the free runs (merging neighbours in the same pool). */
+  private releasePages(pages: readonly number[]): void {
+    for (const page of pages) {
+      const i = this.freePages.findIndex(([a]) => a > page);
+      const at = i < 0 ? this.freePages.length : i;
+      const before = this.freePages[at - 1];
+      const after = this.freePages[at];
+      const samePool = (x: number, y: number) => (x < this.ramPages) === (y < this.ramPages);
+      if (before !== undefined && before[1] === page && samePool(before[0], page)) {
+        before[1]++;
+        if (after !== undefined && after[0] === page + 1 && samePool(after[0], page)) {
+          before[1] = after[1];
+          this.freePages.splice(at, 1);
+        }
+      } else if (after !== undefined && after[0] === page + 1 && samePool(after[0], page)) {
+        after[0]--;
+      } else {
+        this.freePages.splice(at, 0, [page, page + 1]);
+      }
+    }
+  }
+
+  /** The highest frame with a page (Xen's domain_get_maximum_gpfn). */
+  private maxGpfn(): number {
+    const last = this.high[this.high.length - 1];
+    return last === undefined ? this.ramPages - 1 : Math.max(this.ramPages - 1, last.first + last.nr - 1);
+  }
+
+  /** Whether frame `gfn` is write-protected for track_dirty_vram. */
+  private armed(gfn: number): boolean {
+    const v = this.vram;
+    if (v === null || BigInt(gfn) < v.first || BigInt(gfn) >= v.first + BigInt(v.nr)) return false;
+    const i = gfn - Number(v.first);
+    return (Atomics.load(this.vramArmed, i >>> 5) & (1 << (i & 31))) !== 0;
+  }
+
+  /** Ends track_dirty_vram's write-protection of frame `gfn` (its p2m entry changed). */
+  private disarm(gfn: number): void {
+    const v = this.vram;
+    if (v === null || BigInt(gfn) < v.first || BigInt(gfn) >= v.first + BigInt(v.nr)) return;
+    const i = gfn - Number(v.first);
+    Atomics.and(this.vramArmed, i >>> 5, ~(1 << (i & 31)));
+  }
+
+  /** Every vCPU sends IOREQ_TYPE_INVALIDATE before its next access (pages left the p2m). */
+  private requestMapcacheInvalidate(): void {
+    for (let v = 0; v < this.nrVcpus; v++) Atomics.store(this.ctl, invalidateIndex(this.nrVcpus, v), 1);
+  }
+
+  private publishExtents(): void {
+    this.high.forEach((e, i) => {
+      Atomics.store(this.extentWords, extentIndex(i), BigInt(e.first));
+      Atomics.store(this.extentWords, extentIndex(i) + 1, (BigInt(e.nr) << 32n) | BigInt(e.page));
+    });
+    Atomics.store(this.ctl, Ctl.nrExtents, this.high.length);
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -835,12 +1368,15 @@ export class SimHypervisor {
       nrVcpus: this.nrVcpus,
       ramBytes: this.ramBytes,
       ramFd: this.ramFd,
+      extraBytes: this.extraBytes,
+      extraFd: this.extraFd,
+      extents: this.extentsBuffer,
       ctl: this.ctlBuffer,
       ranges: this.rangesBuffer,
       p2m: this.p2mBuffer,
       irq: this.irqBuffer,
       irqEventFd: this.irqEventFds[index]!,
-      vramDirty: this.vramBitmap.buffer!,
+      vramArmed: this.vramArmedBuffer,
       logDirty: this.logDirtyBitmap.buffer!,
       timeoutMs: this.vcpuTimeoutMs,
     };
@@ -859,6 +1395,8 @@ export class SimHypervisor {
     for (const fd of this.irqEventFds) closeFd(fd);
     munmap(this.ramMapping);
     closeFd(this.ramFd);
+    if (this.extraMapping !== null) munmap(this.extraMapping);
+    if (this.extraFd >= 0) closeFd(this.extraFd);
   }
 
   // ---------------------------------------------------------------------------------------------

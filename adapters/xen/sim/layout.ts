@@ -16,13 +16,20 @@
  *   hypervisor bumps the generation on destroy, then reads the use count, and closes the server's
  *   fds only when no vCPU is inside. This is the simulator's stand-in for Xen's domain_pause()
  *   around destroy: a vCPU never signals or maps an fd number that was closed and reused.
- * - p2m types are one byte per guest frame, read and written atomically per frame, as Xen changes
- *   p2m entries one at a time.
+ * - The p2m of guest RAM's frames is one 32-bit entry per frame ({@link p2mEntry}: type and page),
+ *   read and written atomically per frame, as Xen changes p2m entries one at a time. Frames beyond
+ *   guest RAM that hold pages (populate_physmap, relocate_memory) are listed as extents
+ *   ({@link extentIndex}), published under the sequence lock.
+ * - Pages live in two memfds, the *RAM pool* (guest RAM's own pages, page n at offset n · 4096) and
+ *   the *extra pool* (pages populate_physmap hands out); page numbers run across both
+ *   ({@link pageLocation}). A page stays in its pool wherever the p2m puts it.
+ * - Per vCPU, a flag asks the vCPU to send IOREQ_TYPE_INVALIDATE to every server before its next
+ *   access ({@link invalidateIndex}): Xen's mapcache_invalidate, set when pages leave the p2m.
  * @module
  */
 
 /** Layout version; a vCPU refuses a descriptor made by a different layout (a stale build). */
-export const SIM_LAYOUT_VERSION = 0x58534d01; // "XSM" + 1
+export const SIM_LAYOUT_VERSION = 0x58534d02; // "XSM" + 2
 
 /** Ioreq servers per domain (Xen's MAX_NR_IOREQ_SERVERS). */
 export const MAX_IOREQ_SERVERS = 8;
@@ -44,6 +51,53 @@ export const MAX_SIM_RAM_BYTES = 2 ** 32;
 
 /** track_dirty_vram covers at most 1 GiB of 4 KiB frames (larger `nr` is EINVAL). */
 export const VRAM_MAX_PAGES = (1 << 30) >>> 12;
+
+/**
+ * Frames the simulated p2m can hold a page at: gfns below 2^40 (guest-physical addresses below
+ * 2^52). populate_physmap stops and relocate_memory fails (EINVAL) at a gfn beyond.
+ */
+export const SIM_MAX_GFN = 2 ** 40 - 1;
+
+/** Extents of pages beyond guest RAM the simulator can list (a relocation that needs more is ENOMEM). */
+export const MAX_HIGH_EXTENTS = 1024;
+
+/** Bits of a p2m entry holding the HvmMemType; the page number + 1 is above them (0: no page). */
+export const P2M_TYPE_BITS = 4;
+
+/**
+ * A p2m entry of a guest-RAM frame: its HvmMemType and its page (-1: none, a hole, which reads as
+ * HVMMEM_mmio_dm: accesses are emulated).
+ */
+export function p2mEntry(type: number, page: number): number {
+  return (((page + 1) << P2M_TYPE_BITS) | type) | 0;
+}
+
+/** The HvmMemType of a p2m entry. */
+export function p2mType(entry: number): number {
+  return entry & ((1 << P2M_TYPE_BITS) - 1);
+}
+
+/** The page of a p2m entry, or -1. */
+export function p2mPage(entry: number): number {
+  return (entry >>> P2M_TYPE_BITS) - 1;
+}
+
+/** Where page `page` lives: in the RAM pool (pool 0) or the extra pool (pool 1), at `offset` bytes. */
+export function pageLocation(page: number, ramPages: number): { pool: 0 | 1; offset: number } {
+  return page < ramPages ? { pool: 0, offset: page * 4096 } : { pool: 1, offset: (page - ramPages) * 4096 };
+}
+
+/**
+ * Index in the extent table (a `BigUint64Array`) of extent `i`: word 0 its first gfn, word 1 its
+ * frame count (high 32 bits) and first page (low 32 bits); the pages are consecutive. Sorted by
+ * gfn, {@link Ctl.nrExtents} of them, under {@link Ctl.seq}.
+ */
+export function extentIndex(i: number): number {
+  return i * 2;
+}
+
+/** Bytes of the extent table. */
+export const EXTENTS_BYTES = MAX_HIGH_EXTENTS * 2 * 8;
 
 /** Indices into the domain control block (an `Int32Array` over a `SharedArrayBuffer`). */
 export const Ctl = {
@@ -68,6 +122,8 @@ export const Ctl = {
   nrVcpus: 9,
   /** Guest RAM size in frames. */
   ramPages: 10,
+  /** Extents of pages beyond guest RAM in the extent table. Under {@link Ctl.seq}. */
+  nrExtents: 11,
   /** First server slot. */
   slots: 16,
 } as const;
@@ -111,9 +167,17 @@ export function slotIndex(nrVcpus: number, id: number, word: number): number {
   return Ctl.slots + id * slotStride(nrVcpus) + word;
 }
 
+/**
+ * Index of vCPU `vcpu`'s mapcache-invalidate flag (after the server slots): 1 asks the vCPU to send
+ * IOREQ_TYPE_INVALIDATE to every enabled server before its next access; the vCPU exchanges it for 0.
+ */
+export function invalidateIndex(nrVcpus: number, vcpu: number): number {
+  return Ctl.slots + MAX_IOREQ_SERVERS * slotStride(nrVcpus) + vcpu;
+}
+
 /** Bytes of the control block for `nrVcpus` vCPUs. */
 export function ctlBytes(nrVcpus: number): number {
-  return (Ctl.slots + MAX_IOREQ_SERVERS * slotStride(nrVcpus)) * 4;
+  return (Ctl.slots + MAX_IOREQ_SERVERS * slotStride(nrVcpus) + nrVcpus) * 4;
 }
 
 /**
@@ -170,20 +234,30 @@ export interface SimVcpuDescriptor {
   readonly nrVcpus: number;
   /** Guest RAM size in bytes (frames 0 .. ramBytes/4096 - 1). */
   readonly ramBytes: number;
-  /** memfd holding guest RAM (gpa = offset). */
+  /** memfd of the RAM pool: guest RAM's pages (gpa = offset while the p2m leaves them in place). */
   readonly ramFd: number;
+  /** Bytes of the extra pool (pages populate_physmap hands out), 0 without one. */
+  readonly extraBytes: number;
+  /** memfd of the extra pool, or -1. */
+  readonly extraFd: number;
+  /** The extent table of pages beyond guest RAM ({@link extentIndex}). */
+  readonly extents: SharedArrayBuffer;
   /** The control block ({@link Ctl}, {@link Slot}). */
   readonly ctl: SharedArrayBuffer;
   /** The published range sets ({@link rangeIndex}). */
   readonly ranges: SharedArrayBuffer;
-  /** One byte per guest frame: its HvmMemType. */
+  /** One 32-bit {@link p2mEntry} per guest-RAM frame. */
   readonly p2m: SharedArrayBuffer;
   /** The interrupt block ({@link Irq}). */
   readonly irq: SharedArrayBuffer;
   /** eventfd signalled whenever an interrupt is delivered to this vCPU. */
   readonly irqEventFd: number;
-  /** Bits of the track_dirty_vram log ({@link VRAM_MAX_PAGES} pages, bit 0 = first tracked frame). */
-  readonly vramDirty: SharedArrayBuffer;
+  /**
+   * track_dirty_vram's log, one bit per frame of the tracked range ({@link VRAM_MAX_PAGES} bits in
+   * 32-bit words, bit 0 = first tracked frame): set while the frame is write-protected for logging
+   * (Xen's p2m_ram_logdirty); the vCPU that writes the frame clears it (the frame is dirty).
+   */
+  readonly vramArmed: SharedArrayBuffer;
   /** Bits of the global log-dirty bitmap, one per guest frame. */
   readonly logDirty: SharedArrayBuffer;
   /** How long a synchronous ioreq may wait for its response before ETIMEDOUT, in ms. */

@@ -20,11 +20,17 @@
  *   guest address `data`, downwards when `df` is set); the server copies to or from guest memory;
  * - port 0xcf8 is latched by Xen (and still passed on as a normal port write); 0xcfc-0xcff with the
  *   latch enabled are PCI configuration cycles routed by SBDF;
- * - guest RAM honours the p2m: ram_rw is plain memory (writes are logged for track_dirty_vram and
- *   global log-dirty), ram_ro drops writes, mmio_dm is emulated MMIO, and a write to an
- *   ioreq_server frame becomes IOREQ_TYPE_COPY ioreqs (at most 8 bytes each, one per naturally
- *   aligned chunk) to the server holding the claim, which performs the write itself — the
- *   write-protection XenGT's GTT shadowing relies on. Without a claim such frames are writable RAM.
+ * - guest memory honours the p2m: a frame with a ram_rw page is plain memory (a write to a frame
+ *   write-protected for track_dirty_vram makes it dirty; writes are logged for global log-dirty),
+ *   ram_ro drops writes, mmio_dm and frames without a page (holes, never an ioreq server's range
+ *   once a page is there: RAM wins) are emulated MMIO, and a write to an ioreq_server frame becomes
+ *   IOREQ_TYPE_COPY ioreqs (at most 8 bytes each, one per naturally aligned chunk) to the server
+ *   holding the claim, which performs the write itself — the write-protection XenGT's GTT
+ *   shadowing relies on. Without a claim such frames are writable RAM. Pages beyond guest RAM
+ *   (populate_physmap, relocate_memory: e.g. VRAM at a BAR's address) are RAM like any other;
+ * - when pages left the p2m (relocate_memory), the vCPU first sends IOREQ_TYPE_INVALIDATE (size 4,
+ *   data all-ones, a write) to every enabled server and waits for each, as Xen's vCPUs do before
+ *   they next run guest code, then performs the access.
  * - buffered writes go to the ring of the server that claims the address when it has one, the
  *   address fits the ring's 20 bits and there is room (an 8-byte write takes two slots); otherwise
  *   they are sent synchronously, as Xen falls back to the synchronous path.
@@ -37,7 +43,22 @@ import { mmapFd, munmap } from '../../../src/native/mmap.js';
 import { waitReadable } from '../../../src/native/poll.js';
 import { BufIoreq, BufferedPage, BufioreqMode, HvmMemType, Ioreq, IoreqBits, IoreqMemAccess, IoreqState, IoreqType, XEN_PAGE_SIZE } from '../ioreq-abi.js';
 import { SimInterruptCounters } from './interrupts.js';
-import { Ctl, MAX_IOREQ_SERVERS, NR_RANGE_TYPES, SIM_LAYOUT_VERSION, Slot, VRAM_MAX_PAGES, rangeIndex, slotIndex, type SimVcpuDescriptor } from './layout.js';
+import {
+  Ctl,
+  MAX_IOREQ_SERVERS,
+  NR_RANGE_TYPES,
+  SIM_LAYOUT_VERSION,
+  SIM_MAX_GFN,
+  Slot,
+  extentIndex,
+  invalidateIndex,
+  p2mPage,
+  p2mType,
+  pageLocation,
+  rangeIndex,
+  slotIndex,
+  type SimVcpuDescriptor,
+} from './layout.js';
 import { RangeList } from './rangeset.js';
 import { memoryAccessBounds, selectServer, type RoutableServer, type SimSpace } from './routing.js';
 
@@ -99,6 +120,8 @@ interface Snapshot {
   readonly vramFirst: number;
   readonly vramNr: number;
   readonly logDirty: boolean;
+  /** Pages beyond guest RAM, sorted by gfn. */
+  readonly extents: readonly { readonly first: number; readonly nr: number; readonly page: number }[];
 }
 
 interface ServerPages {
@@ -125,13 +148,17 @@ export class SimVcpu {
 
   private readonly nrVcpus: number;
   private readonly ramBytes: number;
+  private readonly ramPages: number;
   private readonly ramAb: ArrayBuffer;
   private readonly ram: Uint8Array;
+  private readonly extraAb: ArrayBuffer | null;
+  private readonly extra: Uint8Array;
   private readonly ctl: Int32Array;
   private readonly rangeWords: BigUint64Array;
-  private readonly p2m: Uint8Array;
+  private readonly extentWords: BigUint64Array;
+  private readonly p2m: Int32Array;
   private readonly irqEventFd: number;
-  private readonly vramDirty: DirtyBitmap;
+  private readonly vramArmed: Int32Array;
   private readonly logDirty: DirtyBitmap;
   private readonly timeoutMs: number;
   private readonly busyPoll: boolean;
@@ -157,11 +184,13 @@ export class SimVcpu {
     this.domid = d.domid;
     this.nrVcpus = d.nrVcpus;
     this.ramBytes = d.ramBytes;
+    this.ramPages = d.ramBytes / XEN_PAGE_SIZE;
     this.rangeWords = new BigUint64Array(d.ranges);
-    this.p2m = new Uint8Array(d.p2m);
+    this.extentWords = new BigUint64Array(d.extents);
+    this.p2m = new Int32Array(d.p2m);
     this.irqEventFd = d.irqEventFd;
     this.interrupts = new SimInterruptCounters(d.irq, d.nrVcpus);
-    this.vramDirty = new DirtyBitmap(VRAM_MAX_PAGES, XEN_PAGE_SIZE, d.vramDirty);
+    this.vramArmed = new Int32Array(d.vramArmed);
     this.logDirty = new DirtyBitmap(d.ramBytes / XEN_PAGE_SIZE, XEN_PAGE_SIZE, d.logDirty);
     const timeout = options.timeoutMs ?? d.timeoutMs;
     if (!Number.isInteger(timeout) || timeout < 0 || timeout > 2 ** 31 - 1) {
@@ -171,6 +200,13 @@ export class SimVcpu {
     this.busyPoll = options.busyPoll ?? false;
     this.ramAb = mmapFd(d.ramFd, d.ramBytes, { writable: true, shared: true });
     this.ram = new Uint8Array(this.ramAb);
+    try {
+      this.extraAb = d.extraBytes > 0 ? mmapFd(d.extraFd, d.extraBytes, { writable: true, shared: true }) : null;
+    } catch (e) {
+      munmap(this.ramAb);
+      throw e;
+    }
+    this.extra = this.extraAb === null ? new Uint8Array(0) : new Uint8Array(this.extraAb);
   }
 
   /**
@@ -184,6 +220,7 @@ export class SimVcpu {
   access(access: SimAccess): bigint {
     this.open();
     const a = checkAccess(access);
+    this.serviceInvalidate();
     const count = a.count ?? 1;
     const dataIsPtr = a.dataIsPtr ?? false;
     const df = a.df ?? false;
@@ -193,7 +230,7 @@ export class SimVcpu {
     if (dataIsPtr) {
       if (a.data === undefined) throw new MdevError('EINVAL', 'a string instruction through memory needs the buffer address in data', 'data');
       const [lo, hi] = memoryAccessBounds(data, a.size, count, df);
-      if (hi < lo || hi >= BigInt(this.ramBytes)) {
+      if (hi < lo || !this.isRam(lo, hi - lo + 1n)) {
         throw new MdevError('EFAULT', `buffer [0x${lo.toString(16)}, 0x${hi.toString(16)}] is not in guest RAM`, 'data');
       }
     } else if (read) {
@@ -205,16 +242,16 @@ export class SimVcpu {
 
     if (a.space === 'pio' && !read && a.addr === 0xcf8n && a.size === 4) {
       // Xen latches the configuration address, then passes the write on like any other.
-      const value = dataIsPtr ? this.readLe(Number(df ? data - BigInt((count - 1) * 4) : data + BigInt((count - 1) * 4)), 4) : data;
+      const value = dataIsPtr ? readLe(this.rawRead(df ? data - BigInt((count - 1) * 4) : data + BigInt((count - 1) * 4), 4), 0, 4) : data;
       Atomics.store(this.ctl, Ctl.cf8, Number(value) | 0);
     }
 
-    if (a.space === 'mmio' && a.addr < BigInt(this.ramBytes)) {
-      const type = Atomics.load(this.p2m, frameOf(Number(a.addr)));
-      if (type !== HvmMemType.MMIO_DM) {
+    if (a.space === 'mmio' && a.addr <= BigInt(SIM_MAX_GFN) * BigInt(XEN_PAGE_SIZE)) {
+      const { type, page } = this.resolve(this.snapshot(), Number(a.addr / BigInt(XEN_PAGE_SIZE)));
+      if (page >= 0 && type !== HvmMemType.MMIO_DM) {
         // Guest RAM: an instruction touching it does not trap, whatever this says it is.
         if (count !== 1 || dataIsPtr) throw new MdevError('EINVAL', 'string instructions on guest RAM do not trap; use ramRead/ramWrite', 'addr');
-        if (read) return this.readLe(Number(a.addr), a.size, true);
+        if (read) return readLe(this.ramRead(a.addr, a.size), 0, a.size);
         this.ramWrite(a.addr, leBytes(data, a.size));
         return 0n;
       }
@@ -255,6 +292,7 @@ export class SimVcpu {
   bufferedWrite(addr: bigint, size: 1 | 2 | 4 | 8, data: bigint, space: 'mmio' | 'pio' = 'mmio'): BufferedWriteOutcome {
     this.open();
     checkAccess({ space, addr, size, dir: 'write', data });
+    this.serviceInvalidate();
     if (data >> BigInt(8 * size) !== 0n) throw new MdevError('EINVAL', `0x${data.toString(16)} does not fit in ${size} bytes`, 'data');
     for (;;) {
       const snap = this.snapshot();
@@ -274,17 +312,18 @@ export class SimVcpu {
   }
 
   /**
-   * Reads guest memory as the guest would: RAM frames directly, mmio_dm frames through MMIO read
-   * ioreqs (naturally aligned chunks of up to 8 bytes).
-   * @throws EFAULT when the range is not within guest RAM
+   * Reads guest memory as the guest would: frames with pages directly, mmio_dm frames and holes
+   * through MMIO read ioreqs (naturally aligned chunks of up to 8 bytes).
+   * @throws EFAULT when the range is neither within guest RAM nor within pages beyond it
    */
   ramRead(gpa: number | bigint, length: number): Uint8Array {
     this.open();
     const start = this.ramRange(gpa, length);
+    this.serviceInvalidate();
     const out = new Uint8Array(length);
-    this.walkFrames(start, length, (at, n, type) => {
-      if (type !== HvmMemType.MMIO_DM) {
-        out.set(this.ram.subarray(at, at + n), at - start);
+    this.walkFrames(start, length, (at, n, type, bytes) => {
+      if (bytes !== null && type !== HvmMemType.MMIO_DM) {
+        out.set(bytes, at - start);
         return;
       }
       for (const [chunk, size] of alignedChunks(at, n)) {
@@ -297,26 +336,27 @@ export class SimVcpu {
 
   /**
    * Writes guest memory as the guest would: ram_rw frames directly (logged for dirty tracking),
-   * ram_ro frames not at all, mmio_dm frames through MMIO write ioreqs, and ioreq_server frames
-   * through IOREQ_TYPE_COPY ioreqs to the claiming server (each naturally aligned chunk of up to
-   * 8 bytes one ioreq), or directly when no server claims the type.
-   * @throws EFAULT when the range is not within guest RAM
+   * ram_ro frames not at all, mmio_dm frames and holes through MMIO write ioreqs, and ioreq_server
+   * frames through IOREQ_TYPE_COPY ioreqs to the claiming server (each naturally aligned chunk of
+   * up to 8 bytes one ioreq), or directly when no server claims the type.
+   * @throws EFAULT when the range is neither within guest RAM nor within pages beyond it
    */
   ramWrite(gpa: number | bigint, bytes: Uint8Array): void {
     this.open();
     if (!(bytes instanceof Uint8Array)) throw new MdevError('EINVAL', `must be a Uint8Array, got ${describe(bytes)}`, 'bytes');
     const start = this.ramRange(gpa, bytes.length);
-    this.walkFrames(start, bytes.length, (at, n, type) => {
+    this.serviceInvalidate();
+    this.walkFrames(start, bytes.length, (at, n, type, page) => {
       const src = bytes.subarray(at - start, at - start + n);
-      if (type === HvmMemType.RAM_RW) {
-        this.ram.set(src, at);
-        this.markWritten(frameOf(at), true);
-      } else if (type === HvmMemType.MMIO_DM) {
+      if (page === null || type === HvmMemType.MMIO_DM) {
         for (const [chunk, size] of alignedChunks(at, n)) {
           this.access({ space: 'mmio', addr: BigInt(chunk), size, dir: 'write', data: readLe(src, chunk - at, size) });
         }
+      } else if (type === HvmMemType.RAM_RW) {
+        page.set(src);
+        this.markWritten(frameOf(at), true);
       } else if (type === HvmMemType.IOREQ_SERVER) {
-        this.writeProtected(at, src);
+        this.writeProtected(at, src, page);
       }
       // HVMMEM_ram_ro: Xen discards the write.
     });
@@ -342,6 +382,7 @@ export class SimVcpu {
     for (const p of this.pages.values()) unmapPages(p);
     this.pages.clear();
     munmap(this.ramAb);
+    if (this.extraAb !== null) munmap(this.extraAb);
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -364,6 +405,12 @@ export class SimVcpu {
       for (let id = 0; id < MAX_IOREQ_SERVERS; id++) servers.push(this.readServer(id));
       const lo = Atomics.load(this.ctl, Ctl.vramFirstLo) >>> 0;
       const hi = Atomics.load(this.ctl, Ctl.vramFirstHi) >>> 0;
+      const extents: { first: number; nr: number; page: number }[] = [];
+      const nrExtents = Atomics.load(this.ctl, Ctl.nrExtents);
+      for (let i = 0; i < nrExtents; i++) {
+        const w1 = Atomics.load(this.extentWords, extentIndex(i) + 1);
+        extents.push({ first: Number(Atomics.load(this.extentWords, extentIndex(i))), nr: Number(w1 >> 32n), page: Number(w1 & 0xffffffffn) });
+      }
       const snap: Snapshot = {
         seq,
         servers,
@@ -372,6 +419,7 @@ export class SimVcpu {
         vramFirst: hi * 2 ** 32 + lo,
         vramNr: Atomics.load(this.ctl, Ctl.vramNr),
         logDirty: Atomics.load(this.ctl, Ctl.logDirty) === 1,
+        extents,
       };
       if (Atomics.load(this.ctl, Ctl.seq) !== seq) continue;
       this.snap = snap;
@@ -544,14 +592,14 @@ export class SimVcpu {
   }
 
   /** Writes to ioreq_server frames: COPY ioreqs to the claiming server, or RAM when unclaimed. */
-  private writeProtected(at: number, src: Uint8Array): void {
+  private writeProtected(at: number, src: Uint8Array, page: Uint8Array): void {
     for (const [chunk, size] of alignedChunks(at, src.length)) {
       for (;;) {
         const snap = this.snapshot();
         const claim = snap.claimId >= 0 && (snap.claimFlags & IoreqMemAccess.WRITE) !== 0 ? snap.servers[snap.claimId] : undefined;
         if (claim === undefined) {
-          // Nobody claims the type: Xen's p2m entries for it are writable.
-          this.ram.set(src.subarray(chunk - at, chunk - at + size), chunk);
+          // Nobody claims the type: Xen's p2m entries for it are writable. (`page` starts at `at`.)
+          page.set(src.subarray(chunk - at, chunk - at + size), chunk - at);
           this.markWritten(frameOf(chunk), false);
           break;
         }
@@ -570,38 +618,120 @@ export class SimVcpu {
     }
   }
 
-  /** Logs a write to frame `pfn` (after the write): the VRAM log for ram_rw frames, and log-dirty. */
+  /**
+   * Logs a write to frame `pfn` (after the write): a frame write-protected for track_dirty_vram
+   * becomes dirty (its protection is lifted, as Xen's write fault makes the entry ram_rw), and
+   * global log-dirty marks guest-RAM frames.
+   */
   private markWritten(pfn: number, ramRw: boolean): void {
     const snap = this.snapshot();
-    if (ramRw && snap.vramNr > 0 && pfn >= snap.vramFirst && pfn < snap.vramFirst + snap.vramNr) this.vramDirty.markPage(pfn - snap.vramFirst);
-    if (snap.logDirty) this.logDirty.markPage(pfn);
+    if (ramRw && snap.vramNr > 0 && pfn >= snap.vramFirst && pfn < snap.vramFirst + snap.vramNr) {
+      const i = pfn - snap.vramFirst;
+      const bit = 1 << (i & 31);
+      if ((Atomics.load(this.vramArmed, i >>> 5) & bit) !== 0) Atomics.and(this.vramArmed, i >>> 5, ~bit);
+    }
+    if (snap.logDirty && pfn < this.ramPages) this.logDirty.markPage(pfn);
   }
 
-  /** Calls `visit(address, length, type)` for the part of `[start, start + length)` in each frame. */
-  private walkFrames(start: number, length: number, visit: (at: number, n: number, type: number) => void): void {
+  /** The type and page of frame `gfn` (holes: mmio_dm, page -1). */
+  private resolve(snap: Snapshot, gfn: number): { type: number; page: number } {
+    if (gfn < this.ramPages) {
+      const e = Atomics.load(this.p2m, gfn);
+      return { type: p2mType(e), page: p2mPage(e) };
+    }
+    const ex = snap.extents;
+    let lo = 0;
+    let hi = ex.length - 1;
+    while (lo <= hi) {
+      const mid = (lo + hi) >>> 1;
+      const e = ex[mid]!;
+      if (gfn < e.first) hi = mid - 1;
+      else if (gfn >= e.first + e.nr) lo = mid + 1;
+      else return { type: HvmMemType.RAM_RW, page: e.page + (gfn - e.first) };
+    }
+    return { type: HvmMemType.MMIO_DM, page: -1 };
+  }
+
+  /** The bytes of page `page` in this vCPU's mapping of its pool. */
+  private pageBytes(page: number): Uint8Array {
+    const loc = pageLocation(page, this.ramPages);
+    return (loc.pool === 0 ? this.ram : this.extra).subarray(loc.offset, loc.offset + XEN_PAGE_SIZE);
+  }
+
+  /**
+   * Calls `visit(address, length, type, bytes)` for the part of `[start, start + length)` in each
+   * frame; `bytes` are that part of the frame's page, or null for a hole.
+   */
+  private walkFrames(start: number, length: number, visit: (at: number, n: number, type: number, bytes: Uint8Array | null) => void): void {
+    const snap = this.snapshot();
     let at = start;
     const end = start + length;
     while (at < end) {
-      const n = Math.min(end, (frameOf(at) + 1) * XEN_PAGE_SIZE) - at;
-      visit(at, n, Atomics.load(this.p2m, frameOf(at)));
+      const frame = frameOf(at);
+      const n = Math.min(end, (frame + 1) * XEN_PAGE_SIZE) - at;
+      const { type, page } = this.resolve(snap, frame);
+      const off = at - frame * XEN_PAGE_SIZE;
+      visit(at, n, type, page < 0 ? null : this.pageBytes(page).subarray(off, off + n));
       at += n;
     }
   }
 
+  /** True when every frame of `[start, start + length)` is guest RAM (has a page that is not mmio_dm). */
+  private isRam(start: bigint, length: bigint): boolean {
+    if (start + length - 1n > BigInt(SIM_MAX_GFN) * BigInt(XEN_PAGE_SIZE)) return false;
+    const snap = this.snapshot();
+    for (let f = Number(start / BigInt(XEN_PAGE_SIZE)); f <= Number((start + length - 1n) / BigInt(XEN_PAGE_SIZE)); f++) {
+      const { type, page } = this.resolve(snap, f);
+      if (page < 0 || type === HvmMemType.MMIO_DM) return false;
+    }
+    return true;
+  }
+
+  /** Guest memory as a device model's copy would see it: through the p2m, without any semantics. */
+  private rawRead(gpa: bigint, length: number): Uint8Array {
+    const out = new Uint8Array(length);
+    this.walkFrames(Number(gpa), length, (at, _n, _type, bytes) => {
+      if (bytes !== null) out.set(bytes, at - Number(gpa));
+    });
+    return out;
+  }
+
+  /**
+   * Checks a range the guest addresses as memory: guest RAM's frames (whatever their type), or
+   * frames beyond guest RAM that hold pages.
+   */
   private ramRange(gpa: number | bigint, length: number): number {
     if (!Number.isInteger(length) || length < 0) throw new MdevError('EINVAL', `must be a non-negative integer, got ${describe(length)}`, 'length');
     const start = typeof gpa === 'bigint' ? gpa : Number.isInteger(gpa) ? BigInt(gpa) : -1n;
     if (start < 0n) throw new MdevError('EINVAL', `must be a non-negative integer address, got ${describe(gpa)}`, 'gpa');
-    if (start + BigInt(length) > BigInt(this.ramBytes)) {
-      throw new MdevError('EFAULT', `[0x${start.toString(16)}, +${length}) is not within guest RAM (${this.ramBytes} bytes)`, 'gpa');
+    const end = start + BigInt(length);
+    if (end > BigInt(this.ramBytes)) {
+      const snap = this.snapshot();
+      const page = BigInt(XEN_PAGE_SIZE);
+      const first = start > BigInt(this.ramBytes) ? start / page : BigInt(this.ramPages);
+      for (let f = first; f * page < end; f++) {
+        if (f > BigInt(SIM_MAX_GFN) || this.resolve(snap, Number(f)).page < 0) {
+          throw new MdevError('EFAULT', `[0x${start.toString(16)}, +${length}) is not within guest RAM (${this.ramBytes} bytes) nor within pages beyond it`, 'gpa');
+        }
+      }
     }
     return Number(start);
   }
 
-  /** Little-endian value of `size` bytes of guest RAM at `at` (honouring the p2m when `viaP2m`). */
-  private readLe(at: number, size: number, viaP2m = false): bigint {
-    const bytes = viaP2m ? this.ramRead(at, size) : this.ram.subarray(at, at + size);
-    return readLe(bytes, 0, size);
+  /**
+   * Xen's mapcache invalidation: when pages left the p2m since this vCPU last ran, it sends
+   * IOREQ_TYPE_INVALIDATE to every enabled server (highest id first, as Xen walks them) and waits
+   * for each before going on.
+   */
+  private serviceInvalidate(): void {
+    if (Atomics.load(this.ctl, invalidateIndex(this.nrVcpus, this.index)) === 0) return;
+    if (Atomics.exchange(this.ctl, invalidateIndex(this.nrVcpus, this.index), 0) === 0) return;
+    const snap = this.snapshot();
+    for (let id = MAX_IOREQ_SERVERS - 1; id >= 0; id--) {
+      const server = snap.servers[id];
+      if (server === undefined || !server.enabled) continue;
+      this.sendSync(server, { type: IoreqType.INVALIDATE, addr: 0n, size: 4, count: 1, dataIsPtr: false, read: false, df: false, data: ALL_ONES });
+    }
   }
 }
 
