@@ -52,6 +52,20 @@
           "ldflags": ["-fsanitize=address,undefined"]
         }]
       ]
+    },
+    # The C floor of `npm run bench`: a two-syscall echo server and a C client that also drives
+    # `mdevkit serve` (so its figures are the server's cost alone).
+    {
+      "target_name": "mdevkit-echo-floor",
+      "type": "executable",
+      "sources": ["native/bench/echo-floor.c"],
+      "cflags": ["-O2", "-Wall", "-Wextra", "-Werror"]
+    },
+    {
+      "target_name": "mdevkit-rtt-client",
+      "type": "executable",
+      "sources": ["native/bench/rtt-client.c"],
+      "cflags": ["-O2", "-Wall", "-Wextra", "-Werror"]
     }
   ]
 }

@@ -84,6 +84,16 @@ export function spawnNode(cpu: number | null, args: readonly string[], stdio: St
   return p;
 }
 
+/** Spawns a native program pinned to `cpu` (taskset execs it, so the pid is the program's), tracked. */
+export function spawnPinned(cpu: number | null, file: string, args: readonly string[], stdio: StdioOptions = ['ignore', 'pipe', 'pipe']): ChildProcess {
+  const [cmd, argv] = cpu === null ? [file, [...args]] : ['taskset', ['-c', String(cpu), file, ...args]];
+  const p = spawn(cmd, argv, { stdio });
+  live.add(p);
+  p.once('exit', () => live.delete(p));
+  p.once('error', () => live.delete(p));
+  return p;
+}
+
 /** Everything a finished child wrote. */
 export interface ChildOutput {
   stdout: string;
@@ -122,9 +132,9 @@ export interface Server {
 }
 
 /** Starts `mdevkit serve edu --vfio-user <path>…` pinned to `cpu` and waits until every socket is served. */
-export async function startServe(cpu: number | null, paths: readonly string[], timeoutMs = 20_000): Promise<Server> {
+export async function startServe(cpu: number | null, paths: readonly string[], timeoutMs = 20_000, extraArgs: readonly string[] = []): Promise<Server> {
   const cli = join(packageRoot(), 'dist', 'src', 'cli', 'main.js');
-  const proc = spawnNode(cpu, [cli, 'serve', 'edu', ...paths.flatMap((p) => ['--vfio-user', p])]);
+  const proc = spawnNode(cpu, [cli, 'serve', 'edu', ...paths.flatMap((p) => ['--vfio-user', p]), ...extraArgs]);
   let out = '';
   let err = '';
   proc.stderr!.on('data', (d: Buffer) => (err += d.toString()));
@@ -158,6 +168,14 @@ export async function startServe(cpu: number | null, paths: readonly string[], t
     throw e;
   }
   return { proc, paths: [...paths], stop };
+}
+
+/** CPU time (user + system) a process has used, in ns, from /proc/<pid>/stat. */
+export function cpuTimeNs(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  // utime and stime are fields 14 and 15 of stat(5), in clock ticks (100 per second on Linux).
+  return (Number(fields[11]) + Number(fields[12])) * 1e7;
 }
 
 /** VmRSS of a process in KiB, from /proc/<pid>/status. */

@@ -24,10 +24,13 @@ import { join } from 'node:path';
 import { closeFd } from '../../src/native/fd.js';
 import { socketPair } from '../../src/native/socket.js';
 import { parseArgs } from './common.js';
-import { benchScript, canPin, cleanupAll, finished, installCleanup, releaseDir, spawnNode, startServe, trackDir, vmRssKiB, type Pin } from './procs.js';
+import { benchScript, canPin, cleanupAll, cpuTimeNs, finished, installCleanup, releaseDir, spawnNode, spawnPinned, startServe, trackDir, vmRssKiB, type Pin } from './procs.js';
+import { spawn, spawnSync } from 'node:child_process';
+import { packageRoot } from '../../src/native/binding.js';
+import { EDU } from '../../examples/edu/index.js';
 import { histogramSvg, jsonFigures, markdownTable, summarize, type Figure } from './stats.js';
 
-const USAGE = 'usage: npm run bench -- [--quick] [--placement same|split|both] [--json <file>] [--out <dir>] [--only vfio,xen,dirty,dma,scale]';
+const USAGE = 'usage: npm run bench -- [--quick] [--placement same|split|both] [--json <file>] [--out <dir>] [--only cfloor,vfio,xen,dirty,dma,scale,many]';
 function usage(problem: string): never {
   process.stderr.write(`bench: ${problem}\n${USAGE}\n`);
   process.exit(2);
@@ -45,16 +48,16 @@ if (args.has('help')) {
 }
 for (const k of args.keys()) if (!['quick', 'placement', 'json', 'out', 'only'].includes(k)) usage(`unknown option --${k}`);
 const quick = args.get('quick') === 'true';
-const only = new Set((args.get('only') ?? 'vfio,xen,dirty,dma,scale').split(','));
-for (const o of only) if (!['vfio', 'xen', 'dirty', 'dma', 'scale'].includes(o)) usage(`--only: unknown benchmark ${o}`);
+const only = new Set((args.get('only') ?? 'cfloor,vfio,xen,dirty,dma,scale,many').split(','));
+for (const o of only) if (!['cfloor', 'vfio', 'xen', 'dirty', 'dma', 'scale', 'many'].includes(o)) usage(`--only: unknown benchmark ${o}`);
 const placementArg = args.get('placement') ?? 'both';
 if (!['same', 'split', 'both'].includes(placementArg)) usage('--placement must be same, split or both');
 for (const k of ['json', 'out']) if (args.get(k) === 'true') usage(`--${k} needs a path`);
 
 /** Sizes of the runs: latency phases are `rounds` × (`warmup` + `iters`) per path. */
 const cfg = quick
-  ? { iters: 2000, warmup: 500, rounds: 1, scaleIters: 3000, scaleWarmup: 640, dirtySmall: 40, dirtyLarge: 6, dirtyRounds: 1, dmaReps: 20 }
-  : { iters: 10_000, warmup: 2000, rounds: 3, scaleIters: 30_000, scaleWarmup: 2000, dirtySmall: 300, dirtyLarge: 40, dirtyRounds: 2, dmaReps: 200 };
+  ? { iters: 2000, warmup: 500, rounds: 1, scaleIters: 3000, scaleWarmup: 640, dirtySmall: 40, dirtyLarge: 6, dirtyRounds: 1, dmaReps: 20, cIters: 10_000, cRounds: 1, manyDevices: 8 }
+  : { iters: 10_000, warmup: 2000, rounds: 3, scaleIters: 30_000, scaleWarmup: 2000, dirtySmall: 300, dirtyLarge: 40, dirtyRounds: 2, dmaReps: 200, cIters: 100_000, cRounds: 7, manyDevices: 64 };
 const CHILD_TIMEOUT_MS = 120_000;
 const SCALE_DEVICES = [1, 8, 64];
 
@@ -118,6 +121,139 @@ async function addSocketFloor(placement: string, pin: Pin): Promise<void> {
 }
 
 const SOCKET_FLOOR = 'UNIX socket ping-pong 32 B/36 B';
+const C_FLOOR = 'C floor: C client ↔ C recvmsg/sendmsg echo server';
+
+/** The C programs of the floor (built by npm install from native/bench/). */
+const cProgram = (name: string): string => join(packageRoot(), 'build', 'Release', name);
+const haveStrace = spawnSync('strace', ['-V'], { stdio: 'ignore' }).status === 0;
+
+interface CRun {
+  samples: number[];
+  /** Server CPU per request, µs. */
+  cpuUs: number;
+}
+
+/** One request-at-a-time run of the C client against a socket. */
+async function cClient(pin: Pin, socket: string, args: string[], iters: number): Promise<{ samples: number[] }> {
+  const out = resultFile();
+  const c = spawnPinned(pin.client, cProgram('mdevkit-rtt-client'), ['--socket', socket, '--iters', String(iters), '--warmup', String(Math.min(2000, iters / 5)), '--out', out, ...args]);
+  await finished(c, 'C client', CHILD_TIMEOUT_MS);
+  return { samples: readResult<{ samples_ns: number[] }>(out).samples_ns.map((ns) => ns / 1000) };
+}
+
+/** The C floor: the echo server (two syscalls per request) and the C client, fresh each run. */
+async function cFloorRun(pin: Pin, iters: number, strace = false): Promise<CRun & { syscalls?: number }> {
+  const dir = trackDir(mkdtempSync(join(work, 'cfloor-')));
+  const sock = join(dir, 'floor.sock');
+  const server = spawnPinned(pin.server, cProgram('mdevkit-echo-floor'), [sock]);
+  const served = finished(server, 'C echo floor', CHILD_TIMEOUT_MS);
+  await new Promise<void>((resolve, reject) => {
+    server.stdout!.once('data', () => resolve());
+    served.catch(reject);
+  });
+  const tracer = strace ? await startStrace(server.pid!) : null;
+  const r = await cClient(pin, sock, [], iters);
+  const syscalls = tracer ? await tracer.stop() : undefined;
+  const stats = JSON.parse((await served).stdout.trim().split('\n').at(-1)!) as { served: number; server_cpu_ns: number };
+  releaseDir(dir);
+  return { samples: r.samples, cpuUs: stats.server_cpu_ns / stats.served / 1000, ...(syscalls ? { syscalls: syscalls.total / stats.served } : {}) };
+}
+
+/** Counts a running process's system calls (all threads) with strace until stop(). */
+async function startStrace(pid: number): Promise<{ stop(): Promise<{ total: number; bySyscall: Record<string, number> }> }> {
+  const out = resultFile();
+  const p = spawn('strace', ['-c', '-f', '-q', '-p', String(pid), '-o', out], { stdio: ['ignore', 'ignore', 'pipe'] });
+  // strace reports "attached" once it traces the process; without -q it would say so on stderr.
+  await new Promise((r) => setTimeout(r, 300));
+  return {
+    async stop() {
+      // strace ends by itself when the traced process does.
+      if (p.exitCode === null && p.signalCode === null) {
+        const done = new Promise((r) => p.once('exit', r));
+        p.kill('SIGINT');
+        await done;
+      }
+      const bySyscall: Record<string, number> = {};
+      for (const line of readFileSync(out, 'utf8').split('\n')) {
+        const m = /^\s*[\d.]+\s+[\d.]+\s+\d+\s+(\d+)\s+(?:\d+\s+)?(\w+)\s*$/.exec(line);
+        if (m && m[2] !== 'total') bySyscall[m[2]!] = Number(m[1]);
+      }
+      // futex: Node's worker threads waiting for work, and the I/O thread's rare hand-overs.
+      const total = Object.entries(bySyscall).filter(([k]) => k !== 'futex').reduce((a, [, v]) => a + v, 0);
+      return { total, bySyscall };
+    },
+  };
+}
+
+/**
+ * mdevkit serve against the C floor: the same C client drives `mdevkit serve edu` (native register:
+ * edu's ID; JS handler: a config-space dword), interleaved with floor runs, round by round.
+ */
+async function benchCFloor(placement: string, pin: Pin): Promise<void> {
+  const dir = trackDir(mkdtempSync(join(work, 'cserve-')));
+  const server = await startServe(pin.server, [join(dir, 'edu.sock')]);
+  const sock = server.paths[0]!;
+  const floor: number[] = [];
+  const native: number[] = [];
+  const js: number[] = [];
+  const cpu = { floor: [] as number[], native: [] as number[], js: [] as number[] };
+  const serveRun = async (args: string[]): Promise<CRun> => {
+    const before = cpuTimeNs(server.proc.pid!);
+    const r = await cClient(pin, sock, ['--vfio-user', ...args], cfg.cIters);
+    const after = cpuTimeNs(server.proc.pid!);
+    const requests = cfg.cIters + Math.min(2000, cfg.cIters / 5) + 1;
+    return { samples: r.samples, cpuUs: (after - before) / requests / 1000 };
+  };
+  try {
+    for (let r = 0; r < cfg.cRounds; r++) {
+      log(`C floor [${placement}] round ${r + 1}/${cfg.cRounds}`);
+      const f = await cFloorRun(pin, cfg.cIters);
+      floor.push(...f.samples);
+      cpu.floor.push(f.cpuUs);
+      const n = await serveRun(['--offset', String(EDU.ID), '--region', '0', '--expect', String(EDU.ID_VALUE)]);
+      native.push(...n.samples);
+      cpu.native.push(n.cpuUs);
+      const j = await serveRun(['--offset', '0', '--region', '7', '--expect', '0x11e81234']);
+      js.push(...j.samples);
+      cpu.js.push(j.cpuUs);
+    }
+    latencyFigure('vfio-user 4 B read, native register, C client', placement, native, C_FLOOR, floor, 'c-native');
+    latencyFigure('vfio-user 4 B read, JS handler (config dword), C client', placement, js, C_FLOOR, floor, 'c-js');
+    const med = (x: number[]): number => summarize(x).p50;
+    for (const [what, v] of [['native register', cpu.native], ['JS handler', cpu.js]] as const) {
+      figures.push({ name: `server CPU per request, ${what}, C client`, placement, unit: 'µs', value: med([...v]), p99: null, floorName: 'C echo server CPU per request', floor: med(cpu.floor), floorP99: null, samples: v.length });
+    }
+    // Pipelined: 16 requests in flight, against the floor's request-at-a-time rate.
+    const out = resultFile();
+    const pipe = spawnPinned(pin.client, cProgram('mdevkit-rtt-client'), ['--socket', sock, '--vfio-user', '--offset', String(EDU.ID), '--iters', String(cfg.cIters * 2), '--warmup', '2000', '--pipeline', '16', '--out', out]);
+    await finished(pipe, 'C client (pipelined)', CHILD_TIMEOUT_MS);
+    const pr = readResult<{ requests: number; elapsed_ns: number }>(out);
+    const pipelined = pr.requests / (pr.elapsed_ns / 1e9);
+    const floorRate = 1e6 / (floor.reduce((a, b) => a + b, 0) / floor.length);
+    notes.push(`C floor [${placement}] pipelined: mdevkit serve does ${(pipelined / 1000).toFixed(0)} k 4-byte reads/s with 16 in flight, ${(pipelined / floorRate).toFixed(1)}× the C floor's request-at-a-time ${(floorRate / 1000).toFixed(0)} k/s`);
+    figures.push({ name: 'pipelined 4 B reads/s, 16 in flight (higher is better), C client', placement, unit: 'k/s', value: pipelined / 1000, p99: null, floorName: 'C floor, one request at a time', floor: floorRate / 1000, floorP99: null, samples: pr.requests });
+    if (haveStrace) {
+      const sc: Record<string, number> = {};
+      const fl = await cFloorRun(pin, 20_000, true);
+      sc['floor'] = fl.syscalls!;
+      for (const [what, args] of [['native', ['--offset', String(EDU.ID), '--region', '0']], ['js', ['--offset', '0', '--region', '7']]] as const) {
+        const t = await startStrace(server.proc.pid!);
+        await cClient(pin, sock, ['--vfio-user', ...args], 20_000);
+        const r = await t.stop();
+        sc[what] = r.total / (20_000 + 2000 + 1);
+        notes.push(`syscalls [${placement}] ${what}: ${Object.entries(r.bySyscall).sort((a, b) => b[1] - a[1]).slice(0, 5).map(([k, v]) => `${k} ${v}`).join(', ')} for 22 001 requests`);
+      }
+      for (const what of ['native', 'js'] as const) {
+        figures.push({ name: `syscalls per request, ${what === 'native' ? 'native register' : 'JS handler'} (strace, futex excluded)`, placement, unit: 'calls', value: sc[what]!, p99: null, floorName: 'C echo server', floor: sc['floor']!, floorP99: null, samples: 20_000 });
+      }
+    } else {
+      notes.push(`syscalls [${placement}]: not counted (no strace here)`);
+    }
+  } finally {
+    await server.stop();
+    releaseDir(dir);
+  }
+}
 
 async function benchVfio(placement: string, pin: Pin): Promise<void> {
   const dir = trackDir(mkdtempSync(join(work, 'vfio-')));
@@ -272,15 +408,49 @@ async function benchScale(placement: string, pin: Pin): Promise<void> {
   notes.push(`scale [${placement}]: server VmRSS ${SCALE_DEVICES.map((n) => `${n} dev ${rss[n]!.toFixed(1)} MiB`).join(', ')}; marginal ${(((rss[last]! - rss[1]!) / (last - 1)) * 1024).toFixed(0)} KiB per extra device; bare Node + native core ${floorRss.toFixed(1)} MiB`);
 }
 
+/**
+ * Many devices on a host with both cores: N devices served by one `mdevkit serve` process (each
+ * connection's native accesses on its own I/O thread) or by N processes (one each), N C clients
+ * reading concurrently, unpinned. Total accesses per second, and RSS.
+ */
+async function benchMany(): Promise<void> {
+  const n = cfg.manyDevices;
+  const per = quick ? 2000 : 20_000;
+  const results: Record<string, { rate: number; rssMiB: number }> = {};
+  for (const layout of ['one process', 'process per device'] as const) {
+    log(`many devices: ${n}, ${layout}`);
+    const dir = trackDir(mkdtempSync(join(work, 'many-')));
+    const paths = [...Array(n).keys()].map((i) => join(dir, `edu${i}.sock`));
+    const servers = layout === 'one process' ? [await startServe(null, paths, 60_000)] : await Promise.all(paths.map((p) => startServe(null, [p], 60_000)));
+    try {
+      const t0 = performance.now();
+      await Promise.all(paths.map((p) => cClient({ server: null, client: null }, p, ['--vfio-user', '--offset', String(EDU.ID), '--region', '0', '--expect', String(EDU.ID_VALUE)], per)));
+      const seconds = (performance.now() - t0) / 1000;
+      const rss = servers.reduce((a, sv) => a + vmRssKiB(sv.proc.pid!), 0) / 1024;
+      results[layout] = { rate: (n * (per + Math.min(2000, per / 5))) / seconds, rssMiB: rss };
+    } finally {
+      await Promise.all(servers.map((sv) => sv.stop()));
+      releaseDir(dir);
+    }
+  }
+  const one = results['one process']!;
+  const each = results['process per device']!;
+  figures.push({ name: `${n} devices, concurrent 4 B reads/s (higher is better), one process with I/O threads`, placement: 'both CPUs', unit: 'k/s', value: one.rate / 1000, p99: null, floorName: 'a process per device', floor: each.rate / 1000, floorP99: null, samples: n * per });
+  figures.push({ name: `${n} devices, server RSS in all, one process`, placement: 'both CPUs', unit: 'MiB', value: one.rssMiB, p99: null, floorName: 'a process per device', floor: each.rssMiB, floorP99: null, samples: 0 });
+  notes.push(`many devices: ${n} devices, ${n} concurrent C clients, unpinned on both CPUs: one process ${(one.rate / 1000).toFixed(0)} k reads/s in ${one.rssMiB.toFixed(0)} MiB, a process per device ${(each.rate / 1000).toFixed(0)} k reads/s in ${each.rssMiB.toFixed(0)} MiB`);
+}
+
 const started = performance.now();
 try {
   for (const { name, pin } of placements) {
+    if (only.has('cfloor')) await benchCFloor(name, pin);
     if (only.has('vfio')) await benchVfio(name, pin);
     if (only.has('xen')) await benchXen(name, pin);
     if (only.has('scale')) await benchScale(name, pin);
   }
   if (only.has('dirty')) await benchDirty();
   if (only.has('dma')) await benchDma();
+  if (only.has('many')) await benchMany();
 } catch (e) {
   cleanupAll();
   process.stderr.write(`bench: ${(e as Error).stack ?? String(e)}\n`);
