@@ -3,10 +3,18 @@
  * port I/O, and each byte of it is either *trapped* (every access reaches the device model through
  * a {@link RegionAccessor}) or *mappable* (backed by shared memory the hypervisor may map straight
  * into the guest, so accesses never trap). A sparse region lists the mappable areas; the rest traps.
+ *
+ * The memory behind the mappable areas can move: an adapter that gives the guest this memory in
+ * another way (the Xen adapter makes VRAM guest RAM and reaches it through a foreign mapping)
+ * swaps it with {@link Region.replaceBacking}, which copies the contents over. A device reaches
+ * these bytes through `backing.bytes` each time it uses them — the region's, or the memfd backing
+ * it made and handed to the region, which follows the move — never through a `Uint8Array` kept
+ * from before.
  * @module
  */
 import { MdevError, describe } from './errors.js';
 import { PAGE_SIZE } from './native/mmap.js';
+import { redirectRamBacking } from './ram.js';
 
 /** Byte-oriented access to a trapped range; offsets are relative to the range. */
 export interface RegionAccessor {
@@ -36,7 +44,10 @@ export interface MmapArea {
 export interface RamBacking {
   /** The bytes, as the device sees them (a mapping of `fd` when there is one). */
   readonly bytes: Uint8Array;
-  /** A file descriptor the hypervisor side can mmap (memfd), or null for private memory. */
+  /**
+   * A file descriptor the hypervisor side can mmap (memfd), or null for memory that cannot be
+   * handed over by fd (private memory, or a mapping of guest RAM made by an adapter).
+   */
   readonly fd: number | null;
   /** Offset of `bytes[0]` within `fd`. */
   readonly fdOffset: number;
@@ -170,10 +181,9 @@ export class Region {
   readonly space: RegionSpace;
   /** Serves trapped bytes not claimed by an overlay. */
   readonly accessor: RegionAccessor;
-  /** Shared memory behind the mappable areas, if any. */
-  readonly backing: RamBacking | null;
   /** Mappable areas, sorted by offset. */
   readonly mmapAreas: readonly MmapArea[];
+  #backing: RamBacking | null;
   private readonly overlayList: Overlay[] = [];
   private cachedLayout: RegionPiece[] | null = null;
 
@@ -192,7 +202,7 @@ export class Region {
     this.space = options.space ?? 'mmio';
     if (this.space !== 'mmio' && this.space !== 'pio') throw new MdevError('EINVAL', `must be "mmio" or "pio"`, 'space');
     this.accessor = options.accessor ?? EMPTY_ACCESSOR;
-    this.backing = options.backing ?? null;
+    this.#backing = options.backing ?? null;
     const areas = [...(options.mmapAreas ?? [])].sort((a, b) => a.offset - b.offset);
     let end = 0;
     areas.forEach((a, i) => {
@@ -212,6 +222,47 @@ export class Region {
       throw new MdevError('ERANGE', `has ${this.backing.bytes.length} bytes, region needs ${size}`, 'backing');
     }
     this.mmapAreas = areas;
+  }
+
+  /**
+   * Shared memory behind the mappable areas, if any: the current one ({@link replaceBacking} may
+   * swap it while the device runs).
+   */
+  get backing(): RamBacking | null {
+    return this.#backing;
+  }
+
+  /**
+   * Moves the memory behind the mappable areas to `next` (for adapters: the Xen adapter moves
+   * VRAM into guest RAM it maps from the hypervisor). The region's bytes (`size` of them) are
+   * copied from the current backing into `next.bytes`, `next` becomes the backing, and the
+   * previous backing, when it is a memfd backing ({@link createMemfdBacking}), follows: its `bytes`
+   * view `next.bytes` from now on, so a device that kept its backing object reaches the moved
+   * memory too. Returns the previous backing, still owned by whoever made it (a device's memfd
+   * stays the device's). `replaceBacking(previous)` moves the memory home again: `previous` gets
+   * its own bytes back and the contents are copied into them.
+   *
+   * A native dispatch table built from this region's layout keeps the old bytes until it is
+   * rebuilt (`regionSegments`); an adapter that moves memory rebuilds the entries it uses.
+   * @throws EINVAL when the region has no backing or `next` is not a RamBacking; ERANGE when
+   *   `next.bytes` is shorter than the region
+   */
+  replaceBacking(next: RamBacking): RamBacking {
+    const previous = this.#backing;
+    if (previous === null) throw new MdevError('EINVAL', `region ${this.name} has no memory behind it to replace`, 'next');
+    if (typeof next !== 'object' || next === null || !(next.bytes instanceof Uint8Array)) {
+      throw new MdevError('EINVAL', `must be a RamBacking {bytes, fd, fdOffset}, got ${describe(next)}`, 'next');
+    }
+    const from = previous.bytes;
+    redirectRamBacking(next, null); // a backing coming home views its own memory again
+    if (next.bytes.length < this.size) {
+      if (from !== next.bytes) redirectRamBacking(next, from);
+      throw new MdevError('ERANGE', `has ${next.bytes.length} bytes, region ${this.name} needs ${this.size}`, 'next.bytes');
+    }
+    if (next.bytes !== from) next.bytes.set(from.subarray(0, this.size));
+    redirectRamBacking(previous, next.bytes);
+    this.#backing = next;
+    return previous;
   }
 
   /** True when every byte is mappable. */
@@ -308,7 +359,7 @@ export class Region {
     }
     this.pieces(offset, out.length, (pos, len, target) => {
       const dst = out.subarray(pos - offset, pos - offset + len);
-      if (target === 'ram') dst.set(this.backing!.bytes.subarray(pos, pos + len));
+      if (target === 'ram') dst.set(this.#backing!.bytes.subarray(pos, pos + len));
       else if (target === 'empty') dst.fill(0);
       else if (target === null) this.accessor.read(pos, dst);
       else target.accessor.read(pos - target.offset, dst);
@@ -324,7 +375,7 @@ export class Region {
     }
     this.pieces(offset, data.length, (pos, len, target) => {
       const src = data.subarray(pos - offset, pos - offset + len);
-      if (target === 'ram') this.backing!.bytes.set(src, pos);
+      if (target === 'ram') this.#backing!.bytes.set(src, pos);
       else if (target === 'empty') return;
       else if (target === null) this.accessor.write(pos, src);
       else target.accessor.write(pos - target.offset, src);

@@ -3,18 +3,29 @@
  * hypervisor through privcmd/evtchn, or the simulator. The hot path (taking ioreqs off the shared
  * page and dispatching them through the region table) is the native IoreqEngine; this file is the
  * lifecycle, BAR placement, interrupts, guest memory, write-watch and the slow path.
+ *
+ * BARs whose region is all mappable RAM (a display's VRAM) are not trapped: they are guest RAM.
+ * At start, while the host's handles are still privileged, the server raises the domain's page
+ * limit and populates the pages at a parking range; it restricts the handles, maps the pages for
+ * itself and moves the region's bytes there ({@link Region.replaceBacking}), so the device reads
+ * and writes the guest's pages. When the guest places the BAR (memory decoding on), the pages
+ * move to its address (relocate_memory, write-combining pinned); when it moves it or turns
+ * decoding off, they move again or back to parking. track_dirty_vram follows the lowest such BAR,
+ * so a display learns which pages the guest drew into ({@link IoreqServer.collectVramDirty}).
  * @module
  */
 import { MdevError, isErrno } from '../../src/errors.js';
 import type { IrqSink, MsiMessage } from '../../src/irq.js';
 import { binding } from '../../src/native/binding.js';
-import type { DirtyBitmap } from '../../src/native/dirty-bitmap.js';
+import { DirtyBitmap } from '../../src/native/dirty-bitmap.js';
 import { PCI_COMMAND, PCI } from '../../src/pci/constants.js';
 import type { BarRemapEvent, PciDevice } from '../../src/pci/device.js';
-import { createRegionTable, errnoFromError, type NativeRegionTable } from '../../src/region-table.js';
+import { createRegionTable, errnoFromError, regionSegments, type NativeRegionTable } from '../../src/region-table.js';
+import type { RamBacking } from '../../src/regions.js';
 import type { WatchHandle, WriteWatch, WriteWatchHandler, WriteWatchMode } from '../../src/write-watch.js';
+import { MAX_DOMAIN_PAGES } from './abi.js';
 import { XenGuestMemory } from './guest-memory.js';
-import type { BufioreqModeName, EventBinding, IoreqPages, XenHost } from './host.js';
+import type { BufioreqModeName, EventBinding, ForeignMapping, IoreqPages, XenHost } from './host.js';
 import { HvmMemType, IoreqMemAccess, IoreqType, XEN_PAGE_SIZE, pciSbdf } from './ioreq-abi.js';
 
 /** A PCI address. */
@@ -39,8 +50,67 @@ export interface IoreqServerOptions {
   fixedBars?: Readonly<Record<number, bigint>>;
   /** Claim ports 0xCF8-0xCFB and answer reads of the 0xCF8 latch (PVH guests using conf1). */
   claimConfigLatch?: boolean;
+  /**
+   * How BARs whose region is all mappable RAM (VRAM) are served. `'ram'` (default): as guest RAM
+   * at the BAR's address, never trapped (see the module notes; the host's handles must still be
+   * privileged at start). `'trap'`: through ioreqs like any other BAR, every guest access a round
+   * trip.
+   */
+  ramBars?: 'ram' | 'trap';
+  /**
+   * Guest-physical address (page aligned) of the parking range: where the RAM BARs' pages are
+   * populated and live while their BAR does not decode. It must lie outside guest RAM and every
+   * BAR window. Default {@link DEFAULT_RAM_BAR_PARKING} plus 1 GiB for each devfn (device · 8 +
+   * function of `pci`), so servers of different devices in one domain never share one. The RAM
+   * BARs follow each other from there, each aligned to its size.
+   */
+  ramBarParking?: bigint;
+  /**
+   * Restrict the host's handles to the domain once the privileged steps are done (default true):
+   * privcmd then refuses raw hypercalls and other domains, as a deprivileged device model should.
+   */
+  restrict?: boolean;
   /** Log lines (default: none). */
   log?: (line: string) => void;
+}
+
+/**
+ * The default parking range of RAM BARs: 64 GiB, far above the RAM of the guests this serves and
+ * below the 40-bit physical address width of QEMU's emulated CPUs. Each devfn gets the 1 GiB above
+ * `DEFAULT_RAM_BAR_PARKING + devfn GiB`.
+ */
+export const DEFAULT_RAM_BAR_PARKING = 0x10_0000_0000n;
+
+/** Bytes of parking space each devfn gets by default (its RAM BARs together must fit). */
+export const RAM_BAR_PARKING_STRIDE = 0x4000_0000n;
+
+/** Where a RAM BAR's pages are. */
+export interface RamBarPlacement {
+  /** The BAR index. */
+  readonly index: number;
+  /** Pages (4 KiB) of the BAR. */
+  readonly pages: number;
+  /** First gfn of its parking range. */
+  readonly parkingGfn: bigint;
+  /** First gfn of its pages now: the parking range, or the BAR's address >> 12 while it decodes. */
+  readonly gfn: bigint;
+  /** True while the pages are at the BAR's address. */
+  readonly placed: boolean;
+}
+
+/** A RAM BAR the server serves as guest RAM. */
+interface RamBar {
+  readonly index: number;
+  readonly pages: number;
+  readonly parking: bigint;
+  gfn: bigint;
+  placed: boolean;
+  /** The foreign mapping of its pages (valid wherever they move). */
+  mapping: ForeignMapping | null;
+  /** The device's own backing, put back at stop. */
+  previous: RamBacking | null;
+  /** The range pinned write-combining, or null. */
+  pinned: { start: bigint; end: bigint } | null;
 }
 
 /** One ioreq as the native engine hands it to the slow path. */
@@ -176,8 +246,19 @@ export class IoreqServer implements IrqSink {
   /** The device's dispatch table. */
   readonly regionTable: NativeRegionTable;
   /** Counters beyond the engine's. */
-  readonly stats = { timeOffsets: 0, invalidates: 0, repOps: 0, watchedWrites: 0, latchReads: 0, intxChanges: 0, msis: 0 };
-  private readonly options: Required<Omit<IoreqServerOptions, 'pci' | 'log'>> & { pci: PciAddress | null; log: (line: string) => void };
+  readonly stats = { timeOffsets: 0, invalidates: 0, repOps: 0, watchedWrites: 0, latchReads: 0, intxChanges: 0, msis: 0, relocations: 0 };
+  private readonly options: Required<Omit<IoreqServerOptions, 'pci' | 'log' | 'ramBarParking'>> & {
+    pci: PciAddress | null;
+    log: (line: string) => void;
+    ramBarParking: bigint | null;
+  };
+  private readonly ramBarMap = new Map<number, RamBar>();
+  /** The RAM BAR track_dirty_vram follows (the lowest), or null. */
+  private trackedBar: RamBar | null = null;
+  /** Whether track_dirty_vram is armed on the tracked BAR's current placement. */
+  private tracking = false;
+  /** Pages of the tracked BAR to report as dirty at the next collection (re-arming reports all). */
+  private vramPending: DirtyBitmap | null = null;
   private pages: IoreqPages | null = null;
   private events: EventBinding | null = null;
   private engine: NativeEngine | null = null;
@@ -206,7 +287,22 @@ export class IoreqServer implements IrqSink {
       const field = bad('pci.segment', pci.segment, 0xffff) ?? bad('pci.bus', pci.bus, 0xff) ?? bad('pci.device', pci.device, 31) ?? bad('pci.fn', pci.fn, 7);
       if (field) throw new MdevError('EINVAL', 'out of range', field);
     }
-    this.options = { bufioreq: options.bufioreq ?? 'atomic', pci, fixedBars: options.fixedBars ?? {}, claimConfigLatch: options.claimConfigLatch ?? false, log: options.log ?? (() => {}) };
+    const ramBars = options.ramBars ?? 'ram';
+    if (ramBars !== 'ram' && ramBars !== 'trap') throw new MdevError('EINVAL', `must be 'ram' or 'trap', got ${String(ramBars)}`, 'ramBars');
+    const parking = options.ramBarParking ?? null;
+    if (parking !== null && (typeof parking !== 'bigint' || parking < 0n || parking % BigInt(XEN_PAGE_SIZE) !== 0n || parking >= 1n << 64n)) {
+      throw new MdevError('EINVAL', 'must be a page-aligned guest-physical address (bigint)', 'ramBarParking');
+    }
+    this.options = {
+      bufioreq: options.bufioreq ?? 'atomic',
+      pci,
+      fixedBars: options.fixedBars ?? {},
+      claimConfigLatch: options.claimConfigLatch ?? false,
+      ramBars,
+      ramBarParking: parking,
+      restrict: options.restrict ?? true,
+      log: options.log ?? (() => {}),
+    };
     device.realize();
     this.regionTable = createRegionTable(device, { maxAccess: 4096, onError: (e) => this.log(`device error: ${(e as Error).stack ?? String(e)}`) });
     this.memory = new XenGuestMemory(host);
@@ -227,6 +323,8 @@ export class IoreqServer implements IrqSink {
     const host = this.host;
     try {
       const nrVcpus = host.nrVcpus();
+      this.populateRamBars();
+      if (this.options.restrict) host.restrict();
       this.id = host.createIoreqServer(this.options.bufioreq);
       const info = host.getIoreqServerInfo(this.id);
       this.pages = host.mapIoreqPages(this.id, nrVcpus);
@@ -240,6 +338,7 @@ export class IoreqServer implements IrqSink {
         host.mapIoRange(this.id, 'port', CONFIG_LATCH_PORT, CONFIG_LATCH_PORT + 3n);
         this.latchMapped = true;
       }
+      this.mapRamBars();
       this.device.on('barRemap', this.onRemap);
       this.device.attachGuestMemory(this.memory);
       this.device.attachWriteWatch(this.writeWatch);
@@ -286,16 +385,55 @@ export class IoreqServer implements IrqSink {
    * Collects guest writes to `[firstPfn, firstPfn + nr)` since the last call (Xen's
    * track_dirty_vram: one range per domain, cleared on read) and ORs them into `into` starting at
    * page `intoFirstPage`. Returns how many frames were dirty. The first call for a range reports
-   * every frame dirty, as Xen does when it starts tracking a new range.
+   * every frame dirty, as Xen does when it starts tracking a new range, and so does ENODATA (Xen
+   * could not say: everything counts as dirty, as QEMU treats it). A server with a RAM BAR tracks
+   * it itself: use {@link collectVramDirty} then (a call on another range takes the domain's one
+   * range over).
    */
   collectDirtyVram(firstPfn: bigint, nr: number, into: DirtyBitmap, intoFirstPage = 0): number {
     if (!Number.isInteger(nr) || nr <= 0) throw new MdevError('EINVAL', `must be a positive integer, got ${nr}`, 'nr');
-    const bits = new Uint8Array(Math.ceil(nr / 8));
-    this.host.trackDirtyVram(firstPfn, nr, bits);
+    const bits = this.trackBits(firstPfn, nr);
     into.mergeFrom(intoFirstPage, bits, nr);
     let dirty = 0;
-    for (const b of bits) for (let v = b; v; v &= v - 1) dirty++;
+    for (let i = 0; i < nr; i++) if (bits[i >>> 3]! & (1 << (i & 7))) dirty++;
     return dirty;
+  }
+
+  /**
+   * The pages of the tracked RAM BAR (the lowest-numbered one, e.g. a display's VRAM) that the
+   * guest wrote since the last call, ORed into `into` (page i = BAR offset i · 4096), for a display
+   * that would otherwise scan VRAM. After every placement of the BAR all its pages are reported
+   * once (Xen starts the new range with everything dirty). Writes the device makes itself (a
+   * vGPU's fill, a reset) reach VRAM through the device model, not the guest, and are not reported
+   * here. Returns how many pages this call reported.
+   * @throws EINVAL when the device has no RAM BAR served as guest RAM (or the server is not started)
+   */
+  collectVramDirty(into: DirtyBitmap): number {
+    const rb = this.trackedBar;
+    if (rb === null || this.vramPending === null) throw new MdevError('EINVAL', 'no RAM BAR is served as guest RAM (start the server; ramBars: "ram")', 'server');
+    const report = new DirtyBitmap(rb.pages, XEN_PAGE_SIZE);
+    if (rb.placed && this.tracking) report.mergeFrom(0, this.trackBits(rb.gfn, rb.pages), rb.pages);
+    report.mergeBitmap(this.vramPending);
+    this.vramPending.clearAll();
+    into.mergeBitmap(report);
+    return report.count();
+  }
+
+  /** Where the RAM BARs' pages are now, by BAR index (empty when none is served as guest RAM). */
+  ramBars(): RamBarPlacement[] {
+    return [...this.ramBarMap.values()].map((rb) => ({ index: rb.index, pages: rb.pages, parkingGfn: rb.parking, gfn: rb.gfn, placed: rb.placed }));
+  }
+
+  /** track_dirty_vram of `nr` frames; ENODATA (Xen does not know) reports every frame. */
+  private trackBits(firstPfn: bigint, nr: number): Uint8Array {
+    const bits = new Uint8Array(Math.ceil(nr / 8));
+    try {
+      this.host.trackDirtyVram(firstPfn, nr, bits);
+    } catch (e) {
+      if (!isErrno(e, 'ENODATA')) throw e;
+      bits.fill(0xff);
+    }
+    return bits;
   }
 
   /**
@@ -327,6 +465,7 @@ export class IoreqServer implements IrqSink {
     if (this.device.guestMemory === this.memory) this.device.attachGuestMemory(null);
     if (this.device.writeWatch === this.writeWatch) this.device.attachWriteWatch(null);
     this.device.irq.detach();
+    this.unmapRamBars(attempt);
     if (this.id >= 0) {
       if (this.enabled) attempt('disable', () => host.setIoreqServerState(this.id, false));
       this.enabled = false;
@@ -371,9 +510,157 @@ export class IoreqServer implements IrqSink {
     this.device.configWrite(PCI.COMMAND, Uint8Array.of(command & 0xff, command >> 8));
   }
 
+  /** The device's BARs to serve as guest RAM, with their parking ranges (empty with ramBars 'trap'). */
+  private planRamBars(): RamBar[] {
+    if (this.options.ramBars !== 'ram') return [];
+    const pci = this.options.pci;
+    const base = this.options.ramBarParking ?? DEFAULT_RAM_BAR_PARKING + BigInt(pci ? pci.device * 8 + pci.fn : 0) * RAM_BAR_PARKING_STRIDE;
+    const bars: RamBar[] = [];
+    let at = base;
+    for (let i = 0; i <= 5; i++) {
+      const region = this.device.bars[i]?.region;
+      if (!region || region.space !== 'mmio' || !region.fullyMappable || region.backing === null) continue;
+      const size = BigInt(region.size);
+      if (size % BigInt(XEN_PAGE_SIZE) !== 0n) continue;
+      at = ((at + size - 1n) / size) * size;
+      bars.push({ index: i, pages: region.size / XEN_PAGE_SIZE, parking: at / BigInt(XEN_PAGE_SIZE), gfn: at / BigInt(XEN_PAGE_SIZE), placed: false, mapping: null, previous: null, pinned: null });
+      at += size;
+    }
+    if (this.options.ramBarParking === null && at - base > RAM_BAR_PARKING_STRIDE) {
+      throw new MdevError('E2BIG', `the RAM BARs need ${at - base} bytes of parking, more than the ${RAM_BAR_PARKING_STRIDE} a devfn gets by default: set ramBarParking`, 'ramBarParking');
+    }
+    return bars;
+  }
+
+  /**
+   * The privileged part of start (before restrict): raises the domain's page limit by the RAM
+   * BARs' pages and populates them at their parking ranges.
+   */
+  private populateRamBars(): void {
+    const bars = this.planRamBars();
+    if (bars.length === 0) return;
+    const host = this.host;
+    const pages = bars.reduce((n, rb) => n + rb.pages, 0);
+    if (host.restricted) {
+      throw new MdevError('EPERM', `serving ${pages} pages of RAM BARs as guest RAM needs privileged handles (populate_physmap): start the server before restricting the host, or use ramBars: 'trap'`, 'host');
+    }
+    const before = host.domainPages();
+    const limit = Math.min(before.maxPages + pages, MAX_DOMAIN_PAGES);
+    host.setMaxPages(limit);
+    this.log(`domain ${host.domid}: page limit ${before.maxPages} -> ${limit} (${before.totPages} pages held) for ${pages} pages of RAM BARs`);
+    for (const rb of bars) {
+      const gfns = [...Array(rb.pages).keys()].map((i) => rb.parking + BigInt(i));
+      const done = host.populatePhysmap(gfns);
+      if (done < rb.pages) {
+        throw new MdevError(
+          'EBUSY',
+          `populated ${done} of BAR${rb.index}'s ${rb.pages} pages at gfn 0x${rb.parking.toString(16)} (Xen: "Over-allocation" or out of memory; the domain's limit is ${limit} pages)`,
+          'ramBars',
+        );
+      }
+      this.ramBarMap.set(rb.index, rb);
+    }
+    this.trackedBar = this.ramBarMap.values().next().value ?? null;
+    if (this.trackedBar) this.vramPending = new DirtyBitmap(this.trackedBar.pages, XEN_PAGE_SIZE);
+  }
+
+  /** Maps the RAM BARs' pages and moves the device's bytes into them. */
+  private mapRamBars(): void {
+    for (const rb of this.ramBarMap.values()) {
+      const region = this.device.bars[rb.index]!.region;
+      rb.mapping = this.host.mapForeign([...Array(rb.pages).keys()].map((i) => rb.parking + BigInt(i)), true);
+      rb.previous = region.replaceBacking({ bytes: rb.mapping.bytes.subarray(0, region.size), fd: null, fdOffset: 0 });
+      this.regionTable.setRegion(rb.index, { size: region.size, readable: true, writable: true, segments: regionSegments(region) });
+      this.log(`BAR${rb.index}: ${rb.pages} pages of guest RAM parked at gfn 0x${rb.parking.toString(16)}`);
+    }
+  }
+
+  /** Puts the device's own bytes back (with the guest's contents) and drops tracking and pins. */
+  private unmapRamBars(attempt: (what: string, fn: () => void) => void): void {
+    for (const rb of this.ramBarMap.values()) {
+      if (rb === this.trackedBar && this.tracking) attempt('stop track_dirty_vram', () => this.host.trackDirtyVram(0n, 0, new Uint8Array(0)));
+      this.tracking = false;
+      if (rb.pinned) {
+        const { start, end } = rb.pinned;
+        attempt(`unpin BAR${rb.index}`, () => this.host.pinMemoryCacheattr(start, end, 'delete'));
+        rb.pinned = null;
+      }
+      if (rb.previous) {
+        const region = this.device.bars[rb.index]!.region;
+        const previous = rb.previous;
+        attempt(`BAR${rb.index} memory back to the device`, () => {
+          region.replaceBacking(previous);
+          this.regionTable.setRegion(rb.index, { size: region.size, readable: true, writable: true, segments: regionSegments(region) });
+        });
+        rb.previous = null;
+      }
+      rb.mapping?.release();
+      rb.mapping = null;
+    }
+    // The pages stay the guest's where they are: restricted handles cannot give them back.
+    this.ramBarMap.clear();
+    this.trackedBar = null;
+    this.vramPending = null;
+  }
+
+  /** A RAM BAR moved or its decoding changed: move its pages (the BAR's address, or parking). */
+  private remapRamBar(rb: RamBar, e: BarRemapEvent): void {
+    const host = this.host;
+    const target = e.to === null ? rb.parking : e.to / BigInt(XEN_PAGE_SIZE);
+    if (target !== rb.gfn) {
+      if (rb.pinned) {
+        const { start, end } = rb.pinned;
+        rb.pinned = null;
+        try {
+          host.pinMemoryCacheattr(start, end, 'delete');
+        } catch (err) {
+          this.log(`BAR${rb.index}: could not unpin [0x${start.toString(16)}, 0x${end.toString(16)}]: ${(err as Error).message}`);
+        }
+      }
+      if (rb === this.trackedBar && this.tracking) {
+        this.tracking = false;
+        host.trackDirtyVram(0n, 0, new Uint8Array(0));
+      }
+      host.relocateMemory(rb.gfn, target, rb.pages);
+      this.stats.relocations++;
+      this.log(`BAR${rb.index}: ${rb.pages} pages moved from gfn 0x${rb.gfn.toString(16)} to 0x${target.toString(16)}`);
+      rb.gfn = target;
+      // Our map cache may hold mappings of what was at either range (Xen sends INVALIDATE too).
+      this.memory.flush();
+    }
+    rb.placed = e.to !== null;
+    if (!rb.placed) return;
+    if (rb.pinned === null) {
+      const end = target + BigInt(rb.pages) - 1n;
+      try {
+        host.pinMemoryCacheattr(target, end, 'wc');
+        rb.pinned = { start: target, end };
+      } catch (err) {
+        this.log(`BAR${rb.index}: could not pin write-combining: ${(err as Error).message}`);
+      }
+    }
+    if (rb === this.trackedBar && !this.tracking) {
+      // Re-arm on the new range: Xen reports it all dirty once, which the next collection passes on.
+      this.trackBits(target, rb.pages);
+      this.tracking = true;
+      this.vramPending!.markPages(0, rb.pages);
+    }
+  }
+
   /** A BAR moved or its decoding changed: move the claimed range (what QEMU's memory listener does for Xen). */
   private remapBar(e: BarRemapEvent): void {
     if (e.index > 5 || this.id < 0) return; // the ROM is read by firmware through config space here
+    const rb = this.ramBarMap.get(e.index);
+    if (rb) {
+      try {
+        this.remapRamBar(rb, e);
+      } catch (err) {
+        // Inside the guest's config write: the write stands, the BAR's pages stay where Xen left them.
+        this.log(`BAR${rb.index}: could not move its pages to ${e.to === null ? 'parking' : `0x${e.to.toString(16)}`}: ${(err as Error).message}`);
+        throw err;
+      }
+      return;
+    }
     const old = this.mapped.get(e.index);
     if (old) {
       this.host.unmapIoRange(this.id, old.kind, old.start, old.end);
