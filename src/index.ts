@@ -33,3 +33,5 @@ export * from './handler-scope.js';
 export * from './guest-driver.js';
 export * from './cli/compare.js';
 export * from './display.js';
+export * from './display-device.js';
+export * from './cli/display-output.js';

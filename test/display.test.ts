@@ -58,6 +58,8 @@ describe('mdevkit demo (npm start)', () => {
       expect(stdout).toContain(`scanout written to ${out} (128×128, 16 VRAM pages found drawn by the page scan)`);
       expect(stdout).toContain('both paths drew the same frame');
       expect(stdout).toMatch(/write-watch events \/ mode\s+\d+ \/ compare\s+\d+ \/ trap/);
+      // A frame Linux's bochs driver drew, recorded by the real-QEMU e2e (or committed): mentioned, not booted.
+      expect(stdout).toMatch(/A frame a real driver drew: Linux's bochs DRM driver and fbcon .*\n  console text: \S+\.png\n  test image: +\S+\.png \(frame SHA-256 [0-9a-f]{64}\)/);
       const png = PNG.sync.read(readFileSync(out));
       expect([png.width, png.height]).toEqual([128, 128]);
       expect(rgba(png, 0, 0)).toEqual([0x20, 0x30, 0x40, 0xff]);

@@ -7,7 +7,9 @@
  *
  * BAR0 (32-bit prefetchable memory, 16 MiB by default): VRAM, a memfd that the VMM maps into the
  * guest, so drawing never traps. A server finds what changed by scanning VRAM (or from dirty
- * tracking) and renders it with `ScanoutDisplay` (src/display.ts).
+ * tracking) and renders it with `ScanoutDisplay` (src/display.ts): the device is a `DisplayDevice`
+ * (src/display-device.ts), and `mdevkit serve bochs-display --vfio-user S --display-png F` keeps
+ * its frame as a PNG.
  *
  * BAR2 (32-bit memory, 4 KiB, trapped):
  * | offset        | contents |
@@ -25,7 +27,8 @@
  * @module
  */
 import { MdevError, checkInt, describe } from '../../src/errors.js';
-import type { PixelByteOrder, PixelFormat, ScanoutGeometry } from '../../src/display.js';
+import type { PixelByteOrder } from '../../src/display.js';
+import type { DisplayDevice, DisplayPlane } from '../../src/display-device.js';
 import { PciDevice } from '../../src/pci/device.js';
 import { createMemfdBacking, type MemfdBacking } from '../../src/ram.js';
 import { Region, type RegionAccessor } from '../../src/regions.js';
@@ -110,19 +113,15 @@ export interface BochsDisplayOptions {
   edid?: boolean;
 }
 
-/** What the device shows: a valid DISPI mode, where it is in VRAM and how its pixels are stored. */
-export interface ScanoutState extends ScanoutGeometry {
-  /** 32 → XRGB8888, 16 → RGB565. */
-  format: PixelFormat;
-  /** From the byte-order register at 0x604. */
-  byteOrder: PixelByteOrder;
+/**
+ * What the device shows: a valid DISPI mode, where it is in VRAM and how its pixels are stored.
+ * `format` is XRGB8888 at 32 bpp and RGB565 at 16; `byteOrder` comes from the register at 0x604;
+ * `blanked` means the VGA attribute controller's palette-address-source bit is clear (the guest
+ * asked for a blank screen: the mode is still valid, a server shows black).
+ */
+export interface ScanoutState extends DisplayPlane {
   /** Bits per pixel (16 or 32). */
   bpp: 16 | 32;
-  /**
-   * The VGA attribute controller's palette-address-source bit is clear: the guest asked for a
-   * blank screen. The mode is still valid; a server shows black.
-   */
-  blanked: boolean;
 }
 
 /** Detailed timing of a mode, as the EDID describes it. */
@@ -269,7 +268,7 @@ const AR_PAS = 0x20;
 const VGA_ISR1 = 0x3da - BOCHS.VGA_PORT_BASE;
 
 /** A Bochs-dispi display device. */
-export class BochsDisplay extends PciDevice {
+export class BochsDisplay extends PciDevice implements DisplayDevice {
   /** VRAM behind BAR0 (a memfd the VMM maps into the guest). */
   readonly vram: MemfdBacking;
   /** VRAM size in bytes. */
@@ -380,6 +379,24 @@ export class BochsDisplay extends PciDevice {
       const i = this.scanoutListeners.indexOf(listener);
       if (i >= 0) this.scanoutListeners.splice(i, 1);
     };
+  }
+
+  /** {@link DisplayDevice}: VRAM is BAR0. */
+  readonly displayVramBar = 0;
+
+  /** {@link DisplayDevice}: the VRAM bytes (BAR0's memfd). */
+  displayVram(): Uint8Array {
+    return this.vram.bytes;
+  }
+
+  /** {@link DisplayDevice}: the same as {@link scanout}. */
+  displayPlane(): ScanoutState | null {
+    return this.scanout();
+  }
+
+  /** {@link DisplayDevice}: the same as {@link onScanoutChange}. */
+  onDisplayChange(listener: (plane: ScanoutState | null) => void): () => void {
+    return this.onScanoutChange(listener);
   }
 
   /** The framebuffer byte order the guest selected (register 0x604). */

@@ -40,6 +40,8 @@
  * @module
  */
 import { createHash } from 'node:crypto';
+import type { DisplayDevice, DisplayPlane } from '../../src/display-device.js';
+import { MdevError } from '../../src/errors.js';
 import { PciDevice } from '../../src/pci/device.js';
 import { createMemfdBacking, type MemfdBacking } from '../../src/ram.js';
 import { Region } from '../../src/regions.js';
@@ -93,7 +95,7 @@ export const VGPU = {
 const PAGE = 4096;
 
 /** The vGPU. */
-export class VirtualGpu extends PciDevice {
+export class VirtualGpu extends PciDevice implements DisplayDevice {
   /** BAR0 registers. */
   readonly regs;
   /** VRAM behind BAR2. */
@@ -103,6 +105,8 @@ export class VirtualGpu extends PciDevice {
   private gttWatch: WatchHandle | null = null;
   /** Set by a restore: the GTT is read again (and watched) before the ring next runs. */
   private gttRearm = false;
+  private lastPlane = 'null';
+  private readonly planeListeners: ((plane: DisplayPlane | null) => void)[] = [];
 
   constructor() {
     super({ vendorId: 0x1b36, deviceId: 0x7fa0, classCode: 0x038000, revision: 1, name: 'vgpu', configSize: 4096 });
@@ -119,11 +123,11 @@ export class VirtualGpu extends PciDevice {
       RING_HEAD: { offset: VGPU.RING_HEAD, width: 4, readOnly: true },
       RING_TAIL: { offset: VGPU.RING_TAIL, width: 4 },
       GTT_ROOT: { offset: VGPU.GTT_ROOT, width: 8, rw: ~0xfffn & 0xffffffffffffffffn, onWrite: () => this.loadGtt() },
-      SCANOUT_OFFSET: { offset: VGPU.SCANOUT_OFFSET, width: 4 },
-      SCANOUT_STRIDE: { offset: VGPU.SCANOUT_STRIDE, width: 4 },
-      SCANOUT_FORMAT: { offset: VGPU.SCANOUT_FORMAT, width: 4 },
-      SCANOUT_WIDTH: { offset: VGPU.SCANOUT_WIDTH, width: 4 },
-      SCANOUT_HEIGHT: { offset: VGPU.SCANOUT_HEIGHT, width: 4 },
+      SCANOUT_OFFSET: { offset: VGPU.SCANOUT_OFFSET, width: 4, onWrite: () => this.planeChanged() },
+      SCANOUT_STRIDE: { offset: VGPU.SCANOUT_STRIDE, width: 4, onWrite: () => this.planeChanged() },
+      SCANOUT_FORMAT: { offset: VGPU.SCANOUT_FORMAT, width: 4, onWrite: () => this.planeChanged() },
+      SCANOUT_WIDTH: { offset: VGPU.SCANOUT_WIDTH, width: 4, onWrite: () => this.planeChanged() },
+      SCANOUT_HEIGHT: { offset: VGPU.SCANOUT_HEIGHT, width: 4, onWrite: () => this.planeChanged() },
       FENCE_VALUE: { offset: VGPU.FENCE_VALUE, width: 4, readOnly: true },
       ERROR: { offset: VGPU.ERROR, width: 4, readOnly: true },
       WATCH_MODE: { offset: VGPU.WATCH_MODE, width: 4, readOnly: true, onRead: (r) => r.set(this.writeWatch === null ? 0 : this.writeWatch.mode === 'trap' ? 1 : 2) },
@@ -201,6 +205,8 @@ export class VirtualGpu extends PciDevice {
     this.gttWatch?.remove();
     this.gttWatch = null;
     this.gttRearm = true;
+    // The scanout registers were restored without their hooks.
+    this.planeChanged();
   }
 
   /** Runs the commands between RING_HEAD and RING_TAIL. */
@@ -318,6 +324,48 @@ export class VirtualGpu extends PciDevice {
     return { width, height, pixels };
   }
 
+  /** {@link DisplayDevice}: VRAM is BAR2. */
+  readonly displayVramBar = 2;
+
+  /** {@link DisplayDevice}: the VRAM bytes (BAR2's memfd). */
+  displayVram(): Uint8Array {
+    return this.vram.bytes;
+  }
+
+  /**
+   * {@link DisplayDevice}: the plane the SCANOUT_* registers describe, or null when it is not
+   * XRGB8888, is empty or does not fit VRAM (the cases where {@link scanout} is empty). The vGPU
+   * has no blanking and stores pixels little endian.
+   */
+  displayPlane(): DisplayPlane | null {
+    const width = this.regs.get('SCANOUT_WIDTH');
+    const height = this.regs.get('SCANOUT_HEIGHT');
+    const stride = this.regs.get('SCANOUT_STRIDE');
+    const offset = this.regs.get('SCANOUT_OFFSET');
+    if (this.regs.get('SCANOUT_FORMAT') !== VGPU.FORMAT_XRGB8888 || width === 0 || height === 0 || stride < width * 4 || offset + (height - 1) * stride + width * 4 > VGPU.VRAM_SIZE) {
+      return null;
+    }
+    return { offset, stride, width, height, format: 'xrgb8888', byteOrder: 'little', blanked: false };
+  }
+
+  /** {@link DisplayDevice}: called after every change of {@link displayPlane}; returns a remover. */
+  onDisplayChange(listener: (plane: DisplayPlane | null) => void): () => void {
+    if (typeof listener !== 'function') throw new MdevError('EINVAL', 'must be a function', 'listener');
+    this.planeListeners.push(listener);
+    return () => {
+      const i = this.planeListeners.indexOf(listener);
+      if (i >= 0) this.planeListeners.splice(i, 1);
+    };
+  }
+
+  private planeChanged(): void {
+    const plane = this.displayPlane();
+    const key = JSON.stringify(plane);
+    if (key === this.lastPlane) return;
+    this.lastPlane = key;
+    for (const l of [...this.planeListeners]) l(plane);
+  }
+
   private hashScanout(): void {
     const digest = createHash('sha256').update(this.scanout().pixels).digest();
     for (let i = 0; i < 8; i++) this.regs.set(`HASH_${i}` as never, digest.readUInt32LE(i * 4));
@@ -328,6 +376,7 @@ export class VirtualGpu extends PciDevice {
     this.gttWatch = null;
     this.shadowGtt.fill(0);
     this.vram.bytes.fill(0);
+    this.planeChanged();
   }
 }
 

@@ -1,12 +1,16 @@
 /**
  * `mdevkit demo` (what `npm start` runs): the vGPU and its guest driver over both mediation paths,
- * the frame it drew written as PNG, and the comparison table.
+ * the frame it drew written as PNG, and the comparison table. It also points at a frame that a real
+ * Linux driver drew on the Bochs display, when one was recorded: by the last passing
+ * `npm run test:qemu` (in its cache), else the one committed under examples/bochs-display/recorded/.
+ * It never boots a hypervisor itself.
  * @module
  */
-import { writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { homedir, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ScanoutDisplay } from '../display.js';
+import { packageRoot } from '../native/binding.js';
 import { compare, formatComparison } from './compare.js';
 import { VirtualGpu, VGPU } from '../../examples/vgpu/index.js';
 
@@ -35,6 +39,56 @@ export async function demo(out: string = join(tmpdir(), `mdevkit-vgpu-${process.
   step(report.identical ? 'both paths drew the same frame and saw the same results' : `the paths DIFFER: ${report.differences.join(', ')}`);
   process.stdout.write('\n' + formatComparison(report) + '\n');
   process.stdout.write(`\nframebuffer SHA-256: ${report.paths.xen.framebufferSha256}\n`);
+  const recorded = recordedDisplayFrame();
+  if (recorded) {
+    process.stdout.write(
+      `\nA frame a real driver drew: Linux's bochs DRM driver and fbcon on mdevkit's bochs-display over ${recorded.path} ` +
+        `(${recorded.qemu}, kernel ${recorded.kernel}, recorded ${recorded.recorded.slice(0, 10)} by npm run test:qemu${recorded.committed ? ', committed' : ''}):\n` +
+        `  console text: ${recorded.console}\n  test image:   ${recorded.testImage} (frame SHA-256 ${recorded.sha256})\n`,
+    );
+  }
   if (!report.identical) process.exitCode = 3;
   return out;
+}
+
+/** A display frame recorded from a real-driver run (see the module comment). */
+interface RecordedFrame {
+  /** Mediation path it was recorded on. */
+  path: string;
+  /** ISO date of the run. */
+  recorded: string;
+  /** QEMU version line. */
+  qemu: string;
+  /** Guest kernel. */
+  kernel: string;
+  /** Frame hash of the test image (test/e2e/display/frames.mjs). */
+  sha256: string;
+  /** PNG of the console text fbcon drew. */
+  console: string;
+  /** PNG of the test image the guest wrote to /dev/fb0. */
+  testImage: string;
+  /** From the repository, not from a run on this machine. */
+  committed: boolean;
+}
+
+/** The newest recorded real-driver frame: the e2e cache first, then the committed one; null if neither exists. */
+function recordedDisplayFrame(): RecordedFrame | null {
+  const cache = process.env['MDEVKIT_CACHE'] ?? join(process.env['XDG_CACHE_HOME'] ?? join(homedir(), '.cache'), 'mdevkit');
+  const dirs: [string, boolean][] = [
+    [join(cache, 'qemu-e2e', 'display'), false],
+    [join(packageRoot(), 'examples', 'bochs-display', 'recorded'), true],
+  ];
+  for (const [dir, committed] of dirs) {
+    try {
+      const meta = JSON.parse(readFileSync(join(dir, 'vfio-user.json'), 'utf8')) as Record<string, unknown>;
+      const str = (k: string) => (typeof meta[k] === 'string' ? (meta[k] as string) : '?');
+      const consolePng = join(dir, str('console'));
+      const testImage = join(dir, str('testImage'));
+      if (!existsSync(consolePng) || !existsSync(testImage)) continue;
+      return { path: str('path'), recorded: str('recorded'), qemu: str('qemu'), kernel: str('kernel'), sha256: str('sha256'), console: consolePng, testImage, committed };
+    } catch {
+      // not there (or not readable): try the next place
+    }
+  }
+  return null;
 }

@@ -4,7 +4,7 @@
  * @module
  */
 import { Command, CommanderError, InvalidArgumentError } from 'commander';
-import { isErrno } from '../errors.js';
+import { MdevError, isErrno } from '../errors.js';
 import { formatLspci } from '../pci/lspci.js';
 import { describeRegions } from './describe.js';
 import { loadDevice } from './load-device.js';
@@ -51,6 +51,8 @@ program
   .option('--sim-vcpus <n>', 'simulator: guest vCPUs', parseIntOption, 1)
   .option('--sim-ram <MiB>', 'simulator: guest RAM in MiB', parseIntOption, 64)
   .option('--stats <file>', 'vfio-user: on exit, write the devices\' statistics (DMA bytes, write-watch events, served accesses) as JSON')
+  .option('--display-png <file>', 'vfio-user, display devices: keep a PNG of the frame at <file> (written atomically when it changes, on SIGUSR1 and at exit)')
+  .option('--display-interval <ms>', 'with --display-png: check VRAM every <ms> and write at most one PNG per <ms>', parseIntOption, 100)
   .option('-v, --verbose', 'log connections and errors to stderr', false);
 program.commands.at(-1)!.addHelpText(
   'after',
@@ -66,6 +68,7 @@ fd (memory-backend-ram, plain -m) works, more slowly: every device DMA is a mess
 for (let i = 0; i < 6; i++) program.commands.at(-1)!.option(`--bar${i} <address>`, i === 0 ? 'Xen: fixed placement of BAR0 (likewise --bar1 … --bar5), for guests without PCI config access' : undefined as unknown as string);
 program.commands.at(-1)!.action(async (spec: string, opts: ServeOpts) => {
   if (opts.xen !== undefined || opts.xenSim) {
+    if (opts.displayPng) throw new MdevError('ENOTSUP', 'not available with --xen/--xen-sim yet (VRAM as guest RAM with track_dirty_vram is in progress)', 'display-png');
     const fixedBars: Record<number, bigint> = {};
     for (let i = 0; i < 6; i++) {
       const v = opts[`bar${i}` as keyof ServeOpts];
@@ -98,6 +101,7 @@ program.commands.at(-1)!.action(async (spec: string, opts: ServeOpts) => {
     },
     verbose: opts.verbose,
     ...(opts.stats ? { statsFile: opts.stats } : {}),
+    ...(opts.displayPng ? { display: { path: opts.displayPng, intervalMs: opts.displayInterval } } : {}),
   });
 });
 
@@ -122,6 +126,8 @@ interface ServeOpts {
   bufioreq: string;
   verbose: boolean;
   stats?: string;
+  displayPng?: string;
+  displayInterval: number;
   bar0?: string;
   bar1?: string;
   bar2?: string;

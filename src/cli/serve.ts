@@ -6,7 +6,9 @@
  */
 import { writeFileSync } from 'node:fs';
 import { MdevError } from '../errors.js';
+import { isDisplayDevice } from '../display-device.js';
 import { VfioUserServer, type VfioUserServerOptions } from '../../adapters/vfio/server.js';
+import { DisplayOutput } from './display-output.js';
 import { loadDevice } from './load-device.js';
 import { listenForStop } from './stop-signal.js';
 
@@ -22,6 +24,12 @@ export interface ServeOptions {
   verbose: boolean;
   /** Write the devices' statistics (DMA bytes, write-watch events, served accesses) here on exit. */
   statsFile?: string;
+  /**
+   * Keep a PNG of the device's frame at this path (a display device, one instance): written when
+   * the picture changed, at most every `intervalMs` (default 100), on SIGUSR1 and at exit. VRAM
+   * is compared page by page on that timer: the guest writes it through the VMM's mapping.
+   */
+  display?: { path: string; intervalMs?: number };
 }
 
 /** Starts the servers; resolves when they have all been closed by a signal. */
@@ -29,11 +37,19 @@ export async function serve(spec: string, options: ServeOptions): Promise<void> 
   if (options.socketPaths.length === 0 && options.fd === undefined) {
     throw new MdevError('EINVAL', 'give --vfio-user PATH (or --socket-path PATH, or --fd N)', 'socket');
   }
+  if (options.display && options.socketPaths.length + (options.fd === undefined ? 0 : 1) !== 1) {
+    throw new MdevError('EINVAL', 'a display PNG is kept for one device instance: give one --vfio-user socket (or --fd)', 'display-png');
+  }
   const servers: VfioUserServer[] = [];
+  const outputs: DisplayOutput[] = []; // at most one
   const stop = listenForStop();
   const log = options.verbose ? (line: string) => process.stderr.write(`mdevkit: ${line}\n`) : undefined;
   const make = async (): Promise<VfioUserServer> => {
     const device = await loadDevice(spec);
+    if (options.display) {
+      if (!isDisplayDevice(device)) throw new MdevError('EINVAL', `${spec} is not a display device (it has no scanout to render)`, 'display-png');
+      outputs.push(new DisplayOutput(device, { ...options.display, warn: (line) => process.stderr.write(`mdevkit: warning: ${line}\n`) }));
+    }
     // Device diagnostics are for the person running the server: shown with or without -v.
     const warn = (line: string) => process.stderr.write(`mdevkit: warning: ${line}\n`);
     const s = new VfioUserServer(device, { ...options.server, ...(log ? { log } : {}), warn });
@@ -56,8 +72,21 @@ export async function serve(spec: string, options: ServeOptions): Promise<void> 
     for (const s of servers) s.close();
     throw e;
   }
+  // SIGUSR1 writes the frame now (with a listener installed, Node does not start its inspector).
+  const output = outputs[0];
+  const onUsr1 = () => output?.flush('signal');
+  if (output) {
+    output.start();
+    process.on('SIGUSR1', onUsr1);
+  }
   const signal = await stop.stopped;
   if (options.verbose) process.stderr.write(`mdevkit: ${signal}: shutting down\n`);
-  if (options.statsFile) writeFileSync(options.statsFile, JSON.stringify({ devices: servers.map((s) => s.deviceStats()) }));
+  if (output) {
+    process.removeListener('SIGUSR1', onUsr1);
+    output.stop(); // the final frame
+  }
+  if (options.statsFile) {
+    writeFileSync(options.statsFile, JSON.stringify({ devices: servers.map((s) => s.deviceStats()), ...(output ? { display: output.stats() } : {}) }));
+  }
   await Promise.all(servers.map((s) => s.shutdown()));
 }

@@ -2,11 +2,15 @@
 // of each boot, the servers' config space, facts recorded by run.sh), prints one line per check
 // with its expected values, the per-access cost figures, and the verdict line:
 //   QEMU-E2E-VERDICT PASS <n> checks   |   QEMU-E2E-VERDICT FAIL <failed checks>
-// Usage: node check.mjs <run-dir>
-import { existsSync, readFileSync } from 'node:fs';
+// The display checks read display.json (display-watch.mjs) and the display server's --stats file;
+// the frames of a passing display phase are copied to <frames-dir> (the demo shows them).
+// Usage: node check.mjs <run-dir> [<frames-dir>]
+import { copyFileSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { SECOND_MODE, TEST_MODE, displayFrameLine, frameSha256, testImageRgba } from '../display/frames.mjs';
 
 const dir = process.argv[2];
+const framesDir = process.argv[3];
 const QEDU = '0000:00:04.0', EDU = '0000:00:05.0', VGPU = '0000:00:06.0';
 
 // ---------------------------------------------------------------- inputs
@@ -179,6 +183,104 @@ for (const [s, bdf] of [['edu', EDU], ['vgpu', VGPU]]) {
   const qerr = facts['term.qemu_stderr'] ? ` | QEMU stderr: ${facts['term.qemu_stderr']}` : '';
   report('server-sigterm-qemu', bad.length === 0, 'QEMU survives both servers being SIGTERMed mid-traffic (no abort; the guest\'s reads end when the devices go, it finishes, QEMU exits 0)',
     (bad.length ? bad.join(', ') : Object.keys(want).map((k) => `${k}=${facts[k]}`).join(' ')) + (traffic ? ` | ${traffic}` : '') + qerr);
+}
+
+// ---------------------------------------------------------------- display (bochs-display at 00:07.0, main boot)
+const readJson = (name) => {
+  try {
+    return JSON.parse(readFileSync(join(dir, name), 'utf8'));
+  } catch {
+    return null;
+  }
+};
+const watch = readJson('display.json');
+const serverDisplay = readJson('stats-bochs.json')?.display ?? null;
+const disp = boots.main.lines.filter((l) => l.startsWith('QE disp '));
+const dispMatch = (re) => disp.map((l) => re.exec(l)).find(Boolean) ?? null;
+const stepOf = (name) => watch?.steps?.[name] ?? null;
+const stepText = (name) => {
+  const st = stepOf(name);
+  return st ? `${name}: ${st.ok ? 'ok' : `FAILED (${st.why})`}` : `${name}: never announced by the guest`;
+};
+const wantSha = frameSha256(testImageRgba(TEST_MODE.width, TEST_MODE.height, 0));
+const wantSha2 = frameSha256(testImageRgba(SECOND_MODE.width, SECOND_MODE.height, 1));
+const displayChecks = [];
+const reportDisplay = (name, ok, what, details) => {
+  displayChecks.push(ok);
+  report(name, ok, what, details);
+};
+{
+  const st = stepOf('no-driver');
+  reportDisplay('display-no-driver', st?.ok === true, 'before the guest loads a display driver (no valid mode) the server writes no PNG', watch ? stepText('no-driver') : 'no display.json (watcher did not run)');
+}
+{
+  const order = existsSync(join(dir, 'initramfs', 'drm', 'order')) ? readFileSync(join(dir, 'initramfs', 'drm', 'order'), 'utf8').trim().split('\n') : [];
+  const loaded = disp.map((l) => /^QE disp insmod (\S+) rc=(\d+)/.exec(l)).filter(Boolean).map((m) => `${m[1]}=${m[2]}`);
+  const fb0 = dispMatch(/^QE disp fb0 present=(\S+) driver=(\S+)/);
+  const fb = dispMatch(/^QE disp fb xres=(\d+) yres=(\d+) vxres=(\d+) vyres=(\d+) bpp=(\d+) stride=(\d+)/);
+  const bad = [];
+  if (order.length === 0) bad.push('no module order staged');
+  if (loaded.join(' ') !== order.map((m) => `${m}=0`).join(' ')) bad.push(`insmod ${loaded.join(' ') || '(none)'} want ${order.map((m) => `${m}=0`).join(' ')}`);
+  if (fb0?.[1] !== 'yes' || fb0?.[2] !== 'bochs-drm') bad.push(`/dev/fb0 ${fb0 ? `present=${fb0[1]} driver=${fb0[2]}` : 'never reported'} want present=yes driver=bochs-drm`);
+  if (!fb || fb[1] !== '1024' || fb[2] !== '768' || fb[5] !== '32') bad.push(`fbdev mode ${fb ? `${fb[1]}x${fb[2]} ${fb[5]} bpp` : 'unknown'} want 1024x768 32 bpp (the EDID's preferred mode)`);
+  reportDisplay('display-driver', bad.length === 0, `Debian's own modules load in order (${order.join(', ')}); Linux's bochs DRM driver binds 00:07.0 and /dev/fb0 appears in the EDID's preferred mode 1024x768x32`,
+    bad.length ? bad.join('; ') : `fbdev ${fb[1]}x${fb[2]} virtual ${fb[3]}x${fb[4]} bpp ${fb[5]} stride ${fb[6]}`);
+}
+{
+  const st = stepOf('image');
+  const ok = st?.ok === true && st.sha256 === wantSha;
+  reportDisplay('display-test-image', ok, `the test image written to /dev/fb0 (tty1 in KD_GRAPHICS) is the server's PNG pixel for pixel (frame sha256 ${wantSha.slice(0, 16)}…)`,
+    st ? `${stepText('image')}${st.sha256 ? `; PNG sha256 ${st.sha256}` : ''}` : 'step never announced');
+}
+reportDisplay('display-blank', stepOf('blank')?.ok === true && stepOf('unblank')?.ok === true,
+  'fb0 blank (the driver disables the pipe: VGA attribute PAS cleared) gives a black frame; unblank gives the test image back', `${stepText('blank')}; ${stepText('unblank')}`);
+{
+  const sizes = new Set((serverDisplay?.frames ?? []).map((f) => `${f.width}x${f.height}`));
+  const ok = stepOf('drm-mode')?.ok === true && stepOf('restored')?.ok === true && stepOf('drm-mode')?.sha256 === wantSha2;
+  reportDisplay('display-modes', ok, 'two modes in one run: KMS SETCRTC to 800x600 with a dumb buffer shows the second image exactly; when the tool closes the device, fbdev restores 1024x768 and the test image',
+    `${stepText('drm-mode')}; ${stepText('restored')}; frame sizes the server wrote: ${[...sizes].join(' ') || 'none'}; ${dispMatch(/^QE disp connector .*/)?.[0] ?? ''}`);
+}
+reportDisplay('display-console-text', stepOf('text')?.ok === true, 'back in KD_TEXT, a line echoed to tty1 is drawn by fbcon: the console text area of the PNG is not blank', stepText('text'));
+{
+  const want = { 'display.server_rc': '0', 'display.server_socket': 'removed' };
+  const bad = Object.entries(want).filter(([k, v]) => facts[k] !== v).map(([k, v]) => `${k}=${facts[k] ?? '(missing)'} want ${v}`);
+  if (!serverDisplay) bad.push('no display figures in the server\'s --stats file');
+  else if (serverDisplay.frames.at(-1)?.reason !== 'exit') bad.push(`last frame reason ${serverDisplay.frames.at(-1)?.reason} want exit`);
+  reportDisplay('display-server', bad.length === 0, 'the display server exits 0 on SIGTERM, writes its last frame and figures, and removes its socket',
+    bad.length ? bad.join(', ') : `${serverDisplay.framesWritten} PNGs written in ${serverDisplay.refreshes} page scans`);
+}
+{
+  // Figures: VRAM pages per frame and the time from the guest's write to the PNG being current.
+  const frameAt = (sha, after) => watch?.frames?.find((f) => f.sha256 === sha && f.at >= after)?.at ?? null;
+  const m = watch?.markers ?? {};
+  const imgAt = m.imageWriteAt !== undefined ? frameAt(wantSha, m.imageWriteAt) : null;
+  const ms = (a, b) => (a === null || b === undefined || b === null ? '?' : `${Math.round(a - b)} ms`);
+  const stepLatency = (name) => {
+    const st = stepOf(name);
+    return st?.ok ? `${name} ${ms(st.pngAt, st.seenAt)}` : `${name} ?`;
+  };
+  const s = serverDisplay;
+  const server = s
+    ? `server (page scan every ${s.intervalMs} ms): pages per frame p50 ${s.pagesPerFrame.p50}, max ${s.pagesPerFrame.max} (frames: ${s.frames.map((f) => `${f.width}x${f.height}${f.blanked ? ' black' : ''}:${f.pages}`).join(', ')}); pages per scan that found any p50 ${s.pagesPerRefresh.p50}; scan that saw a change → PNG in place p50 ${s.latencyMs.p50} ms, max ${s.latencyMs.max} ms; PNG encode+write p50 ${s.writeMs.p50} ms; one scan of 16 MiB p50 ${s.refreshMs.p50} ms`
+    : 'server figures missing';
+  console.log(`QEMU-E2E-DISPLAY guest write → PNG current (host clock, serial marker → PNG seen): test image (3 MiB written in ${m.imageWriteUs !== undefined ? `${(m.imageWriteUs / 1000).toFixed(1)} ms` : '?'}) from write start ${ms(imgAt, m.imageWriteAt)}, from write end ${ms(imgAt, m.imageWrittenAt)}; step line → PNG: ${['blank', 'unblank', 'drm-mode', 'restored', 'text'].map(stepLatency).join(', ')}; ${server}`);
+}
+{
+  const st = stepOf('image');
+  const allOk = displayChecks.every(Boolean);
+  let png = st?.file ?? 'none';
+  if (allOk && framesDir) {
+    // The frames of a passing run, for the demo (npm start) to show.
+    mkdirSync(framesDir, { recursive: true });
+    copyFileSync(st.file, join(framesDir, 'vfio-user-test-image.png'));
+    copyFileSync(stepOf('text').file, join(framesDir, 'vfio-user-console.png'));
+    writeFileSync(join(framesDir, 'vfio-user.json'), JSON.stringify({
+      recorded: new Date().toISOString(), path: 'vfio-user', sha256: st.sha256, kernel: facts.kernel ?? null, qemu: facts.qemu ?? null,
+      testImage: 'vfio-user-test-image.png', console: 'vfio-user-console.png',
+    }, null, 1));
+    png = join(framesDir, 'vfio-user-test-image.png');
+  }
+  console.log(displayFrameLine('vfio-user', st?.ok ? st.sha256 : 'none', png));
 }
 
 // ---------------------------------------------------------------- figures (not assertions)

@@ -1,19 +1,27 @@
 #!/usr/bin/env bash
 # Real-QEMU end-to-end test (`npm run test:qemu`): QEMU >= 10.1's vfio-user-pci client against
 # `mdevkit serve edu` and `mdevkit serve vgpu` (two server processes), with QEMU's own edu in the
-# same guest as the in-process reference. A Debian 12 kernel + busybox initramfs boots under TCG;
-# its /init (guest-init.sh) drives the devices through a small test module (guest-module/, built
-# against Debian's matching linux-headers). Four boots against the same two server processes:
+# same guest as the in-process reference, and a third server process, `mdevkit serve bochs-display
+# --display-png`, attached to the main boot only. A Debian 12 kernel + busybox initramfs boots
+# under TCG; its /init (guest-init.sh) drives the devices through a small test module
+# (guest-module/, built against Debian's matching linux-headers), and the display through Debian's
+# own DRM + bochs modules and a small static tool (guest-tools/mdk-display.c). Four boots:
 #   main    memfd guest RAM (fd windows): enumeration, config space, BAR MMIO, INTx, MSI, MSI-X,
-#           DMA both ways, vGPU ring/fence/VRAM, per-access cost, peer-to-peer DMA (fd-less windows)
+#           DMA both ways, vGPU ring/fence/VRAM, per-access cost; the display phase (the bochs DRM
+#           driver binds, fbcon on /dev/fb0, a test image written to /dev/fb0, blank/unblank, a
+#           second mode through KMS, console text; display-watch.mjs checks the server's PNG at each
+#           step and lets the guest go on over a second serial line); peer-to-peer DMA last
 #   fdless  a second QEMU, guest RAM without an fd: reconnect, message DMA, vGPU ring without timeout
 #   kill    QEMU SIGKILLed mid-traffic: the servers live on and serve a new client
 #   term    both servers SIGTERMed mid-traffic: they exit 0 and remove their sockets; QEMU survives
-# check.mjs asserts every expected value and prints one line per check, the cost figures and the
-# verdict line `QEMU-E2E-VERDICT PASS|FAIL ...`; this script exits 0 only on PASS.
+# check.mjs asserts every expected value and prints one line per check, the cost figures, the line
+# `DISPLAY-FRAME path=vfio-user sha256=<frame hash> png=<file>` (hash and test image defined once in
+# test/e2e/display/frames.mjs, shared with the Xen e2e) and the verdict line
+# `QEMU-E2E-VERDICT PASS|FAIL ...`; this script exits 0 only on PASS.
 #
 # Needs root on a fresh machine (apt-get installs what is missing; QEMU is built once by
-# build-qemu.sh). Cache: ${MDEVKIT_CACHE:-~/.cache/mdevkit}/qemu-e2e (kernel, test module).
+# build-qemu.sh). Cache: ${MDEVKIT_CACHE:-~/.cache/mdevkit}/qemu-e2e (kernel, DRM modules, test
+# module, guest tool); display/ there receives the frames of the last passing run (the demo shows them).
 # Env: QEMU_E2E_BOOT_TIMEOUT (s per boot, default 300), QEMU_E2E_KEEP=1 keeps the run directory,
 # QEMU_E2E_SERVE_ARGS extra options for both `mdevkit serve` processes.
 set -euo pipefail
@@ -69,6 +77,8 @@ command -v make >/dev/null || need+=(make)
 command -v gcc >/dev/null || need+=(gcc)
 command -v file >/dev/null || need+=(file)
 command -v pgrep >/dev/null || need+=(procps)
+command -v modinfo >/dev/null || need+=(kmod)
+[ -f /usr/lib/x86_64-linux-gnu/libc.a ] || need+=(libc6-dev)
 [ ${#need[@]} -eq 0 ] || apt_install "${need[@]}"
 BUSYBOX=/bin/busybox
 case "$(file -L "$BUSYBOX" 2>/dev/null || true)" in *statically*) ;; *) die "$BUSYBOX is not static (busybox-static)";; esac
@@ -93,7 +103,11 @@ KPKG=$(resolve_kernel)
 [ -n "$KPKG" ] || die "cannot resolve linux-image-amd64's kernel package"
 KVER=${KPKG#linux-image-}
 KDIR="$CACHE/kernel-$KVER"
-if [ ! -f "$KDIR/vmlinuz" ]; then
+# The display phase loads Debian's own modules from the same package, dependencies first: the
+# closure of `modinfo -F depends` from bochs, visited in this order (the package has no modules.dep).
+DRM_MODULES="drm drm_kms_helper ttm drm_ttm_helper drm_vram_helper bochs"
+MODDIR="$KDIR/drm-modules"
+if [ ! -f "$KDIR/vmlinuz" ] || [ ! -f "$MODDIR/order" ]; then
   log "fetching $KPKG"
   tmp=$(mktemp -d)
   (cd "$tmp" && apt-get download -q "$KPKG" >/dev/null 2>&1) ||
@@ -102,8 +116,34 @@ if [ ! -f "$KDIR/vmlinuz" ]; then
   dpkg -x "$tmp"/*.deb "$tmp/x"
   mkdir -p "$KDIR"
   cp "$tmp/x/boot/vmlinuz-$KVER" "$KDIR/vmlinuz.part" && mv "$KDIR/vmlinuz.part" "$KDIR/vmlinuz"
+  # every module of the package by name (dashes as underscores), decompressed when it is .ko.xz
+  declare -A KO=()
+  while IFS= read -r f; do n=${f##*/}; n=${n%%.ko*}; KO[${n//-/_}]=$f; done < <(find "$tmp/x/lib/modules/$KVER" -name '*.ko' -o -name '*.ko.xz')
+  rm -rf "$MODDIR.build"; mkdir -p "$MODDIR.build"
+  ORDER=()
+  stage_module() {
+    local name=${1//-/_} dep f
+    for dep in "${ORDER[@]}"; do [ "$dep" = "$name" ] && return 0; done
+    f=${KO[$name]:-}
+    [ -n "$f" ] || die "module $name (needed by the display phase) is not in $KPKG"
+    case "$f" in
+      *.xz) xz -dc "$f" > "$MODDIR.build/$name.ko" || die "cannot decompress $f";;
+      *) cp "$f" "$MODDIR.build/$name.ko";;
+    esac
+    for dep in $(modinfo -F depends "$MODDIR.build/$name.ko" | tr ',' ' '); do stage_module "$dep"; done
+    ORDER+=("$name")
+  }
+  for m in $DRM_MODULES; do stage_module "$m"; done
+  printf '%s\n' "${ORDER[@]}" > "$MODDIR.build/order"
+  rm -rf "$MODDIR"; mv "$MODDIR.build" "$MODDIR"
   rm -rf "$tmp"
 fi
+log "DRM modules, in load order: $(tr '\n' ' ' < "$MODDIR/order")"
+for m in $(cat "$MODDIR/order"); do
+  for dep in $(modinfo -F depends "$MODDIR/$m.ko" | tr ',' ' '); do
+    sed -n "1,/^$m\$/p" "$MODDIR/order" | grep -qx "${dep//-/_}" || die "module $m needs $dep, which is not loaded before it"
+  done
+done
 HDR=/usr/src/linux-headers-$KVER
 [ -f "$HDR/Makefile" ] || apt_install "linux-headers-$KVER"
 [ -f "$HDR/Makefile" ] || die "$HDR missing after installing linux-headers-$KVER"
@@ -121,44 +161,71 @@ if [ ! -f "$MDIR/mdk_e2e.ko" ]; then
   rm -rf "$MDIR"; mv "$MDIR.build" "$MDIR"
 fi
 
+# ---------------------------------------------------------------- guest display tool (static, cached by source hash)
+UAPI="/usr/src/linux-headers-${KVER%-amd64}-common/include/uapi"
+[ -f "$UAPI/drm/drm_mode.h" ] || die "no DRM UAPI headers at $UAPI (linux-headers-$KVER)"
+TKEY=$(sha256sum < "$HERE/guest-tools/mdk-display.c" | cut -c1-12)
+TOOL="$CACHE/mdk-display-$KVER-$TKEY"
+if [ ! -x "$TOOL" ]; then
+  log "building the guest display tool"
+  # the UAPI headers as the kernel tree has them (not installed): __user is empty in user space
+  gcc -static -O2 -Wall -Wextra -Werror -D__user= -I"$UAPI/drm" -o "$TOOL.part" "$HERE/guest-tools/mdk-display.c" ||
+    die "guest display tool build failed"
+  mv "$TOOL.part" "$TOOL"
+fi
+
 # ---------------------------------------------------------------- run directory, initramfs
 RUN=$(mktemp -d /tmp/mdk-qemu-e2e.XXXXXX)
 FACTS="$RUN/facts.txt"; : > "$FACTS"
 fact() { echo "$1 $2" >> "$FACTS"; }
 fact_of() { grep "^$1 " "$FACTS" | tail -n 1 | cut -d' ' -f2-; }
+fact kernel "$KVER"
+fact qemu "$("$QEMU" --version | head -1)"
 G="$RUN/initramfs"
 mkdir -p "$G"/{bin,proc,sys,dev,tmp}
 cp "$BUSYBOX" "$G/bin/busybox"
 cp "$HERE/guest-init.sh" "$G/init"; chmod +x "$G/init"
 cp "$MDIR/mdk_e2e.ko" "$G/"
+mkdir -p "$G/drm"
+cp "$MODDIR"/*.ko "$MODDIR/order" "$G/drm/"
+cp "$TOOL" "$G/mdk-display"
+# the test images (test/e2e/display/frames.mjs: the one definition the Xen e2e uses too)
+node "$ROOT/test/e2e/display/frames.mjs" raw 1024 768 "$G/img1.raw" 0 || die "test image generation failed"
+node "$ROOT/test/e2e/display/frames.mjs" raw 800 600 "$G/img2.raw" 1 || die "test image generation failed"
 (cd "$G" && find . | cpio -o -H newc --quiet | gzip -1) > "$RUN/initrd.gz"
 log "kernel $KVER, test module $MKEY, run directory $RUN"
 
 # ---------------------------------------------------------------- servers
-EDU_SOCK="$RUN/edu.sock" VGPU_SOCK="$RUN/vgpu.sock"
+EDU_SOCK="$RUN/edu.sock" VGPU_SOCK="$RUN/vgpu.sock" BOCHS_SOCK="$RUN/bochs.sock"
+DISPLAY_PNG="$RUN/display.png"
 # QEMU_E2E_SERVE_ARGS: extra `mdevkit serve` options for both servers (e.g. "--dma-layout qemu")
 read -r -a SERVE_ARGS <<< "${QEMU_E2E_SERVE_ARGS:-}"
 "${CLI[@]}" serve edu --vfio-user "$EDU_SOCK" -v "${SERVE_ARGS[@]}" >"$RUN/server-edu.out" 2>"$RUN/server-edu.log" &
 EDU_PID=$!
 "${CLI[@]}" serve vgpu --vfio-user "$VGPU_SOCK" -v "${SERVE_ARGS[@]}" >"$RUN/server-vgpu.out" 2>"$RUN/server-vgpu.log" &
 VGPU_PID=$!
+"${CLI[@]}" serve bochs-display --vfio-user "$BOCHS_SOCK" --display-png "$DISPLAY_PNG" --stats "$RUN/stats-bochs.json" -v "${SERVE_ARGS[@]}" \
+  >"$RUN/server-bochs.out" 2>"$RUN/server-bochs.log" &
+BOCHS_PID=$!
 for i in $(seq 300); do
-  grep -q serving "$RUN/server-edu.out" 2>/dev/null && grep -q serving "$RUN/server-vgpu.out" 2>/dev/null && break
-  kill -0 "$EDU_PID" 2>/dev/null && kill -0 "$VGPU_PID" 2>/dev/null || break
+  grep -q serving "$RUN/server-edu.out" 2>/dev/null && grep -q serving "$RUN/server-vgpu.out" 2>/dev/null &&
+    grep -q serving "$RUN/server-bochs.out" 2>/dev/null && break
+  kill -0 "$EDU_PID" 2>/dev/null && kill -0 "$VGPU_PID" 2>/dev/null && kill -0 "$BOCHS_PID" 2>/dev/null || break
   sleep 0.1
 done
-[ -S "$EDU_SOCK" ] && [ -S "$VGPU_SOCK" ] || { cat "$RUN"/server-*.log >&2; die "servers did not come up"; }
-log "servers up: edu pid $EDU_PID, vgpu pid $VGPU_PID"
+[ -S "$EDU_SOCK" ] && [ -S "$VGPU_SOCK" ] && [ -S "$BOCHS_SOCK" ] || { cat "$RUN"/server-*.log >&2; die "servers did not come up"; }
+log "servers up: edu pid $EDU_PID, vgpu pid $VGPU_PID, bochs-display pid $BOCHS_PID"
 # the config space as the servers answer it (before any QEMU touches the devices)
 node "$HERE/server-config.mjs" "$EDU_SOCK" > "$RUN/cfg-edu.hex" || die "reading edu's config space failed"
 node "$HERE/server-config.mjs" "$VGPU_SOCK" > "$RUN/cfg-vgpu.hex" || die "reading vGPU's config space failed"
 
 # ---------------------------------------------------------------- QEMU boots
 vfio_dev() { printf '{"driver":"vfio-user-pci","socket":{"type":"unix","path":"%s"},"addr":"%s"}' "$1" "$2"; }
-# start_qemu NAME RAM-BACKEND: boots in the background under `timeout`; sets QWRAP (the background
-# subshell), QTIMEOUT (`timeout`), QPID (QEMU) and QSTART.
+# start_qemu NAME RAM-BACKEND [QEMU-ARGS...]: boots in the background under `timeout`; sets QWRAP
+# (the background subshell), QTIMEOUT (`timeout`), QPID (QEMU) and QSTART.
 start_qemu() {
   local name=$1 backend=$2
+  shift 2
   local dev_edu dev_vgpu
   dev_edu=$(vfio_dev "$EDU_SOCK" 0x5) dev_vgpu=$(vfio_dev "$VGPU_SOCK" 0x6)
   : > "$RUN/serial-$name.log"
@@ -169,9 +236,9 @@ start_qemu() {
     -machine q35,memory-backend=mem -accel tcg -smp 1 -m 512M -object "$backend" \
     -serial "file:$RUN/serial-$name.log" \
     -kernel "$KDIR/vmlinuz" -initrd "$RUN/initrd.gz" \
-    -append "console=ttyS0 quiet loglevel=4 panic=-1 rdinit=/init mdk.mode=$name" \
+    -append "console=ttyS0 quiet loglevel=4 panic=-1 rdinit=/init vt.global_cursor_default=0 consoleblank=0 mdk.mode=$name" \
     -device edu,addr=0x4 \
-    -device "$dev_edu" -device "$dev_vgpu" \
+    -device "$dev_edu" -device "$dev_vgpu" "$@" \
     </dev/null >"$RUN/qemu-$name.out" 2>"$RUN/qemu-$name.err"; exit $? ) 2>/dev/null &
   QWRAP=$!
   QTIMEOUT="" QPID=""
@@ -203,11 +270,31 @@ boot_summary() {
   log "boot $name: /init after $(fact_of "boot.$name.init_s")s, QEMU exit $(fact_of "boot.$name.rc") after $(fact_of "boot.$name.total_s")s"
 }
 
-# -- main: memfd guest RAM
-start_qemu main "memory-backend-memfd,id=mem,size=512M,share=on"
+# -- main: memfd guest RAM; the bochs-display at 00:07.0 and, for its display phase, ttyS1 as a
+# pipe from display-watch.mjs (which checks the server's PNG at each step the guest announces)
+mkfifo "$RUN/ctl.in" "$RUN/ctl.out"
+: > "$RUN/serial-main.log"
+node "$HERE/display-watch.mjs" "$RUN/serial-main.log" "$DISPLAY_PNG" "$RUN/ctl.in" "$RUN/display.json" "$BOOT_TIMEOUT" \
+  >"$RUN/display-watch.out" 2>&1 &
+WATCH_PID=$!
+start_qemu main "memory-backend-memfd,id=mem,size=512M,share=on" \
+  -device "$(vfio_dev "$BOCHS_SOCK" 0x7)" -serial "pipe:$RUN/ctl"
 init_time main
 rc=0; wait "$QWRAP" || rc=$?
 fact boot.main.rc "$rc"; fact boot.main.total_s "$(since "$QSTART")"; boot_summary main
+# the watcher ends when the guest's display phase ends; it gets a few seconds after QEMU is gone
+for i in $(seq 50); do kill -0 "$WATCH_PID" 2>/dev/null || break; sleep 0.1; done
+kill -TERM "$WATCH_PID" 2>/dev/null || true
+wait "$WATCH_PID" 2>/dev/null || true
+# the display server: SIGTERM writes its last frame and its figures, and it exits
+kill -TERM "$BOCHS_PID" 2>/dev/null || true
+for i in $(seq 300); do kill -0 "$BOCHS_PID" 2>/dev/null || break; sleep 0.1; done
+if kill -0 "$BOCHS_PID" 2>/dev/null; then
+  fact display.server_rc still-running-after-30s; kill -KILL "$BOCHS_PID" 2>/dev/null || true; wait "$BOCHS_PID" 2>/dev/null || true
+else
+  src=0; wait "$BOCHS_PID" || src=$?; fact display.server_rc "$src"
+fi
+if [ -e "$BOCHS_SOCK" ]; then fact display.server_socket present; else fact display.server_socket removed; fi
 
 # -- fdless: a second QEMU against the same servers, guest RAM without an fd
 start_qemu fdless "memory-backend-ram,id=mem,size=512M"
@@ -271,12 +358,12 @@ fi
 # ---------------------------------------------------------------- verdict
 for b in main fdless kill term; do
   log "---- boot $b: guest results ----"
-  tr -d '\r' < "$RUN/serial-$b.log" | grep -aE '^QE (res|mod|mode|init)|^QE-DONE' | grep -v '^QE res .* spin' | cut -c1-400 >&2 || true
+  tr -d '\r' < "$RUN/serial-$b.log" | grep -aE '^QE (res|mod|mode|init|disp)|^QE-DONE' | grep -v '^QE res .* spin' | cut -c1-400 >&2 || true
   [ -s "$RUN/qemu-$b.err" ] && { log "QEMU stderr ($b):"; sed 's/^/  /' "$RUN/qemu-$b.err" | tail -n 15 >&2; }
 done
 fact run.wall_s "$(since "$RUN_START")"
 set +e
-out=$(node "$HERE/check.mjs" "$RUN")
+out=$(node "$HERE/check.mjs" "$RUN" "$CACHE/display")
 crc=$?
 set -e
 printf '%s\n' "$out" | grep -v '^QEMU-E2E-VERDICT'
@@ -288,7 +375,7 @@ if [ "$crc" = 0 ] && [[ "$verdict" == "QEMU-E2E-VERDICT PASS"* ]]; then
   PASSED=1
 else
   log "---- server logs (last 40 lines each) ----"
-  for s in edu vgpu; do log "server $s:"; tail -n 40 "$RUN/server-$s.log" | sed 's/^/  /' >&2; done
+  for s in edu vgpu bochs; do log "server $s:"; tail -n 40 "$RUN/server-$s.log" | sed 's/^/  /' >&2; done
 fi
 VERDICT_DONE=1
 echo "${verdict:-QEMU-E2E-VERDICT FAIL check.mjs produced no verdict (exit $crc)} (wall $(since "$RUN_START") s)"
