@@ -4,8 +4,8 @@
  * ({@link SimVcpu}, in a worker thread through {@link SimVcpuThread}).
  * @module
  */
-export { SimHypervisor, SIM_LOG_LIMIT } from './hypervisor.js';
-export type { SimHypervisorOptions, SimIoreqServerResources, SimEventChannel, SimInterruptEvent, SimModifiedMemory } from './hypervisor.js';
+export { SimHypervisor, SIM_LOG_LIMIT, SIM_DEFAULT_EXTRA_BYTES, SIM_MAXMEM_SLACK_PAGES, SIM_PADDR_BITS, MAX_PINNED_CACHEATTRS } from './hypervisor.js';
+export type { SimHypervisorOptions, SimIoreqServerResources, SimEventChannel, SimInterruptEvent, SimModifiedMemory, SimPinnedCacheattr } from './hypervisor.js';
 export { SimXenHost } from './host.js';
 export { SimVcpu } from './vcpu.js';
 export type { SimAccess, SimVcpuOptions, BufferedWriteOutcome } from './vcpu.js';
