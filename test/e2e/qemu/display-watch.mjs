@@ -71,9 +71,10 @@ function pollPng() {
   }
   const key = `${st.ino}:${st.size}:${st.mtimeMs}`;
   if (lastPng?.key === key) return lastPng;
+  const seen = now(); // when the new file was noticed, before the decode's own cost
   const png = readPng(pngFile);
   if (!png) return lastPng;
-  lastPng = { key, png, at: now() };
+  lastPng = { key, png, at: seen };
   out.frames.push({ at: lastPng.at, width: png.width, height: png.height, sha256: frameSha256(png.data), black: isBlack(png) });
   return lastPng;
 }
