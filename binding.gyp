@@ -6,6 +6,7 @@
   "targets": [
     {
       "target_name": "mdevkit_native",
+      # native/src/core/: the parts a peer or guest controls, free of N-API (native/fuzz/ fuzzes them).
       "sources": [
         "native/src/addon.cc",
         "native/src/errors.cc",
@@ -22,7 +23,12 @@
         "native/src/ioreq_engine.cc",
         "native/src/xen_abi.cc",
         "native/src/poll.cc",
-        "native/src/page_scan.cc"
+        "native/src/page_scan.cc",
+        "native/src/core/dirty_bitmap_core.cc",
+        "native/src/core/ioreq.cc",
+        "native/src/core/masked_storage.cc",
+        "native/src/core/region_map.cc",
+        "native/src/core/vfio_user_stream.cc"
       ],
       "include_dirs": [
         "<!(node -p \"require('node-addon-api').include_dir\")",

@@ -22,12 +22,12 @@ typedef uint16_t domid_t;
 #include <memory>
 #include <vector>
 
+#include "core/ioreq.h"
 #include "errors.h"
 #include "js_entry.h"
 #include "modules.h"
 #include "owned_ref.h"
 #include "region_table.h"
-#include "xen_ioreq.h"
 
 namespace mdevkit {
 
@@ -35,14 +35,6 @@ namespace {
 
 constexpr napi_type_tag kEngineTag = {0x41c5e09d7b2f6a13ULL, 0x2d8e71f4c0b95a67ULL};
 constexpr uint32_t kMaxVcpus = 4096;
-
-struct AddressRange {
-  bool pio;
-  uint64_t start;
-  uint64_t end;  // inclusive
-  uint32_t region;
-  uint64_t offset;  // region offset of `start`
-};
 
 struct EngineStats {
   uint64_t ioreqs = 0;
@@ -152,12 +144,12 @@ class IoreqEngine : public Napi::ObjectWrap<IoreqEngine> {
     Napi::Env env = info.Env();
     if (info.Length() < 1 || !info[0].IsArray()) ThrowTypeError(env, "ranges", "an array");
     Napi::Array arr = info[0].As<Napi::Array>();
-    std::vector<AddressRange> ranges;
+    std::vector<IoreqRange> ranges;
     for (uint32_t i = 0; i < arr.Length(); i++) {
       std::string f = "ranges[" + std::to_string(i) + "]";
       if (!arr.Get(i).IsObject()) ThrowTypeError(env, f, "an object");
       Napi::Object r = arr.Get(i).As<Napi::Object>();
-      AddressRange a;
+      IoreqRange a;
       std::string kind = r.Get("kind").IsString() ? r.Get("kind").As<Napi::String>().Utf8Value() : "";
       if (kind != "pio" && kind != "mmio") ThrowInvalid(env, f + ".kind", "must be \"pio\" or \"mmio\"");
       a.pio = kind == "pio";
@@ -168,15 +160,15 @@ class IoreqEngine : public Napi::ObjectWrap<IoreqEngine> {
       if (a.end < a.start) ThrowInvalid(env, f + ".end", "is below start");
       ranges.push_back(a);
     }
-    ranges_ = std::move(ranges);
+    router_.SetRanges(std::move(ranges));
     return env.Undefined();
   }
 
   // setPciDevice(sbdf | -1, configSize)
   Napi::Value SetPciDevice(const Napi::CallbackInfo& info) {
     Napi::Value v = info.Length() > 0 ? info[0] : info.Env().Undefined();
-    pci_sbdf_ = v.IsNumber() ? v.As<Napi::Number>().Int64Value() : -1;
-    config_size_ = info.Length() > 1 && info[1].IsNumber() ? info[1].As<Napi::Number>().Uint32Value() : 256;
+    router_.SetPciDevice(v.IsNumber() ? v.As<Napi::Number>().Int64Value() : -1,
+                         info.Length() > 1 && info[1].IsNumber() ? info[1].As<Napi::Number>().Uint32Value() : 256);
     return info.Env().Undefined();
   }
 
@@ -366,46 +358,27 @@ class IoreqEngine : public Napi::ObjectWrap<IoreqEngine> {
     // the guest sees, and what QEMU does before every synchronous ioreq).
     DrainBuffered();
     XenIoreq* slot = &sync_[vcpu];
-    uint8_t bits = __atomic_load_n(&slot->bits, __ATOMIC_ACQUIRE);
-    if ((bits & kIoreqStateMask) != kStateIoreqReady) {
+    XenIoreq req;
+    if (!TakeIoreq(slot, &req)) {
       stats_.spurious++;  // a notification with nothing READY: never act on a slot twice
       return;
     }
-    // Read every field once, after the acquire above; later changes by the guest are ignored.
-    XenIoreq req;
-    req.addr = __atomic_load_n(&slot->addr, __ATOMIC_RELAXED);
-    req.data = __atomic_load_n(&slot->data, __ATOMIC_RELAXED);
-    req.count = __atomic_load_n(&slot->count, __ATOMIC_RELAXED);
-    req.size = __atomic_load_n(&slot->size, __ATOMIC_RELAXED);
-    req.type = __atomic_load_n(&slot->type, __ATOMIC_RELAXED);
-    req.bits = bits;
-    __atomic_store_n(&slot->bits, static_cast<uint8_t>((bits & ~kIoreqStateMask) | kStateIoreqInprocess), __ATOMIC_RELAXED);
     stats_.ioreqs++;
-    uint64_t data = Execute(vcpu, req);
-    // With data_is_ptr, `data` is the guest buffer's address, not a value: leave it alone.
-    if ((req.bits & kIoreqDirRead) && !(req.bits & kIoreqDataIsPtr)) __atomic_store_n(&slot->data, data, __ATOMIC_RELAXED);
-    __atomic_store_n(&slot->bits, static_cast<uint8_t>((bits & ~kIoreqStateMask) | kStateIorespReady), __ATOMIC_RELEASE);
+    CompleteIoreq(slot, req, Execute(vcpu, req));
     Notify(vcpu);
   }
-
-  static uint64_t AllOnes(uint32_t size) { return size >= 8 ? ~0ULL : ((1ULL << (size * 8)) - 1); }
 
   // Serves one access; returns the data for reads (all-ones when the access fails).
   uint64_t Execute(uint32_t vcpu, const XenIoreq& req) {
     bool read = (req.bits & kIoreqDirRead) != 0;
-    uint32_t size = req.size;
-    if (size != 1 && size != 2 && size != 4 && size != 8) return Bad("bad ioreq size", EINVAL, read, 8);
-    bool simple = req.count == 1 && !(req.bits & kIoreqDataIsPtr);
-    if (simple && (req.type == kIoreqTypePio || req.type == kIoreqTypeCopy)) {
-      const AddressRange* r = Find(req.type == kIoreqTypePio, req.addr, size);
-      if (r != nullptr) return Access(r->region, r->offset + (req.addr - r->start), req.data, size, read);
-    }
-    if (simple && req.type == kIoreqTypePciConfig) {
-      uint32_t sbdf = static_cast<uint32_t>(req.addr >> 32);
-      uint32_t reg = static_cast<uint32_t>(req.addr & 0xffffffffu);
-      if (static_cast<int64_t>(sbdf) == pci_sbdf_ && reg < config_size_ && size <= config_size_ - reg && size <= 4) {
-        return Access(7, reg, req.data, size, read);
-      }
+    IoreqRoute route = router_.Route(req);
+    switch (route.kind) {
+      case IoreqRoute::kBadSize:
+        return Bad("bad ioreq size", EINVAL, read, 8);
+      case IoreqRoute::kRegion:
+        return Access(route.region, route.offset, req.data, req.size, read);
+      case IoreqRoute::kSlow:
+        break;
     }
     return CallJs(vcpu, req);
   }
@@ -422,13 +395,6 @@ class IoreqEngine : public Napi::ObjectWrap<IoreqEngine> {
     uint64_t out = 0;
     std::memcpy(&out, buf, size);
     return out;
-  }
-
-  const AddressRange* Find(bool pio, uint64_t addr, uint32_t size) const {
-    for (const AddressRange& r : ranges_) {
-      if (r.pio == pio && addr >= r.start && addr <= r.end && size - 1 <= r.end - addr) return &r;
-    }
-    return nullptr;
   }
 
   // The slow path: rep/data_is_ptr copies, unmapped addresses, config latches, INVALIDATE, ...
@@ -452,14 +418,14 @@ class IoreqEngine : public Napi::ObjectWrap<IoreqEngine> {
       if (r.IsBigInt()) {
         bool lossless = false;
         uint64_t v = r.As<Napi::BigInt>().Uint64Value(&lossless);
-        return read ? v & AllOnes(req.size) : req.data;
+        return read ? v & IoreqAllOnes(req.size) : req.data;
       }
       if (r.IsNumber()) {
         double d = r.As<Napi::Number>().DoubleValue();
         if (d < 0) return Bad("ioreq refused", static_cast<int>(-d), read, req.size);
-        return read ? static_cast<uint64_t>(d) & AllOnes(req.size) : req.data;
+        return read ? static_cast<uint64_t>(d) & IoreqAllOnes(req.size) : req.data;
       }
-      return read ? AllOnes(req.size) : req.data;
+      return read ? IoreqAllOnes(req.size) : req.data;
     } catch (const Napi::Error&) {
       return Bad("ioreq handler threw", EIO, read, req.size);
     }
@@ -473,73 +439,28 @@ class IoreqEngine : public Napi::ObjectWrap<IoreqEngine> {
     } catch (const Napi::Error&) {
       // Logging must not take the server down.
     }
-    return read ? AllOnes(size) : 0;
+    return read ? IoreqAllOnes(size) : 0;
   }
+
+  // The buffered ring's entries, served as single writes.
+  struct BufferedSink final : BufferedIoreqSink {
+    explicit BufferedSink(IoreqEngine* e) : engine(e) {}
+    void OnWrite(const XenIoreq& req) override {
+      engine->stats_.buffered++;
+      engine->Execute(UINT32_MAX, req);
+    }
+    void OnReadEntry() override {
+      engine->stats_.buffered++;
+      engine->Bad("buffered ioreq is a read", EINVAL, false);
+    }
+    void OnBadPointers() override { engine->Bad("buffered ring pointers out of range", EINVAL, false); }
+    IoreqEngine* engine;
+  };
 
   void DrainBuffered() {
     if (buf_ == nullptr) return;
-    auto* rp_ptr = reinterpret_cast<uint32_t*>(buf_);
-    auto* pointers = reinterpret_cast<uint64_t*>(buf_);  // page-aligned: an aligned 8-byte word
-    const uint8_t* slots = buf_ + kBufPagePointers;
-    // At most one ring's worth of entries per call. The ring never holds more than 511, so this
-    // covers every entry published before the call; one published during it brings a notification
-    // of its own. Unbounded, a producer that keeps the ring non-empty would hold the server here
-    // for ever, and the synchronous ioreq this drain runs ahead of (ServeSlot) would never be served.
-    for (uint32_t budget = kBufIoreqSlots; budget > 0; budget--) {
-      // Both pointers in one 64-bit load (the `full` word of Xen's union bufioreq_pointers). In
-      // atomic mode Xen rebases them together with one cmpxchg on that word while we drain; two
-      // 32-bit loads straddling it see a read pointer from before and a write pointer from after,
-      // 511 apart, and the resynchronisation below would then skip live entries or replay old ones.
-      uint64_t both = __atomic_load_n(pointers, __ATOMIC_ACQUIRE);
-      uint32_t rp = static_cast<uint32_t>(both);  // read_pointer: the low half (little-endian host)
-      uint32_t wp = static_cast<uint32_t>(both >> 32);
-      if (rp == wp) return;
-      if (wp - rp > kBufIoreqSlots) {
-        // Pointers the guest side could only corrupt: resynchronise instead of looping.
-        Bad("buffered ring pointers out of range", EINVAL, false);
-        AdvanceRead(rp_ptr, wp - rp);
-        return;
-      }
-      const uint8_t* s = slots + (rp % kBufIoreqSlots) * 8;
-      uint8_t type = s[0];
-      uint8_t flags = s[1];
-      uint32_t word0;
-      std::memcpy(&word0, s, 4);
-      uint32_t addr = word0 >> 12;
-      uint32_t lo;
-      std::memcpy(&lo, s + 4, 4);
-      uint32_t size = 1u << ((flags >> 2) & 3);
-      uint32_t used = 1;
-      uint64_t data = lo;
-      if (size == 8) {
-        if (wp - rp < 2) return;  // the second half is not written yet
-        uint32_t hi;
-        std::memcpy(&hi, slots + ((rp + 1) % kBufIoreqSlots) * 8 + 4, 4);
-        data |= static_cast<uint64_t>(hi) << 32;
-        used = 2;
-      }
-      stats_.buffered++;
-      if (flags & 0x2) {
-        Bad("buffered ioreq is a read", EINVAL, false);
-      } else {
-        XenIoreq req{};
-        req.addr = addr;
-        req.data = data;
-        req.count = 1;
-        req.size = size;
-        req.type = type;
-        req.bits = kStateIoreqReady;
-        Execute(UINT32_MAX, req);
-      }
-      AdvanceRead(rp_ptr, used);
-    }
-  }
-
-  void AdvanceRead(uint32_t* rp_ptr, uint32_t n) {
-    // In atomic mode Xen may rebase both pointers concurrently: the read pointer is only ever
-    // advanced with an atomic add. In legacy mode a release store suffices.
-    if (atomic_buffered_) __atomic_fetch_add(rp_ptr, n, __ATOMIC_RELEASE);
-    else __atomic_store_n(rp_ptr, __atomic_load_n(rp_ptr, __ATOMIC_RELAXED) + n, __ATOMIC_RELEASE);
+    BufferedSink sink(this);
+    DrainBufferedRing(buf_, atomic_buffered_, sink);
   }
 
   Napi::Env env_;
@@ -559,9 +480,7 @@ class IoreqEngine : public Napi::ObjectWrap<IoreqEngine> {
   std::vector<int> guest_to_server_;
   std::vector<int> server_to_guest_;
   int buf_fd_ = -1;
-  std::vector<AddressRange> ranges_;
-  int64_t pci_sbdf_ = -1;
-  uint32_t config_size_ = 256;
+  IoreqRouter router_;
   std::vector<std::unique_ptr<Source>> sources_;
   uv_idle_t* idle_ = nullptr;
   bool started_ = false;

@@ -5,7 +5,6 @@
 #include <cstring>
 
 #include "errors.h"
-#include "masked_storage.h"
 #include "js_entry.h"
 #include "modules.h"
 #include "owned_ref.h"
@@ -15,7 +14,7 @@ namespace mdevkit {
 namespace {
 
 constexpr napi_type_tag kRegionTableTag = {0x5c1e7a9b33d04f21ULL, 0x9e02b6d47a1c8f35ULL};
-constexpr uint32_t kMaxRegions = 64;
+constexpr uint32_t kMaxRegions = RegionMap::kMaxRegions;
 
 // ObjectWrap's trampolines unwrap `this` without checking its class; the tag makes a method
 // called on a foreign object a TypeError instead of a type confusion.
@@ -60,7 +59,7 @@ RegionTable::RegionTable(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Regi
   scratch_ref_ = OwnedValue(self, "mdevkit.RegionTable.scratch", info[1]);
   scratch_ = scratch.data;
   scratch_len_ = std::min<size_t>(scratch.length, UINT32_MAX);
-  regions_.resize(kMaxRegions);
+  keep_alive_.resize(kMaxRegions);
   info.This().As<Napi::Object>().TypeTag(&kRegionTableTag);
 }
 
@@ -73,6 +72,7 @@ Napi::Value RegionTable::SetRegion(const Napi::CallbackInfo& info) {
   if (info.Length() < 2 || !info[1].IsObject()) ThrowTypeError(env, "region", "an object");
   Napi::Object spec = info[1].As<Napi::Object>();
   RegionEntry entry;
+  std::vector<Napi::Reference<Napi::Value>> keep_alive;
   entry.size = PropU64(env, spec, "size", "region.size");
   entry.readable = spec.Get("readable").ToBoolean();
   entry.writable = spec.Get("writable").ToBoolean();
@@ -88,9 +88,7 @@ Napi::Value RegionTable::SetRegion(const Napi::CallbackInfo& info) {
     RegionSegment seg;
     seg.offset = PropU64(env, so, "offset", field + ".offset");
     seg.size = PropU64(env, so, "size", field + ".size");
-    if (seg.size == 0 || seg.offset < end || seg.offset > entry.size || seg.size > entry.size - seg.offset) {
-      ThrowRangeError(env, field, "segments must be non-empty, sorted, disjoint and inside the region");
-    }
+    if (const char* bad = CheckSegmentPlacement(entry.size, end, seg)) ThrowRangeError(env, field, bad);
     end = seg.offset + seg.size;
     std::string kind = so.Get("kind").IsString() ? so.Get("kind").As<Napi::String>().Utf8Value() : "";
     if (kind == "js") {
@@ -105,24 +103,19 @@ Napi::Value RegionTable::SetRegion(const Napi::CallbackInfo& info) {
       if (kind == "masked") {
         seg.kind = RegionSegment::kMasked;
         seg.plane_size = static_cast<size_t>(PropU64(env, so, "planeSize", field + ".planeSize"));
-        if (seg.plane_size == 0 || bytes.length < seg.plane_size * kPlaneCount ||
-            seg.base > seg.plane_size || seg.size > seg.plane_size - seg.base) {
-          ThrowRangeError(env, field, "masked storage is smaller than the segment");
-        }
       } else {
         seg.kind = RegionSegment::kRam;
-        if (seg.base > bytes.length || seg.size > bytes.length - seg.base) {
-          ThrowRangeError(env, field, "RAM storage is smaller than the segment");
-        }
       }
-      entry.keep_alive.push_back(Napi::Persistent(storage));
+      if (const char* bad = CheckSegmentStorage(seg, bytes.length)) ThrowRangeError(env, field, bad);
+      keep_alive.push_back(Napi::Persistent(storage));
     } else {
       ThrowInvalid(env, field + ".kind", "must be \"js\", \"masked\", \"ram\" or \"zero\"");
     }
     entry.segments.push_back(seg);
   }
   std::lock_guard<std::recursive_mutex> hold(self->lock_);
-  self->regions_[index] = std::move(entry);
+  self->map_.Set(index, std::move(entry));
+  self->keep_alive_[index] = std::move(keep_alive);
   return env.Undefined();
 }
 
@@ -131,7 +124,8 @@ Napi::Value RegionTable::ClearRegion(const Napi::CallbackInfo& info) {
   uint32_t index = ArgU32(info, 0, "index");
   if (index >= kMaxRegions) ThrowRangeError(info.Env(), "index", "must be below 64");
   std::lock_guard<std::recursive_mutex> hold(self->lock_);
-  self->regions_[index] = RegionEntry();
+  self->map_.Clear(index);
+  self->keep_alive_[index].clear();
   return info.Env().Undefined();
 }
 
@@ -162,9 +156,9 @@ int RegionTable::CallJs(Napi::Env env, uint32_t region, uint64_t offset, uint8_t
   js_depth_--;
   if (via_js != nullptr) *via_js = true;
   if (write) {
-    stats_.js_writes.fetch_add(1, std::memory_order_relaxed);
+    map_.stats().js_writes.fetch_add(1, std::memory_order_relaxed);
   } else {
-    stats_.js_reads.fetch_add(1, std::memory_order_relaxed);
+    map_.stats().js_reads.fetch_add(1, std::memory_order_relaxed);
     if (result == 0) std::memcpy(buf, scratch_, count);
   }
   if (!outer.empty()) std::memcpy(scratch_, outer.data(), outer.size());
@@ -174,39 +168,7 @@ int RegionTable::CallJs(Napi::Env env, uint32_t region, uint64_t offset, uint8_t
 
 int RegionTable::AccessNative(uint32_t region, uint64_t offset, uint8_t* buf, uint32_t count, bool write) {
   std::lock_guard<std::recursive_mutex> hold(lock_);
-  if (region >= regions_.size()) return EINVAL;
-  const RegionEntry& e = regions_[region];
-  if (e.size == 0) return EINVAL;
-  if (write ? !e.writable : !e.readable) return EINVAL;
-  if (offset > e.size || count > e.size - offset) return EINVAL;
-  if (count == 0) return 0;
-  for (const RegionSegment& s : e.segments) {
-    if (offset < s.offset || offset >= s.offset + s.size) continue;
-    if (count > s.offset + s.size - offset) break;  // spans segments: JS splits it
-    uint64_t at = s.base + (offset - s.offset);
-    switch (s.kind) {
-      case RegionSegment::kZero:
-        if (!write) std::memset(buf, 0, count);
-        break;
-      case RegionSegment::kRam: {
-        if (write) std::memcpy(s.storage + at, buf, count);
-        else std::memcpy(buf, s.storage + at, count);
-        break;
-      }
-      case RegionSegment::kMasked: {
-        uint8_t hooks = MaskedFlags(s.storage, s.plane_size, at, count);
-        if (hooks & (write ? kByteWriteHook : kByteReadHook)) return kNeedsJs;
-        if (write) MaskedWrite(s.storage, s.plane_size, at, buf, count);
-        else MaskedRead(s.storage, s.plane_size, at, buf, count);
-        break;
-      }
-      case RegionSegment::kJs:
-        return kNeedsJs;
-    }
-    (write ? stats_.native_writes : stats_.native_reads).fetch_add(1, std::memory_order_relaxed);
-    return 0;
-  }
-  return kNeedsJs;
+  return map_.AccessNative(region, offset, buf, count, write);
 }
 
 int RegionTable::Access(Napi::Env env, uint32_t region, uint64_t offset, uint8_t* buf, uint32_t count, bool write,
@@ -256,10 +218,10 @@ Napi::Value RegionTable::Stats(const Napi::CallbackInfo& info) {
   RegionTable* self = Self(info);
   Napi::Env env = info.Env();
   Napi::Object o = Napi::Object::New(env);
-  o.Set("nativeReads", Napi::Number::New(env, static_cast<double>(self->stats_.native_reads.load(std::memory_order_relaxed))));
-  o.Set("nativeWrites", Napi::Number::New(env, static_cast<double>(self->stats_.native_writes.load(std::memory_order_relaxed))));
-  o.Set("jsReads", Napi::Number::New(env, static_cast<double>(self->stats_.js_reads.load(std::memory_order_relaxed))));
-  o.Set("jsWrites", Napi::Number::New(env, static_cast<double>(self->stats_.js_writes.load(std::memory_order_relaxed))));
+  o.Set("nativeReads", Napi::Number::New(env, static_cast<double>(self->map_.stats().native_reads.load(std::memory_order_relaxed))));
+  o.Set("nativeWrites", Napi::Number::New(env, static_cast<double>(self->map_.stats().native_writes.load(std::memory_order_relaxed))));
+  o.Set("jsReads", Napi::Number::New(env, static_cast<double>(self->map_.stats().js_reads.load(std::memory_order_relaxed))));
+  o.Set("jsWrites", Napi::Number::New(env, static_cast<double>(self->map_.stats().js_writes.load(std::memory_order_relaxed))));
   return o;
 }
 

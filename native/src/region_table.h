@@ -1,45 +1,20 @@
 // The region dispatch table shared by both adapters' hot paths. Each region (VFIO numbering:
 // BAR0-5, ROM 6, config 7) is a list of segments; an access that lies inside one segment that the
 // native core can serve (plain register storage without hooks, shared RAM, unimplemented space)
-// never enters JS. Anything else — hooked registers, config space, accesses spanning segments —
-// is handed to one JS callback synchronously, with the data in a scratch buffer.
+// never enters JS (that part is core/region_map.h). Anything else — hooked registers, config
+// space, accesses spanning segments — is handed to one JS callback synchronously, with the data in
+// a scratch buffer.
 #pragma once
 
 #include <napi.h>
 
-#include <atomic>
 #include <cstdint>
 #include <mutex>
 #include <vector>
 
+#include "core/region_map.h"
+
 namespace mdevkit {
-
-struct RegionSegment {
-  enum Kind : uint8_t { kJs = 0, kMasked = 1, kRam = 2, kZero = 3 };
-  uint64_t offset = 0;       // within the region
-  uint64_t size = 0;
-  Kind kind = kJs;
-  uint8_t* storage = nullptr;  // kMasked: the planes; kRam: the bytes
-  size_t plane_size = 0;       // kMasked: bytes per plane
-  uint64_t base = 0;           // storage offset of the segment's first byte
-};
-
-struct RegionEntry {
-  uint64_t size = 0;
-  bool readable = false;
-  bool writable = false;
-  std::vector<RegionSegment> segments;           // sorted, non-overlapping
-  std::vector<Napi::Reference<Napi::Value>> keep_alive;  // the JS buffers behind `storage`
-};
-
-// Counters, bumped from whichever thread serves the access (a connection's I/O thread serves
-// native segments), hence atomic; relaxed: they order nothing.
-struct RegionStats {
-  std::atomic<uint64_t> native_reads{0};
-  std::atomic<uint64_t> native_writes{0};
-  std::atomic<uint64_t> js_reads{0};
-  std::atomic<uint64_t> js_writes{0};
-};
 
 class RegionTable : public Napi::ObjectWrap<RegionTable> {
  public:
@@ -60,7 +35,7 @@ class RegionTable : public Napi::ObjectWrap<RegionTable> {
   // thread while the JS thread is not changing the table or running this device's code: accesses
   // are serialized by the table's lock (see Lock).
   int AccessNative(uint32_t region, uint64_t offset, uint8_t* buf, uint32_t count, bool write);
-  static constexpr int kNeedsJs = -1;
+  static constexpr int kNeedsJs = RegionMap::kNeedsJs;
 
   // The device's access lock: held by native accesses; JS code that changes register state while
   // an I/O thread may be serving (timers, its own events) takes it through lock()/unlock().
@@ -68,7 +43,7 @@ class RegionTable : public Napi::ObjectWrap<RegionTable> {
 
   // Largest access the JS path can carry (the scratch buffer's size).
   uint32_t MaxAccess() const { return static_cast<uint32_t>(scratch_len_); }
-  const RegionStats& stats() const { return stats_; }
+  const RegionStats& stats() const { return map_.stats(); }
 
  private:
   Napi::Value SetRegion(const Napi::CallbackInfo& info);
@@ -80,14 +55,14 @@ class RegionTable : public Napi::ObjectWrap<RegionTable> {
   Napi::Value UnlockJs(const Napi::CallbackInfo& info);
   int CallJs(Napi::Env env, uint32_t region, uint64_t offset, uint8_t* buf, uint32_t count, bool write, bool* via_js);
 
-  std::vector<RegionEntry> regions_;
+  RegionMap map_;
+  std::vector<std::vector<Napi::Reference<Napi::Value>>> keep_alive_;  // per region: the JS buffers behind `storage`
   Napi::FunctionReference js_access_;
   Napi::Reference<Napi::Value> scratch_ref_;
   uint8_t* scratch_ = nullptr;
   size_t scratch_len_ = 0;
   int js_depth_ = 0;             // JS accesses on the stack (more than 1 only while a handler waits)
   uint32_t scratch_in_use_ = 0;  // bytes of scratch the innermost running JS access uses
-  RegionStats stats_;
   std::recursive_mutex lock_;
 };
 

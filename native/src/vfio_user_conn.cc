@@ -31,6 +31,7 @@
 #include <string>
 #include <vector>
 
+#include "core/vfio_user_stream.h"
 #include "errors.h"
 #include "fd_util.h"
 #include "js_entry.h"
@@ -38,7 +39,6 @@
 #include "owned_ref.h"
 #include "region_table.h"
 #include "unix_socket.h"
-#include "vfio_user_wire.h"
 
 namespace mdevkit {
 
@@ -122,84 +122,6 @@ struct ConnStats {
   Counter to_loop;
 };
 
-// Replies waiting to be sent, as one contiguous byte stream: no allocation per reply once the
-// buffer has grown, and one iovec per send. A reply that carries fds is sent on its own, so its
-// SCM_RIGHTS data arrives with its first byte and no other message's.
-class OutQueue {
- public:
-  ~OutQueue() { Clear(); }
-
-  bool empty() const { return sent_ == len_; }
-  size_t size() const { return len_; }
-
-  // Room for n more bytes at the end of the stream.
-  uint8_t* Append(size_t n) {
-    if (sent_ == len_) sent_ = len_ = 0;
-    if (len_ + n > cap_) {
-      size_t live = len_ - sent_;
-      size_t cap = std::max<size_t>({cap_ * 2, live + n, 4096});
-      std::unique_ptr<uint8_t[]> grown(new uint8_t[cap]);
-      if (live) std::memcpy(grown.get(), buf_.get() + sent_, live);
-      for (Mark& m : marks_) m.start -= sent_, m.end -= sent_;
-      buf_ = std::move(grown);
-      cap_ = cap;
-      len_ = live;
-      sent_ = 0;
-    }
-    uint8_t* p = buf_.get() + len_;
-    len_ += n;
-    return p;
-  }
-
-  // The message in [start, end) of the stream goes with these fds (owned from now on).
-  void AttachFds(size_t start, size_t end, std::vector<int> fds) { marks_.push_back(Mark{start, end, std::move(fds)}); }
-
-  // What to send next: the bytes up to the next reply with fds, or that reply alone with its fds.
-  void Next(iovec* iov, const std::vector<int>** fds) const {
-    *fds = nullptr;
-    size_t end = len_;
-    if (!marks_.empty()) {
-      const Mark& m = marks_.front();
-      if (m.start == sent_) {
-        end = m.end;
-        *fds = &m.fds;
-      } else {
-        end = m.start;
-      }
-    }
-    iov->iov_base = buf_.get() + sent_;
-    iov->iov_len = end - sent_;
-  }
-
-  void Consumed(size_t n) {
-    sent_ += n;
-    // fds travel with the first byte of their message.
-    while (!marks_.empty() && marks_.front().start < sent_) {
-      CloseAll(marks_.front().fds);
-      marks_.pop_front();
-    }
-    if (sent_ == len_) sent_ = len_ = 0;
-  }
-
-  void Clear() {
-    for (Mark& m : marks_) CloseAll(m.fds);
-    marks_.clear();
-    sent_ = len_ = 0;
-  }
-
- private:
-  struct Mark {
-    size_t start;
-    size_t end;
-    std::vector<int> fds;
-  };
-  std::unique_ptr<uint8_t[]> buf_;
-  size_t cap_ = 0;
-  size_t len_ = 0;
-  size_t sent_ = 0;
-  std::deque<Mark> marks_;
-};
-
 class VfioUserConnection : public Napi::ObjectWrap<VfioUserConnection> {
  public:
   static Napi::Function Define(Napi::Env env) {
@@ -247,8 +169,7 @@ class VfioUserConnection : public Napi::ObjectWrap<VfioUserConnection> {
     max_fds_ = static_cast<int>(max_fds);
     max_xfer_ = static_cast<uint32_t>(max_xfer);
     // Room for one largest message plus a second arriving behind it.
-    cap_ = static_cast<size_t>(max_message_) * 2 + 4096;
-    in_.reset(new uint8_t[cap_]);
+    input_ = std::make_unique<VfioUserInput>(max_message_);
     fd_ = fd;
     js_ = std::make_unique<JsEntry>(env, "mdevkit.VfioUserConnection");
     info.This().As<Napi::Object>().TypeTag(&kConnTag);
@@ -492,7 +413,7 @@ class VfioUserConnection : public Napi::ObjectWrap<VfioUserConnection> {
 
   void MaybeHandToThread() {
     if (!io_thread_ || closed_ || draining_ || nesting_ > 0 || native_streak_ < kNativeStreakForThread) return;
-    if (!out_.empty() || !pending_.empty() || in_start_ != in_end_ || !in_fds_.empty()) return;
+    if (!out_.empty() || !pending_.empty() || !input_->Idle()) return;
     native_streak_ = 0;
     if (poll_ != nullptr) uv_poll_stop(poll_);
     poll_events_ = 0;
@@ -590,23 +511,21 @@ class VfioUserConnection : public Napi::ObjectWrap<VfioUserConnection> {
     for (;;) {
       if (yield_.load(std::memory_order_relaxed)) return;
       // Serve every complete message that needs no JS.
-      while (in_end_ - in_start_ >= sizeof(VfioUserHeader)) {
+      for (;;) {
         VfioUserHeader h;
-        std::memcpy(&h, in_.get() + in_start_, sizeof h);
-        if (h.msg_size < sizeof(VfioUserHeader) || h.msg_size > max_message_) return;
-        if (in_end_ - in_start_ < h.msg_size) break;
-        if (!in_fds_.empty() && in_fds_.front().pos <= stream_base_ + in_start_) return;
+        VfioUserInput::Frame f = input_->PeekAt(input_->start(), &h);
+        if (f == VfioUserInput::kBadSize) return;
+        if (f == VfioUserInput::kPartial) break;
+        if (input_->FdsAtOrBefore(input_->start())) return;
         if ((h.flags & kVfioUserTypeMask) != kVfioUserTypeCommand) return;
         if (h.command != kVfioUserRegionRead && h.command != kVfioUserRegionWrite) return;
-        if (ThreadAccess(h, in_.get() + in_start_ + sizeof h, h.msg_size - static_cast<uint32_t>(sizeof h)) == RegionTable::kNeedsJs) return;
-        in_start_ += h.msg_size;
+        const uint8_t* payload = input_->data() + input_->start() + sizeof h;
+        if (ThreadAccess(h, payload, h.msg_size - static_cast<uint32_t>(sizeof h)) == RegionTable::kNeedsJs) return;
+        input_->Consume(h.msg_size);
         stats_.messages++;
         stats_.thread_messages++;
       }
-      if (in_start_ == in_end_) {
-        stream_base_ += in_start_;
-        in_start_ = in_end_ = 0;
-      }
+      input_->ResetIfDrained();
       // Replies out (blocking; a client that does not read them is the loop's to judge).
       while (!out_.empty()) {
         iovec iov;
@@ -619,49 +538,34 @@ class VfioUserConnection : public Napi::ObjectWrap<VfioUserConnection> {
         out_.Consumed(static_cast<size_t>(r));
       }
       if (yield_.load(std::memory_order_relaxed)) return;
-      if (in_end_ == cap_) return;  // a message larger than the buffer's free space: the loop copes
-      iovec iov{in_.get() + in_end_, cap_ - in_end_};
+      iovec iov;
+      // A message larger than the buffer's free space: the loop copes.
+      if (!input_->Room(false, &iov)) return;
       int fds[kMaxFdsPerMessage];
       int nfds = 0;
       bool truncated = false;
       ssize_t n = RecvWithFds(fd_, &iov, 1, fds, std::max(max_fds_, 1), &nfds, &truncated, false);
       stats_.recv_calls++;
       // An idle client may stay idle: only a timeout with part of a message buffered matters.
-      if (n == -EAGAIN && in_end_ == in_start_) continue;
+      if (n == -EAGAIN && !input_->HasPartial()) continue;
       if (n <= 0) {
         // EOF or an error: the loop reads it again and ends the connection. EINTR: asked to
         // yield, or a timeout with a partial message the loop's patience now applies to.
         return;
       }
-      uint64_t chunk_start = stream_base_ + in_end_;
-      in_end_ += static_cast<size_t>(n);
       stats_.bytes_in += static_cast<uint64_t>(n);
-      if (nfds > 0 || truncated) {
-        // Recorded exactly as the loop does; the message is then the loop's to serve.
-        uint64_t owner = LastMessageStartIn(chunk_start, stream_base_ + in_end_);
-        if (owner == UINT64_MAX) {
-          for (int i = 0; i < nfds; i++) ::close(fds[i]);
-          return;  // fds that belong to no message: the loop will find the stream broken
-        }
-        FdBatch* batch = FindBatch(owner);
-        if (batch == nullptr) {
-          in_fds_.push_back(FdBatch{owner, {}, false});
-          batch = &in_fds_.back();
-        }
-        batch->fds.insert(batch->fds.end(), fds, fds + nfds);
-        batch->truncated = batch->truncated || truncated;
-      }
+      // fds are recorded exactly as the loop does; the message is then the loop's to serve. Fds
+      // that belong to no message are closed: the loop will find the stream broken.
+      if (input_->Received(static_cast<size_t>(n), fds, nfds, truncated) != 0) return;
     }
   }
 
   // A REGION_READ/WRITE on the I/O thread: served if the table needs no JS for it, else kNeedsJs.
   int ThreadAccess(const VfioUserHeader& h, const uint8_t* payload, uint32_t len) {
-    if (len < sizeof(VfioUserRegionAccess)) return RegionTable::kNeedsJs;
     VfioUserRegionAccess a;
-    std::memcpy(&a, payload, sizeof a);
+    if (DecodeRegionAccess(h.command, payload, len, max_xfer_, &a) != 0) return RegionTable::kNeedsJs;  // errors: the loop's
     bool write = h.command == kVfioUserRegionWrite;
     bool no_reply = (h.flags & kVfioUserNoReply) != 0;
-    if (a.count > max_xfer_ || len != sizeof a + (write ? a.count : 0)) return RegionTable::kNeedsJs;  // errors: the loop's
     int r;
     if (write) {
       r = table_->AccessNative(a.region, a.offset, const_cast<uint8_t*>(payload) + sizeof a, a.count, true);
@@ -706,8 +610,8 @@ class VfioUserConnection : public Napi::ObjectWrap<VfioUserConnection> {
     if (draining_) {
       deadline = drain_deadline_;
     } else {
-      if (message_timeout_ms_ > 0 && in_end_ > in_start_) {
-        uint64_t pos = stream_base_ + in_start_;
+      if (message_timeout_ms_ > 0 && input_->HasPartial()) {
+        uint64_t pos = input_->ReadPosition();
         if (!partial_ || partial_pos_ != pos) {
           partial_ = true;
           partial_pos_ = pos;
@@ -779,11 +683,9 @@ class VfioUserConnection : public Napi::ObjectWrap<VfioUserConnection> {
   // Reads once from `fd` into the input buffer. Returns 0 after data, EAGAIN when nothing was
   // queued or there is no room, EPIPE on EOF, or another errno (the connection is then broken).
   int ReceiveOnce(int fd) {
-    if (in_end_ == cap_) {
-      if (in_start_ == 0 || nesting_ > 0) return EAGAIN;
-      Compact();
-    }
-    iovec iov{in_.get() + in_end_, cap_ - in_end_};
+    iovec iov;
+    // While a handler runs, the payload it was given lives in the buffer: it must not move.
+    if (!input_->Room(nesting_ == 0, &iov)) return EAGAIN;
     int fds[kMaxFdsPerMessage];
     int nfds = 0;
     bool truncated = false;
@@ -792,122 +694,40 @@ class VfioUserConnection : public Napi::ObjectWrap<VfioUserConnection> {
     if (n == -EAGAIN) return EAGAIN;
     if (n < 0) return static_cast<int>(-n);
     if (n == 0) return EPIPE;
-    uint64_t chunk_start = stream_base_ + in_end_;
-    in_end_ += static_cast<size_t>(n);
     stats_.bytes_in += static_cast<uint64_t>(n);
-    if (nfds > 0 || truncated) {
-      uint64_t owner = LastMessageStartIn(chunk_start, stream_base_ + in_end_);
-      std::vector<int> got(fds, fds + nfds);
-      if (owner == UINT64_MAX) {
-        CloseAll(got);
-        return EBADMSG;  // fds that belong to no message: the peer is not speaking the protocol
-      }
-      FdBatch* batch = FindBatch(owner);
-      if (batch == nullptr) {
-        in_fds_.push_back(FdBatch{owner, {}, false});
-        batch = &in_fds_.back();
-      }
-      batch->fds.insert(batch->fds.end(), got.begin(), got.end());
-      batch->truncated = batch->truncated || truncated;
+    return input_->Received(static_cast<size_t>(n), fds, nfds, truncated);
+  }
+
+  // ---- the input stream's sink (VfioUserSink) -------------------------------------------------
+
+  struct Sink final : VfioUserSink {
+    explicit Sink(VfioUserConnection* c) : conn(c) {}
+    bool Stopped() override { return conn->closed_ || conn->draining_; }
+    void OnBadSize(const VfioUserHeader& h) override {
+      // The framing cannot be trusted past this point: say why, then disconnect.
+      conn->QueueError(h, h.msg_size < sizeof(VfioUserHeader) ? EINVAL : E2BIG);
+      conn->BeginDrain("bad msg_size: the stream cannot be framed");
+      conn->Flush();
     }
-    return 0;
-  }
-
-  // Stream position of the last message that starts in [begin, end), or UINT64_MAX.
-  uint64_t LastMessageStartIn(uint64_t begin, uint64_t end) const {
-    uint64_t s = stream_base_ + in_start_;
-    uint64_t last = UINT64_MAX;
-    while (s < end) {
-      if (s >= begin) last = s;
-      size_t idx = static_cast<size_t>(s - stream_base_);
-      if (idx + 8 > in_end_) break;
-      uint32_t size;
-      std::memcpy(&size, in_.get() + idx + 4, 4);
-      if (size < sizeof(VfioUserHeader)) break;
-      s += size;
-    }
-    return last;
-  }
-
-  // A request being served whose reply has not been queued yet.
-  struct PendingReply {
-    VfioUserHeader h;
-    VfioUserRegionAccess access;  // REGION_WRITE: what its reply echoes
-    bool write_access;
-    bool replied;
-  };
-
-  struct FdBatch {
-    uint64_t pos;
-    std::vector<int> fds;
-    bool truncated;
-  };
-
-  FdBatch* FindBatch(uint64_t pos) {
-    for (FdBatch& b : in_fds_) {
-      if (b.pos == pos) return &b;
-    }
-    return nullptr;
-  }
-
-  // The fds that came with the message at `pos`; batches for earlier positions are orphans.
-  std::vector<int> TakeFds(uint64_t pos, bool* truncated) {
-    std::vector<int> result;
-    *truncated = false;
-    while (!in_fds_.empty() && in_fds_.front().pos <= pos) {
-      FdBatch& b = in_fds_.front();
-      if (b.pos == pos) {
-        result = std::move(b.fds);
-        *truncated = b.truncated;
-      } else {
-        CloseAll(b.fds);
-      }
-      in_fds_.pop_front();
-    }
-    return result;
-  }
-
-  void Compact() {
-    if (in_start_ == 0) return;
-    std::memmove(in_.get(), in_.get() + in_start_, in_end_ - in_start_);
-    stream_base_ += in_start_;
-    in_end_ -= in_start_;
-    in_start_ = 0;
-  }
-
-  void ProcessMessages() {
-    while (!closed_ && !draining_) {
-      size_t avail = in_end_ - in_start_;
-      if (avail < sizeof(VfioUserHeader)) break;
-      VfioUserHeader h;
-      std::memcpy(&h, in_.get() + in_start_, sizeof h);
-      if (h.msg_size < sizeof(VfioUserHeader) || h.msg_size > max_message_) {
-        // The framing cannot be trusted past this point: say why, then disconnect.
-        QueueError(h, h.msg_size < sizeof(VfioUserHeader) ? EINVAL : E2BIG);
-        BeginDrain("bad msg_size: the stream cannot be framed");
-        Flush();
-        return;
-      }
-      if (avail < h.msg_size) break;
-      uint64_t pos = stream_base_ + in_start_;
-      bool truncated = false;
-      std::vector<int> fds = TakeFds(pos, &truncated);
-      cur_msg_end_ = in_start_ + h.msg_size;
-      stats_.messages++;
+    void OnMessage(const VfioUserHeader& h, const uint8_t* payload, uint32_t len, std::vector<int> fds, bool truncated,
+                   bool while_waiting) override {
+      conn->stats_.messages++;
+      if (while_waiting) conn->stats_.served_while_waiting++;
       if (truncated) {
         CloseAll(fds);
-        if (!(h.flags & kVfioUserNoReply)) QueueError(h, EINVAL);
+        if (!(h.flags & kVfioUserNoReply)) conn->QueueError(h, EINVAL);
       } else {
-        Dispatch(h, in_.get() + in_start_ + sizeof h, h.msg_size - sizeof h, std::move(fds));
+        conn->Dispatch(h, payload, len, std::move(fds));
       }
-      in_start_ = cur_msg_end_;
+      if (while_waiting) conn->Flush();
     }
-    if (in_start_ == in_end_) {
-      stream_base_ += in_start_;
-      in_start_ = in_end_ = 0;
-    } else if (in_start_ > cap_ / 2) {
-      Compact();
-    }
+    void OnLateReply() override { conn->stats_.unexpected_replies++; }
+    VfioUserConnection* conn;
+  };
+
+  void ProcessMessages() {
+    Sink sink(this);
+    input_->Process(sink);
   }
 
   void Dispatch(const VfioUserHeader& h, const uint8_t* payload, uint32_t len, std::vector<int> fds) {
@@ -941,14 +761,12 @@ class VfioUserConnection : public Napi::ObjectWrap<VfioUserConnection> {
 
   // Serves REGION_READ / REGION_WRITE through the region table; returns 0 or an errno.
   int RegionAccess(const VfioUserHeader& h, const uint8_t* payload, uint32_t len, bool no_reply) {
-    if (len < sizeof(VfioUserRegionAccess)) return EINVAL;
     VfioUserRegionAccess a;
-    std::memcpy(&a, payload, sizeof a);
-    if (a.count > max_xfer_) return E2BIG;
+    int bad = DecodeRegionAccess(h.command, payload, len, max_xfer_, &a);
+    if (bad != 0) return bad;
     stats_.region_accesses++;
     bool write = h.command == kVfioUserRegionWrite;
     if (write) {
-      if (len != sizeof a + a.count) return EINVAL;
       size_t slot = pending_.size();
       if (!no_reply) pending_.push_back(PendingReply{h, a, true, false});
       // The region table never writes into the buffer of a write; the cast only fits its signature.
@@ -969,7 +787,6 @@ class VfioUserConnection : public Napi::ObjectWrap<VfioUserConnection> {
       if (!no_reply) QueueReply(h, reinterpret_cast<const uint8_t*>(&a), sizeof a, nullptr, 0, {});
       return 0;
     }
-    if (len != sizeof a) return EINVAL;
     // Read into a separate buffer: a JS handler may issue a nested DMA request that flushes
     // queued replies, so nothing may point into the output queue across the access. (An access
     // served while another waits gets a buffer of its own.)
@@ -1040,21 +857,12 @@ class VfioUserConnection : public Napi::ObjectWrap<VfioUserConnection> {
   // ---- output -------------------------------------------------------------------------------
 
   void QueueReply(const VfioUserHeader& req, const uint8_t* a, size_t alen, const uint8_t* b, size_t blen, std::vector<int> fds) {
-    VfioUserHeader h{req.msg_id, req.command, static_cast<uint32_t>(sizeof(VfioUserHeader) + alen + blen), kVfioUserTypeReply, 0};
-    size_t start = out_.size();
-    uint8_t* p = out_.Append(h.msg_size);
-    std::memcpy(p, &h, sizeof h);
-    if (alen) std::memcpy(p + sizeof h, a, alen);
-    if (blen) std::memcpy(p + sizeof h + alen, b, blen);
-    if (!fds.empty()) out_.AttachFds(start, start + h.msg_size, std::move(fds));
+    mdevkit::QueueReply(out_, req, a, alen, b, blen, std::move(fds));
   }
 
   void QueueError(const VfioUserHeader& req, int err) {
     stats_.error_replies++;
-    // errno 0 with the Error flag reads as success to some clients (QEMU): never send it.
-    VfioUserHeader h{req.msg_id, req.command, sizeof(VfioUserHeader), kVfioUserTypeReply | kVfioUserError,
-                     static_cast<uint32_t>(err > 0 ? err : EIO)};
-    std::memcpy(out_.Append(sizeof h), &h, sizeof h);
+    mdevkit::QueueError(out_, req, err);
   }
 
   // Sends queued replies without blocking. Returns false if the connection broke.
@@ -1113,16 +921,9 @@ class VfioUserConnection : public Napi::ObjectWrap<VfioUserConnection> {
       // depend on this request: a write being served is answered now (its bytes are stored; its
       // handler's side effects follow, as a posted write's would); a read or control request
       // cannot be answered without its handler's result, so the request fails instead of hanging.
-      for (PendingReply& p : pending_) {
-        if (p.replied) continue;
-        if (!p.write_access) return EDEADLK;
-      }
-      for (PendingReply& p : pending_) {
-        if (p.replied) continue;
-        QueueReply(p.h, reinterpret_cast<const uint8_t*>(&p.access), sizeof p.access, nullptr, 0, {});
-        p.replied = true;
-        stats_.early_replies++;
-      }
+      uint64_t early = 0;
+      if (AnswerPendingWrites(pending_, out_, &early) != 0) return EDEADLK;
+      stats_.early_replies += early;
       // Keep the byte stream in order: queued replies go before the request.
       while (!out_.empty()) {
         if (!Flush()) return EPIPE;
@@ -1137,21 +938,6 @@ class VfioUserConnection : public Napi::ObjectWrap<VfioUserConnection> {
     return target == fd_ ? AwaitReplyInline(h, deadline, reply) : AwaitReplyTwin(h, deadline, reply);
   }
 
-  // Checks a complete message at `p` against the request; fills `reply` and returns true (with
-  // *err set) when it is the reply.
-  static bool MatchReply(const VfioUserHeader& req, const uint8_t* p, std::vector<uint8_t>* reply, int* err) {
-    VfioUserHeader h;
-    std::memcpy(&h, p, sizeof h);
-    if ((h.flags & kVfioUserTypeMask) != kVfioUserTypeReply || h.msg_id != req.msg_id || h.command != req.command) return false;
-    if (h.flags & kVfioUserError) {
-      *err = h.error > 0 && h.error < 4096 ? static_cast<int>(h.error) : EIO;
-    } else {
-      *err = 0;
-      reply->assign(p + sizeof h, p + h.msg_size);
-    }
-    return true;
-  }
-
   // Non-twin mode: the reply arrives on the main socket among client commands. Those are served
   // while we wait (they are spliced out of the input stream and dispatched here): a VMM whose
   // vCPU waits for one of them cannot serve our request until it has its answer. Write hooks of
@@ -1164,37 +950,14 @@ class VfioUserConnection : public Napi::ObjectWrap<VfioUserConnection> {
         result = EPIPE;
         break;
       }
-      // Inside a dispatch, the message being served is not ours to touch: scan past it.
-      size_t s = nesting_ > 1 ? cur_msg_end_ : in_start_;
-      bool found = false;
-      while (!closed_ && !draining_ && in_end_ - s >= sizeof(VfioUserHeader)) {
-        VfioUserHeader h;
-        std::memcpy(&h, in_.get() + s, sizeof h);
-        if (h.msg_size < sizeof(VfioUserHeader) || h.msg_size > max_message_) {
-          result = EBADMSG;
-          found = true;
-          break;
-        }
-        if (in_end_ - s < h.msg_size) break;
-        int err = 0;
-        if (MatchReply(req, in_.get() + s, reply, &err)) {
-          Splice(s, h.msg_size);
-          result = err;
-          found = true;
-          break;
-        }
-        if ((h.flags & kVfioUserTypeMask) == kVfioUserTypeReply) {
-          // A late reply to an earlier request that timed out.
-          stats_.unexpected_replies++;
-          bool truncated = false;
-          std::vector<int> fds = TakeFds(stream_base_ + s, &truncated);
-          CloseAll(fds);
-          Splice(s, h.msg_size);
-          continue;
-        }
-        ServeWhileWaiting(s, h);
+      Sink sink(this);
+      VfioUserInput::Scan scan = input_->ScanForReply(req, sink, reply, &result);
+      if (scan == VfioUserInput::kUnframeable) {
+        result = EBADMSG;
+        break;
       }
-      if (found) break;
+      if (scan == VfioUserInput::kFound) break;
+      if (closed_ || draining_) continue;
       short events = POLLIN | (out_.empty() ? 0 : POLLOUT);
       pollfd p{fd_, events, 0};
       int r = ::poll(&p, 1, RemainingMs(deadline));
@@ -1213,7 +976,7 @@ class VfioUserConnection : public Napi::ObjectWrap<VfioUserConnection> {
       }
       if (!(p.revents & (POLLIN | POLLHUP | POLLERR))) continue;
       int rr = ReceiveOnce(fd_);
-      if (rr == EAGAIN && in_end_ == cap_) {
+      if (rr == EAGAIN && input_->Full()) {
         result = ENOBUFS;  // the client pipelined more than we can hold while it owes us a reply
         break;
       }
@@ -1224,33 +987,6 @@ class VfioUserConnection : public Napi::ObjectWrap<VfioUserConnection> {
     }
     nesting_--;
     return result;
-  }
-
-  // Serves the client command at buffer index `at` while a request of ours waits for its reply.
-  void ServeWhileWaiting(size_t at, const VfioUserHeader& h) {
-    std::vector<uint8_t> msg(in_.get() + at, in_.get() + at + h.msg_size);
-    bool truncated = false;
-    std::vector<int> fds = TakeFds(stream_base_ + at, &truncated);
-    Splice(at, h.msg_size);
-    stats_.messages++;
-    stats_.served_while_waiting++;
-    if (truncated) {
-      CloseAll(fds);
-      if (!(h.flags & kVfioUserNoReply)) QueueError(h, EINVAL);
-    } else {
-      Dispatch(h, msg.data() + sizeof h, h.msg_size - static_cast<uint32_t>(sizeof h), std::move(fds));
-    }
-    Flush();
-  }
-
-  // Removes the message at buffer index `at` (size bytes) from the input stream.
-  void Splice(size_t at, size_t size) {
-    uint64_t pos = stream_base_ + at;
-    std::memmove(in_.get() + at, in_.get() + at + size, in_end_ - at - size);
-    in_end_ -= size;
-    for (FdBatch& b : in_fds_) {
-      if (b.pos > pos) b.pos -= size;
-    }
   }
 
   int AwaitReplyTwin(const VfioUserHeader& req, Clock::time_point deadline, std::vector<uint8_t>* reply) {
@@ -1288,8 +1024,7 @@ class VfioUserConnection : public Napi::ObjectWrap<VfioUserConnection> {
   // ---- teardown -----------------------------------------------------------------------------
 
   void ReleaseFds() {
-    for (FdBatch& b : in_fds_) CloseAll(b.fds);
-    in_fds_.clear();
+    if (input_) input_->CloseFds();
     out_.Clear();
     if (twin_fd_ >= 0) ::close(twin_fd_);
     twin_fd_ = -1;
@@ -1319,8 +1054,7 @@ class VfioUserConnection : public Napi::ObjectWrap<VfioUserConnection> {
     ReleaseFds();
     // Nothing more will be read: give the buffers back now rather than when the wrapper is collected.
     if (nesting_ == 0) {
-      in_.reset();
-      cap_ = in_start_ = in_end_ = 0;
+      if (input_) input_->Release();
     }
     std::vector<uint8_t>().swap(read_tmp_);
     std::vector<uint8_t>().swap(twin_in_);
@@ -1384,13 +1118,7 @@ class VfioUserConnection : public Napi::ObjectWrap<VfioUserConnection> {
   uint32_t max_message_ = 0;
   int max_fds_ = 0;
   uint32_t max_xfer_ = 0;
-  std::unique_ptr<uint8_t[]> in_;
-  size_t cap_ = 0;
-  size_t in_start_ = 0;
-  size_t in_end_ = 0;
-  size_t cur_msg_end_ = 0;
-  uint64_t stream_base_ = 0;
-  std::deque<FdBatch> in_fds_;
+  std::unique_ptr<VfioUserInput> input_;
   OutQueue out_;
   std::vector<uint8_t> read_tmp_;
   std::vector<PendingReply> pending_;

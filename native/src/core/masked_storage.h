@@ -6,8 +6,9 @@
 // register (kByteMapped) and bytes whose register has JS hooks (kByteReadHook, kByteWriteHook), so a
 // dispatcher can serve an access natively when it touches no hooked byte.
 //
-// The same two functions serve JS callers (through the binding) and native dispatch, so the rules
-// cannot drift between the two paths.
+// The same two functions serve JS callers (through the binding in masked_storage.cc) and native
+// dispatch, so the rules cannot drift between the two paths; they are free of N-API so that the
+// region-dispatch fuzzer (native/fuzz/) runs them too.
 #pragma once
 
 #include <cstddef>
