@@ -50,6 +50,20 @@ export type DriverResult = Record<string, string | number | boolean | null | str
 /** A driver module's default export. */
 export type GuestDriver = (host: GuestDriverHost) => DriverResult;
 
+/**
+ * A driver in two halves around a migration or a save/restore: `before` leaves the device in the
+ * middle of its work (registers set, commands queued, an interrupt pending); `after` runs on the
+ * restored device — possibly another host, another hypervisor path — continues the work and
+ * reports what the guest sees. Driver modules export it as `migration`. Guest RAM moves with the
+ * guest (the VMM's part), so `after` finds what `before` left there.
+ */
+export interface MigrationGuestDriver {
+  /** The first half, on the source. */
+  before: GuestDriver;
+  /** The second half, on the restored device. */
+  after: GuestDriver;
+}
+
 /** Offset of the first standard capability with `id` in the device's config space, or 0. */
 export function findCapability(host: GuestDriverHost, id: number): number {
   let ptr = host.cfgRead(0x34, 1) & 0xfc;

@@ -97,6 +97,18 @@ export function regionSegments(region: Region): SegmentSpec[] {
 }
 
 /**
+ * Installs (`enabled`) or removes BAR `index` (6: the ROM) of `device` in `table`; accesses to a
+ * removed region fail with EINVAL. A device without that BAR is left alone. (Migration removes the
+ * BARs while the device is stopped.)
+ */
+export function setBarRegion(table: NativeRegionTable, device: PciDevice, index: number, enabled: boolean): void {
+  const r = device.region(index);
+  if (!r) return;
+  if (enabled) table.setRegion(index, { size: r.size, readable: true, writable: index !== 6, segments: regionSegments(r) });
+  else table.clearRegion(index);
+}
+
+/**
  * Creates the native table for `device`. Accesses the native core cannot serve come back to JS,
  * which runs them through the device model and maps thrown errors to errnos (`onError` sees
  * errors that carried no errno: those are device bugs).
@@ -128,11 +140,7 @@ export function createRegionTable(device: PciDevice, options: { maxAccess: numbe
     }
   };
   const table = new NativeRegionTableClass(jsAccess, scratch);
-  for (let i = 0; i <= 6; i++) {
-    const r = device.region(i);
-    if (!r) continue;
-    table.setRegion(i, { size: r.size, readable: true, writable: i !== 6, segments: regionSegments(r) });
-  }
+  for (let i = 0; i <= 6; i++) setBarRegion(table, device, i, true);
   table.setRegion(CONFIG_REGION, { size: device.config.size, readable: true, writable: true, segments: [{ offset: 0, size: device.config.size, kind: 'js' }] });
   return table;
 }

@@ -84,6 +84,22 @@ export class VfioDriverHost implements GuestDriverHost {
     }
   }
 
+  /**
+   * After the device's state was loaded (a migration destination): wires eventfds for the MSI or
+   * MSI-X the restored config space has enabled, as QEMU's vfio_pci_load_config does. Interrupts
+   * the device held pending are delivered when the guest unmasks them.
+   */
+  restoreInterrupts(): void {
+    if (this.msiCap && this.msiFds.length === 0) {
+      const flags = this.client.cfgRead(this.msiCap + PCI_MSI.FLAGS, 2);
+      if (flags & PCI_MSI.FLAGS_ENABLE) this.msiFds = this.client.enableMsi(1 << ((flags & PCI_MSI.FLAGS_QSIZE) >> 4));
+    }
+    if (this.msixCap && this.msiFds.length === 0) {
+      const flags = this.client.cfgRead(this.msixCap + PCI_MSIX.FLAGS, 2);
+      if (flags & PCI_MSIX.FLAGS_ENABLE) this.msiFds = this.client.enableMsix((flags & PCI_MSIX.FLAGS_QSIZE) + 1);
+    }
+  }
+
   private disableVectors(index: number): void {
     this.client.disableIrqs(index);
     this.msiFds = [];

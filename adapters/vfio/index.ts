@@ -7,6 +7,8 @@ export * from './protocol.js';
 export * from './server.js';
 export * from './dma.js';
 export * from './irqs.js';
+export * from './migration.js';
+export * from './migration-driver.js';
 export * from './client.js';
 export * from './driver-host.js';
 export { runDriverOverVfioUser } from './driver-runner.js';

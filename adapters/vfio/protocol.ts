@@ -143,6 +143,10 @@ export const Layout = {
   dmaLoggingReport: { iova: 0, length: 8, pageSize: 16, bitmap: 24 },
   /** MIG_DATA_READ/WRITE: argsz, size, data. */
   migData: { argsz: 0, size: 4, data: 8 },
+  /** DEVICE_FEATURE MIGRATION data (struct vfio_device_feature_migration): u64 flags. */
+  migration: { flags: 0, sizeof: 8 },
+  /** DEVICE_FEATURE MIG_DEVICE_STATE data (struct vfio_device_feature_mig_state): state, data_fd (unused in vfio-user). */
+  migState: { deviceState: 0, dataFd: 4, sizeof: 8 },
 } as const;
 
 /** DEVICE_GET_INFO flags (VFIO_DEVICE_FLAGS_*). */
@@ -187,6 +191,15 @@ export const Feature = {
   DMA_LOGGING_STOP: 7,
   DMA_LOGGING_REPORT: 8,
 } as const;
+
+/** VFIO_DEVICE_FEATURE_MIGRATION flags (VFIO_MIGRATION_*): the optional states a device supports. */
+export const MigrationFlag = { STOP_COPY: 1, P2P: 2, PRE_COPY: 4 } as const;
+
+/** Migration states (enum vfio_device_mig_state). */
+export const MigState = { ERROR: 0, STOP: 1, RUNNING: 2, STOP_COPY: 3, RESUMING: 4, RUNNING_P2P: 5, PRE_COPY: 6, PRE_COPY_P2P: 7 } as const;
+
+/** Names of migration states, for logs and errors. */
+export const MIG_STATE_NAMES: Readonly<Record<number, string>> = Object.fromEntries(Object.entries(MigState).map(([k, v]) => [v, k]));
 
 /** Which layout DMA_READ/DMA_WRITE messages use (see {@link Layout}). */
 export type DmaAccessLayout = 'spec' | 'qemu';

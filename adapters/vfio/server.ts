@@ -28,6 +28,7 @@ import {
   Feature,
   HEADER_SIZE,
   Layout,
+  MigrationFlag,
   PROTOCOL_MAJOR,
   PROTOCOL_MINOR,
   PciIrq,
@@ -41,6 +42,7 @@ import {
   type DmaLayoutChoice,
 } from './protocol.js';
 import { inHandlerScope, runOrDefer } from '../../src/handler-scope.js';
+import { VfioMigration } from './migration.js';
 
 /** Options of a {@link VfioUserServer}. */
 export interface VfioUserServerOptions {
@@ -74,6 +76,11 @@ export interface VfioUserServerOptions {
    * messages (timers, its own events) must then run inside {@link PciDevice.exclusive}.
    */
   ioThread?: boolean;
+  /**
+   * VFIO migration v2 flags offered (MIGRATION feature): STOP_COPY, optionally P2P and PRE_COPY
+   * (default all three); 0 offers no migration (the features and MIG_DATA_* answer ENOTSUP).
+   */
+  migrationFlags?: number;
   /** Log lines (default: none). */
   log?: (line: string) => void;
   /** Device diagnostics, with what the server knows of the memory involved (default: the log). */
@@ -144,6 +151,8 @@ export class VfioUserSession {
   readonly irqs: VfioIrqState;
   /** Write-watch in compare mode over the client's DMA windows. */
   readonly writeWatch: CompareWriteWatch;
+  /** Migration state and data sessions (null when the server offers no migration). */
+  readonly migration: VfioMigration | null;
   private readonly conn: NativeConnection;
   private negotiated = false;
   private twin = false;
@@ -163,6 +172,7 @@ export class VfioUserSession {
       dmaRead: (address, out) => this.dmaMessage(Command.DMA_READ, address, out, null),
       dmaWrite: (address, data) => this.dmaMessage(Command.DMA_WRITE, address, null, data),
     };
+    this.migration = opts.migrationFlags === 0 ? null : new VfioMigration(server.device, server.regionTable, { flags: opts.migrationFlags, maxDataXferSize: opts.maxDataXferSize, log: (l) => server.log(l), warn: opts.warn });
     this.dma = new VfioDmaSpace({ maxWindows: opts.maxDmaMaps, transport, maxTransfer: CAPABILITY_DEFAULTS.maxDataXferSize });
     this.irqs = new VfioIrqState(server.device);
     this.conn = new NativeConnectionClass(fd, {
@@ -231,6 +241,7 @@ export class VfioUserSession {
     // Spec: on client disconnect, unmap DMA, close IRQ fds, keep the device state.
     const device = this.server.device;
     device.off('diagnostic', this.onDiagnostic);
+    this.migration?.close();
     if (device.guestMemory === this.dma) device.attachGuestMemory(null);
     if (device.writeWatch === this.writeWatch) device.attachWriteWatch(null);
     this.irqs.disconnect();
@@ -277,6 +288,9 @@ export class VfioUserSession {
   }
 
   private dmaMessage(command: number, address: bigint, out: Uint8Array | null, data: Uint8Array | null): void {
+    // RUNNING_P2P / PRE_COPY_P2P: fd-less windows are where a peer device's BAR appears, and a
+    // message cannot tell peer memory from guest RAM, so no DMA through messages at all.
+    if (this.migration?.p2pQuiesced) fail('EBUSY', 'the device is P2P-quiesced for migration (RUNNING_P2P): no DMA through VMM messages', 'dma');
     this.layout ??= this.detectLayout(address);
     const layout = this.layout === 'qemu' ? Layout.dmaAccessQemu : Layout.dmaAccessSpec;
     const count = out ? out.length : data!.length;
@@ -342,8 +356,12 @@ export class VfioUserSession {
       case Command.DEVICE_FEATURE:
         return this.feature(p);
       case Command.MIG_DATA_READ:
+        if (!this.migration) return fail('ENOTSUP', 'this server offers no migration', 'command');
+        return { payload: this.migration.dataRead(p) };
       case Command.MIG_DATA_WRITE:
-        return fail('ENOTSUP', 'migration is not supported yet', 'command');
+        if (!this.migration) return fail('ENOTSUP', 'this server offers no migration', 'command');
+        this.migration.dataWrite(p);
+        return {};
       case Command.DMA_READ:
       case Command.DMA_WRITE:
         return fail('EINVAL', 'DMA_READ/DMA_WRITE are server-to-client commands', 'command');
@@ -372,6 +390,12 @@ export class VfioUserSession {
     const proposed = json === '' ? {} : ((JSON.parse(json) as { capabilities?: Record<string, unknown> }).capabilities ?? {});
     const reply: Record<string, unknown> = {};
     const optional: string[] = [];
+    // The capability of spec 0.9.1 that QEMU and libvfio-user still exchange: answered (libvfio-user's
+    // form) when proposed and migration is offered; dropped last if the reply must shrink.
+    if ('migration' in proposed && opts.migrationFlags !== 0) {
+      reply['migration'] = { pgsize: PAGE };
+      optional.push('migration');
+    }
     if ('max_msg_fds' in proposed) reply['max_msg_fds'] = opts.maxMsgFds;
     if ('max_data_xfer_size' in proposed) reply['max_data_xfer_size'] = opts.maxDataXferSize;
     if ('max_dma_maps' in proposed) {
@@ -613,7 +637,8 @@ export class VfioUserSession {
       }
       case Feature.MIGRATION:
       case Feature.MIG_DEVICE_STATE:
-        return fail('ENOTSUP', 'migration is not supported yet', 'feature.flags');
+        if (!this.migration) return fail('ENOTSUP', 'this server offers no migration', 'feature.flags');
+        return { payload: this.migration.feature(index, flags, argsz, p) };
       default:
         return fail('ENOTSUP', `feature ${index} is not supported`, 'feature.flags');
     }
@@ -709,10 +734,16 @@ export class VfioUserServer {
       drainMs: ms('drainMs', 2000),
       maxWaitingClients,
       ioThread: options.ioThread ?? true,
+      migrationFlags: options.migrationFlags ?? MigrationFlag.STOP_COPY | MigrationFlag.P2P | MigrationFlag.PRE_COPY,
       log: options.log ?? (() => {}),
       warn: options.warn ?? options.log ?? (() => {}),
     };
     if (this.options.drainMs === 0) fail('EINVAL', 'must be positive (the wait for the peer\'s end of stream is always bounded)', 'drainMs');
+    const mf = this.options.migrationFlags;
+    const all = MigrationFlag.STOP_COPY | MigrationFlag.P2P | MigrationFlag.PRE_COPY;
+    if (!Number.isInteger(mf) || (mf !== 0 && ((mf & MigrationFlag.STOP_COPY) === 0 || (mf & ~all) !== 0))) {
+      fail('EINVAL', 'must be 0 or STOP_COPY with optional P2P and PRE_COPY (VFIO_MIGRATION_* bits)', 'migrationFlags');
+    }
     device.realize();
     this.regionTable = createRegionTable(device, { maxAccess: maxDataXferSize, onError: (e) => this.log(`device error: ${(e as Error).stack ?? String(e)}`) });
     // The I/O thread serves register accesses under the table's lock; device code outside

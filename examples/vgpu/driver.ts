@@ -5,7 +5,7 @@
  * through write-watch — and blits again. It reports fences, errors and the scanout's SHA-256.
  * @module
  */
-import { findCapability, type DriverResult, type GuestDriverHost } from '../../src/guest-driver.js';
+import { findCapability, type DriverResult, type GuestDriverHost, type MigrationGuestDriver } from '../../src/guest-driver.js';
 import { PCI, PCI_COMMAND, PCI_MSIX } from '../../src/pci/constants.js';
 import { VGPU } from './index.js';
 
@@ -150,3 +150,101 @@ export default function vgpuDriver(host: GuestDriverHost): DriverResult {
     framebufferSha256: hex,
   };
 }
+
+/** Guest memory layout of the migration halves (offsets from the driver's RAM base). */
+const MIG = { ring: 0x1000, gtt: 0x2000, fence: 0x3000, image: 0x10000 } as const;
+
+/**
+ * The vGPU driver in two halves around a migration or save/restore. `before` draws and fences
+ * once, then masks MSI-X (function mask) and fences again — that interrupt stays pending in the
+ * PBA — and queues a blit through the GTT and a third fence without ringing the doorbell: the
+ * device moves mid-ring, with an interrupt pending. `after` checks what the guest can see (ring
+ * position, fence value in RAM and register, the pending bit), unmasks (the pending interrupt
+ * arrives), rings the doorbell (the queued work runs on the new host) and reports the frame's hash.
+ */
+export const migration: MigrationGuestDriver = {
+  before(host: GuestDriverHost): DriverResult {
+    const r32 = (o: number) => Number(host.mmioRead(0, o, 4));
+    const w32 = (o: number, v: number) => host.mmioWrite(0, o, 4, v >>> 0);
+    const w64 = (o: number, v: number) => host.mmioWrite(0, o, 8, BigInt(v));
+    host.cfgWrite(PCI.COMMAND, 2, host.cfgRead(PCI.COMMAND, 2) | PCI_COMMAND.MEMORY | PCI_COMMAND.MASTER);
+    const msix = findCapability(host, 0x11);
+    w32(VGPU.MSIX_TABLE + 0, 0xfee00000);
+    w32(VGPU.MSIX_TABLE + 4, 0);
+    w32(VGPU.MSIX_TABLE + 8, 0x43);
+    w32(VGPU.MSIX_TABLE + 12, 0);
+    host.cfgWrite(msix + PCI_MSIX.FLAGS, 2, PCI_MSIX.FLAGS_ENABLE);
+    const base = host.ram.base;
+    const { width, height, stride } = VGPU_DRIVER_SCANOUT;
+    // The 64 × 64 test image in 4 guest pages, GPU page i in guest page 3 - i, mapped by the GTT.
+    const table = new Uint8Array(4096);
+    for (let i = 0; i < 4; i++) {
+      const page = new Uint8Array(4096);
+      const v = new DataView(page.buffer);
+      for (let k = 0; k < 1024; k++) v.setUint32(k * 4, testImagePixel((i * 1024 + k) % 64, Math.floor((i * 1024 + k) / 64)), true);
+      host.ram.write(base + MIG.image + (3 - i) * 4096, page);
+      new DataView(table.buffer).setBigUint64(i * 8, BigInt(base + MIG.image + (3 - i) * 4096) | 1n, true);
+    }
+    host.ram.write(base + MIG.gtt, table);
+    w64(VGPU.GTT_ROOT, base + MIG.gtt);
+    w64(VGPU.RING_BASE, base + MIG.ring);
+    w32(VGPU.RING_SIZE, 4096);
+    w32(VGPU.CONTROL, 1);
+    w32(VGPU.INT_MASK, VGPU.INT_FENCE | VGPU.INT_ERROR);
+    w32(VGPU.SCANOUT_STRIDE, stride);
+    w32(VGPU.SCANOUT_FORMAT, VGPU.FORMAT_XRGB8888);
+    w32(VGPU.SCANOUT_WIDTH, width);
+    w32(VGPU.SCANOUT_HEIGHT, height);
+    let tail = 0;
+    const push = (words: (number | bigint)[], layout: ('u32' | 'u64' | 'u16x2')[]) => {
+      host.ram.write(base + MIG.ring + tail, command(words, layout));
+      tail = (tail + VGPU.CMD_SIZE) % 4096;
+    };
+    const fill = (x: number, y: number, w: number, h: number, color: number) => push([VGPU.OP_FILL_RECT, y * stride + x * 4, stride, w | (h << 16), color], ['u32', 'u32', 'u32', 'u16x2', 'u32']);
+    const fence = (value: number) => push([VGPU.OP_FENCE, value, base + MIG.fence], ['u32', 'u32', 'u64']);
+    fill(0, 0, width, height, 0xff102030);
+    fence(1);
+    w32(VGPU.RING_TAIL, tail);
+    w32(VGPU.DOORBELL, 1);
+    const irq1 = host.waitForInterrupt(5000);
+    w32(VGPU.INT_STATUS, VGPU.INT_FENCE);
+    // Function mask on: the next fence's interrupt waits in the PBA.
+    host.cfgWrite(msix + PCI_MSIX.FLAGS, 2, PCI_MSIX.FLAGS_ENABLE | PCI_MSIX.FLAGS_MASKALL);
+    fill(16, 16, 48, 48, 0xffc00000);
+    fence(2);
+    w32(VGPU.RING_TAIL, tail);
+    w32(VGPU.DOORBELL, 1);
+    // Queued, not rung: a blit through the GTT and a third fence.
+    push([VGPU.OP_BLIT, 40 * stride + 40 * 4, 0, 256, stride, 64 | (64 << 16)], ['u32', 'u32', 'u64', 'u32', 'u32', 'u16x2']);
+    fence(3);
+    w32(VGPU.RING_TAIL, tail);
+    return { irq1, fence: r32(VGPU.FENCE_VALUE), ringHead: r32(VGPU.RING_HEAD), ringTail: r32(VGPU.RING_TAIL), intStatus: r32(VGPU.INT_STATUS), pba: r32(VGPU.MSIX_PBA) };
+  },
+
+  after(host: GuestDriverHost): DriverResult {
+    const r32 = (o: number) => Number(host.mmioRead(0, o, 4));
+    const w32 = (o: number, v: number) => host.mmioWrite(0, o, 4, v >>> 0);
+    const msix = findCapability(host, 0x11);
+    const fenceRam = () => new DataView(host.ram.read(host.ram.base + MIG.fence, 4).buffer).getUint32(0, true);
+    const seen = { ringHead: r32(VGPU.RING_HEAD), ringTail: r32(VGPU.RING_TAIL), fence: r32(VGPU.FENCE_VALUE), fenceRam: fenceRam(), intStatus: r32(VGPU.INT_STATUS), pba: r32(VGPU.MSIX_PBA) };
+    const irqsBefore = host.interruptCount();
+    host.cfgWrite(msix + PCI_MSIX.FLAGS, 2, PCI_MSIX.FLAGS_ENABLE);
+    const pendingDelivered = host.waitForInterrupt(5000);
+    w32(VGPU.INT_STATUS, VGPU.INT_FENCE);
+    w32(VGPU.DOORBELL, 1);
+    const irq3 = host.waitForInterrupt(5000);
+    w32(VGPU.INT_STATUS, VGPU.INT_FENCE);
+    const hash = [...Array(8).keys()].map((i) => r32(VGPU.SCANOUT_HASH + 4 * i));
+    return {
+      ...seen,
+      pendingDelivered,
+      irq3,
+      interrupts: host.interruptCount() - irqsBefore,
+      fenceAfter: r32(VGPU.FENCE_VALUE),
+      fenceRamAfter: fenceRam(),
+      ringHeadAfter: r32(VGPU.RING_HEAD),
+      error: r32(VGPU.ERROR),
+      framebufferSha256: Buffer.concat(hash.map((w) => Buffer.from(u32(w)))).toString('hex'),
+    };
+  },
+};

@@ -29,6 +29,20 @@ static_assert(offsetof(vfio_device_feature_dma_logging_control, num_ranges) == 8
 static_assert(offsetof(vfio_device_feature_dma_logging_report, page_size) == 16,
               "DMA logging report (vfio-user inlines the bitmap at offset 24)");
 static_assert(VFIO_PCI_CONFIG_REGION_INDEX == 7 && VFIO_PCI_NUM_REGIONS == 9 && VFIO_PCI_NUM_IRQS == 5, "PCI indexes");
+// Migration v2: vfio-user carries these two feature structs as DEVICE_FEATURE data.
+static_assert(sizeof(vfio_device_feature_migration) == 8 && offsetof(vfio_device_feature_migration, flags) == 0,
+              "struct vfio_device_feature_migration");
+static_assert(sizeof(vfio_device_feature_mig_state) == 8 && offsetof(vfio_device_feature_mig_state, device_state) == 0 &&
+                  offsetof(vfio_device_feature_mig_state, data_fd) == 4,
+              "struct vfio_device_feature_mig_state");
+static_assert(VFIO_DEVICE_STATE_ERROR == 0 && VFIO_DEVICE_STATE_STOP == 1 && VFIO_DEVICE_STATE_RUNNING == 2 &&
+                  VFIO_DEVICE_STATE_STOP_COPY == 3 && VFIO_DEVICE_STATE_RESUMING == 4 && VFIO_DEVICE_STATE_RUNNING_P2P == 5,
+              "enum vfio_device_mig_state");
+static_assert(VFIO_MIGRATION_STOP_COPY == 1 && VFIO_MIGRATION_P2P == 2, "VFIO_MIGRATION_* flags");
+// PRE_COPY came with Linux 6.2; older headers (Debian 12's 6.1) do not have it.
+#ifdef VFIO_MIGRATION_PRE_COPY
+static_assert(VFIO_MIGRATION_PRE_COPY == 4 && VFIO_DEVICE_STATE_PRE_COPY == 6 && VFIO_DEVICE_STATE_PRE_COPY_P2P == 7, "PRE_COPY");
+#endif
 
 void InitVfioAbi(Napi::Env env, Napi::Object exports) {
   Napi::Object abi = Napi::Object::New(env);
@@ -73,6 +87,22 @@ void InitVfioAbi(Napi::Env env, Napi::Object exports) {
   set("DEVICE_FEATURE_DMA_LOGGING_START", VFIO_DEVICE_FEATURE_DMA_LOGGING_START);
   set("DEVICE_FEATURE_DMA_LOGGING_STOP", VFIO_DEVICE_FEATURE_DMA_LOGGING_STOP);
   set("DEVICE_FEATURE_DMA_LOGGING_REPORT", VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT);
+  set("migrationFeatureSize", sizeof(vfio_device_feature_migration));
+  set("migStateSize", sizeof(vfio_device_feature_mig_state));
+  set("migStateDataFdOffset", offsetof(vfio_device_feature_mig_state, data_fd));
+  set("MIGRATION_STOP_COPY", VFIO_MIGRATION_STOP_COPY);
+  set("MIGRATION_P2P", VFIO_MIGRATION_P2P);
+  set("DEVICE_STATE_ERROR", VFIO_DEVICE_STATE_ERROR);
+  set("DEVICE_STATE_STOP", VFIO_DEVICE_STATE_STOP);
+  set("DEVICE_STATE_RUNNING", VFIO_DEVICE_STATE_RUNNING);
+  set("DEVICE_STATE_STOP_COPY", VFIO_DEVICE_STATE_STOP_COPY);
+  set("DEVICE_STATE_RESUMING", VFIO_DEVICE_STATE_RESUMING);
+  set("DEVICE_STATE_RUNNING_P2P", VFIO_DEVICE_STATE_RUNNING_P2P);
+#ifdef VFIO_MIGRATION_PRE_COPY
+  set("MIGRATION_PRE_COPY", VFIO_MIGRATION_PRE_COPY);
+  set("DEVICE_STATE_PRE_COPY", VFIO_DEVICE_STATE_PRE_COPY);
+  set("DEVICE_STATE_PRE_COPY_P2P", VFIO_DEVICE_STATE_PRE_COPY_P2P);
+#endif
   set("DMA_UNMAP_FLAG_GET_DIRTY_BITMAP", VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP);
   set("DMA_UNMAP_FLAG_ALL", VFIO_DMA_UNMAP_FLAG_ALL);
   set("PCI_ROM_REGION_INDEX", VFIO_PCI_ROM_REGION_INDEX);

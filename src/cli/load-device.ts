@@ -60,6 +60,7 @@ export function resolveModule(spec: string, builtins: Readonly<Record<string, st
 
 /** Built-in guest drivers, by device name. */
 export const BUILTIN_DRIVERS: Readonly<Record<string, string>> = {
+  'bochs-display': 'examples/bochs-display/driver',
   edu: 'examples/edu/driver',
   vgpu: 'examples/vgpu/driver',
 };

@@ -13,6 +13,7 @@ import { compare, formatComparison } from './compare.js';
 import { demo } from './demo.js';
 import { parseBdf, privcmdHost, serveXen, simHost } from './serve-xen.js';
 import { probeListing, probeRead, probeWrite } from './probe.js';
+import { MigrationFlag } from '../../adapters/vfio/protocol.js';
 
 const program = new Command();
 program.name('mdevkit').description('Write a virtual PCI device once; serve it over vfio-user or as a Xen IOREQ server.').exitOverride();
@@ -43,6 +44,7 @@ program
   .option('--drain-timeout <ms>', 'vfio-user: ending a connection, wait at most <ms> for the client\'s end of stream', parseIntOption, 2000)
   .option('--no-io-thread', 'vfio-user: serve every access on the event loop (no per-connection I/O thread for accesses that need no JS)')
   .option('--max-waiting <n>', 'vfio-user: clients that may queue for a busy device; more are refused with EBUSY', parseIntOption, 16)
+  .option('--migration <states>', 'vfio-user: VFIO migration v2 offered: stop-copy[,p2p][,pre-copy], or off', 'stop-copy,p2p,pre-copy')
   .option('--xen <domid>', 'serve as a Xen IOREQ server for domain <domid> (needs dom0: /dev/xen/privcmd)', parseIntOption)
   .option('--bdf <address>', 'Xen: the device\'s PCI address in the guest, SSSS:BB:DD.F (claims its config space)')
   .option('--config-latch', 'Xen: answer reads of the 0xCF8 latch (PVH guests probing conf1)', false)
@@ -97,6 +99,7 @@ program.commands.at(-1)!.action(async (spec: string, opts: ServeOpts) => {
       drainMs: opts.drainTimeout,
       maxWaitingClients: opts.maxWaiting,
       ioThread: opts.ioThread,
+      migrationFlags: parseMigrationFlags(opts.migration),
       ...(opts.maxDataXfer !== undefined ? { maxDataXferSize: opts.maxDataXfer } : {}),
     },
     verbose: opts.verbose,
@@ -117,6 +120,7 @@ interface ServeOpts {
   drainTimeout: number;
   maxWaiting: number;
   ioThread: boolean;
+  migration: string;
   xen?: number;
   xenSim: boolean;
   simVcpus: number;
@@ -134,6 +138,20 @@ interface ServeOpts {
   bar3?: string;
   bar4?: string;
   bar5?: string;
+}
+
+/** `--migration`: "off", or a list of stop-copy (required), p2p, pre-copy → VFIO_MIGRATION_* bits. */
+function parseMigrationFlags(value: string): number {
+  if (value === 'off') return 0;
+  const bits: Record<string, number> = { 'stop-copy': MigrationFlag.STOP_COPY, p2p: MigrationFlag.P2P, 'pre-copy': MigrationFlag.PRE_COPY };
+  let flags = 0;
+  for (const name of value.split(',')) {
+    const bit = bits[name.trim()];
+    if (bit === undefined) throw new InvalidArgumentError(`--migration: unknown state group ${name} (stop-copy, p2p, pre-copy, or off)`);
+    flags |= bit;
+  }
+  if (!(flags & MigrationFlag.STOP_COPY)) throw new InvalidArgumentError('--migration: stop-copy is required (or off)');
+  return flags;
 }
 
 function parseAddress(value: string, option: string): bigint {

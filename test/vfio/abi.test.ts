@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { binding } from '../../src/native/binding.js';
-import { DeviceFlag, DmaFlag, Feature, HEADER_SIZE, IrqInfoFlag, IrqSetFlag, Layout, PciIrq, PciRegion, RegionCap, RegionFlag } from '../../adapters/vfio/protocol.js';
+import { DeviceFlag, DmaFlag, Feature, HEADER_SIZE, IrqInfoFlag, IrqSetFlag, Layout, MigState, MigrationFlag, PciIrq, PciRegion, RegionCap, RegionFlag } from '../../adapters/vfio/protocol.js';
 
 // The native core compiles these numbers out of <linux/vfio.h> (and static_asserts the layouts).
 const abi = binding['vfioAbi'] as Record<string, number>;
@@ -20,6 +20,22 @@ describe('vfio-user ABI against <linux/vfio.h>', () => {
     expect(Layout.dmaLoggingControl.rangeSize).toBe(abi['dmaLoggingRangeSize']);
     expect(HEADER_SIZE).toBe(abi['headerSize']);
     expect(Layout.regionAccess.data).toBe(abi['regionAccessSize']);
+    expect(Layout.migration.sizeof).toBe(abi['migrationFeatureSize']);
+    expect(Layout.migState.sizeof).toBe(abi['migStateSize']);
+    expect(Layout.migState.dataFd).toBe(abi['migStateDataFdOffset']);
+  });
+
+  it('migration states and flags match the kernel header (PRE_COPY where the header has it: Linux >= 6.2)', () => {
+    expect([MigState.ERROR, MigState.STOP, MigState.RUNNING, MigState.STOP_COPY, MigState.RESUMING, MigState.RUNNING_P2P]).toEqual([
+      abi['DEVICE_STATE_ERROR'], abi['DEVICE_STATE_STOP'], abi['DEVICE_STATE_RUNNING'], abi['DEVICE_STATE_STOP_COPY'], abi['DEVICE_STATE_RESUMING'], abi['DEVICE_STATE_RUNNING_P2P'],
+    ]);
+    expect([MigrationFlag.STOP_COPY, MigrationFlag.P2P]).toEqual([abi['MIGRATION_STOP_COPY'], abi['MIGRATION_P2P']]);
+    if (abi['MIGRATION_PRE_COPY'] !== undefined) {
+      expect([MigrationFlag.PRE_COPY, MigState.PRE_COPY, MigState.PRE_COPY_P2P]).toEqual([abi['MIGRATION_PRE_COPY'], abi['DEVICE_STATE_PRE_COPY'], abi['DEVICE_STATE_PRE_COPY_P2P']]);
+    } else {
+      // Values from Linux 6.2's <linux/vfio.h> (include/uapi/linux/vfio.h), absent from this header.
+      expect([MigrationFlag.PRE_COPY, MigState.PRE_COPY, MigState.PRE_COPY_P2P]).toEqual([4, 6, 7]);
+    }
   });
 
   it('flag and index values match the kernel header', () => {
