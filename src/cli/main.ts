@@ -52,6 +52,9 @@ program
   .option('--xen-sim', 'serve as an IOREQ server on the simulator of Xen\'s side (no Xen needed)', false)
   .option('--sim-vcpus <n>', 'simulator: guest vCPUs', parseIntOption, 1)
   .option('--sim-ram <MiB>', 'simulator: guest RAM in MiB', parseIntOption, 64)
+  .option('--restore <file>', 'load the device state from <file> (written by --save, on either path) before serving')
+  .option('--save <file>', 'write the device state to <file> when serving ends (a signal; Xen: also when the domain is gone, e.g. after xl save)')
+  .option('--domain-poll <ms>', 'Xen: check every <ms> that the domain still exists (0: never)', parseIntOption, 500)
   .option('--stats <file>', 'vfio-user: on exit, write the devices\' statistics (DMA bytes, write-watch events, served accesses) as JSON')
   .option('--display-png <file>', 'vfio-user, display devices: keep a PNG of the frame at <file> (written atomically when it changes, on SIGUSR1 and at exit)')
   .option('--display-interval <ms>', 'with --display-png: check VRAM every <ms> and write at most one PNG per <ms>', parseIntOption, 100)
@@ -84,6 +87,9 @@ program.commands.at(-1)!.action(async (spec: string, opts: ServeOpts) => {
       claimConfigLatch: opts.configLatch,
       bufioreq: opts.bufioreq as 'off' | 'legacy' | 'atomic',
       verbose: opts.verbose,
+      domainPollMs: opts.domainPoll,
+      ...(opts.restore ? { restoreFile: opts.restore } : {}),
+      ...(opts.save ? { saveFile: opts.save } : {}),
     });
     return;
   }
@@ -105,6 +111,8 @@ program.commands.at(-1)!.action(async (spec: string, opts: ServeOpts) => {
     verbose: opts.verbose,
     ...(opts.stats ? { statsFile: opts.stats } : {}),
     ...(opts.displayPng ? { display: { path: opts.displayPng, intervalMs: opts.displayInterval } } : {}),
+    ...(opts.restore ? { restoreFile: opts.restore } : {}),
+    ...(opts.save ? { saveFile: opts.save } : {}),
   });
 });
 
@@ -121,6 +129,9 @@ interface ServeOpts {
   maxWaiting: number;
   ioThread: boolean;
   migration: string;
+  restore?: string;
+  save?: string;
+  domainPoll: number;
   xen?: number;
   xenSim: boolean;
   simVcpus: number;

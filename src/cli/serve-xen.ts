@@ -1,7 +1,11 @@
 /**
  * `mdevkit serve <device> --xen <domid>` (and `--xen-sim`): runs a device model as a Xen IOREQ
  * server until SIGTERM/SIGINT, then removes everything it created (server, ranges, claims, ports,
- * mappings) — also when startup fails half way.
+ * mappings) — also when startup fails half way. It also ends when its domain is gone.
+ *
+ * Save and restore follow the domain's (src/cli/domain-watch.ts explains why it is done this way):
+ * with `--save FILE` the device state is written when the domain is gone after `xl save` (or on a
+ * signal); `--restore FILE` serves the restored domain's device from that state.
  * @module
  */
 import { MdevError } from '../errors.js';
@@ -11,6 +15,8 @@ import { PrivcmdXenHost } from '../../adapters/xen/privcmd-host.js';
 import { SimHypervisor } from '../../adapters/xen/sim/hypervisor.js';
 import { SimXenHost } from '../../adapters/xen/sim/host.js';
 import { loadDevice } from './load-device.js';
+import { watchDomain } from './domain-watch.js';
+import { restoreStateFile, saveStateFile } from './state-file.js';
 import { listenForStop } from './stop-signal.js';
 
 /** Options of {@link serveXen}. */
@@ -29,6 +35,12 @@ export interface ServeXenOptions {
   verbose: boolean;
   /** Called once serving, with the server (the simulator's guest uses it). */
   onServing?: (server: IoreqServer) => void | Promise<void>;
+  /** Load the device's state from this file (`--save` output, either path) before serving. */
+  restoreFile?: string;
+  /** Write the device's state to this file when serving ends: a signal, or the domain gone. */
+  saveFile?: string;
+  /** How often to check that the domain still exists, in ms (default 500; 0: never). */
+  domainPollMs?: number;
 }
 
 /** Parses "SSSS:BB:DD.F" or "BB:DD.F". */
@@ -57,6 +69,11 @@ export function privcmdHost(domid: number): XenHost {
 /** Serves until a signal; resolves after a clean teardown. */
 export async function serveXen(spec: string, options: ServeXenOptions): Promise<void> {
   const device = await loadDevice(spec);
+  if (options.restoreFile) {
+    // Before anything exists in the hypervisor: a refused file leaves nothing to undo.
+    const n = restoreStateFile(device, options.restoreFile);
+    process.stdout.write(`mdevkit: device state restored from ${options.restoreFile} (${n} bytes)\n`);
+  }
   const log = options.verbose ? (line: string) => process.stderr.write(`mdevkit: ${line}\n`) : undefined;
   const server = new IoreqServer(device, options.host, {
     pci: options.pci,
@@ -81,9 +98,25 @@ export async function serveXen(spec: string, options: ServeXenOptions): Promise<
     throw e;
   }
   process.stdout.write(`mdevkit: serving ${spec} as ioreq server ${server.id} for domain ${options.host.domid} (${options.host.kind})\n`);
-  await options.onServing?.(server);
-  const signal = await stop.stopped;
-  if (options.verbose) process.stderr.write(`mdevkit: ${signal}: shutting down\n`);
+  const domain = watchDomain(server, options.domainPollMs ?? 500, (line) => options.verbose && process.stderr.write(`mdevkit: ${line}\n`));
+  let why: string;
+  try {
+    await options.onServing?.(server);
+    why = await Promise.race([stop.stopped, domain.gone]);
+  } finally {
+    domain.cancel();
+  }
+  if (options.verbose) process.stderr.write(`mdevkit: ${why}: shutting down\n`);
+  if (options.saveFile) {
+    // Before teardown: RAM BARs are read where the guest has them, once.
+    try {
+      const n = saveStateFile(server.device, options.saveFile);
+      process.stdout.write(`mdevkit: device state saved to ${options.saveFile} (${n} bytes): ${why}\n`);
+    } catch (e) {
+      process.stderr.write(`mdevkit: ${(e as Error).message}\n`);
+      process.exitCode = 1;
+    }
+  }
   process.removeListener('exit', cleanup);
   cleanup();
 }

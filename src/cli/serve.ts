@@ -10,6 +10,7 @@ import { isDisplayDevice } from '../display-device.js';
 import { VfioUserServer, type VfioUserServerOptions } from '../../adapters/vfio/server.js';
 import { DisplayOutput } from './display-output.js';
 import { loadDevice } from './load-device.js';
+import { restoreStateFile, saveStateFile } from './state-file.js';
 import { listenForStop } from './stop-signal.js';
 
 /** Options of {@link serve}. */
@@ -30,6 +31,10 @@ export interface ServeOptions {
    * is compared page by page on that timer: the guest writes it through the VMM's mapping.
    */
   display?: { path: string; intervalMs?: number };
+  /** Load the device's state from this file before serving (one device instance). */
+  restoreFile?: string;
+  /** Write the device's state to this file once the server has shut down (one device instance). */
+  saveFile?: string;
 }
 
 /** Starts the servers; resolves when they have all been closed by a signal. */
@@ -40,12 +45,19 @@ export async function serve(spec: string, options: ServeOptions): Promise<void> 
   if (options.display && options.socketPaths.length + (options.fd === undefined ? 0 : 1) !== 1) {
     throw new MdevError('EINVAL', 'a display PNG is kept for one device instance: give one --vfio-user socket (or --fd)', 'display-png');
   }
+  if ((options.saveFile || options.restoreFile) && options.socketPaths.length + (options.fd === undefined ? 0 : 1) !== 1) {
+    throw new MdevError('EINVAL', 'a state file belongs to one device instance: give one --vfio-user socket (or --fd)', options.saveFile ? 'save' : 'restore');
+  }
   const servers: VfioUserServer[] = [];
   const outputs: DisplayOutput[] = []; // at most one
   const stop = listenForStop();
   const log = options.verbose ? (line: string) => process.stderr.write(`mdevkit: ${line}\n`) : undefined;
   const make = async (): Promise<VfioUserServer> => {
     const device = await loadDevice(spec);
+    if (options.restoreFile) {
+      const n = restoreStateFile(device, options.restoreFile);
+      process.stdout.write(`mdevkit: device state restored from ${options.restoreFile} (${n} bytes)\n`);
+    }
     if (options.display) {
       if (!isDisplayDevice(device)) throw new MdevError('EINVAL', `${spec} is not a display device (it has no scanout to render)`, 'display-png');
       outputs.push(new DisplayOutput(device, { ...options.display, warn: (line) => process.stderr.write(`mdevkit: warning: ${line}\n`) }));
@@ -89,4 +101,9 @@ export async function serve(spec: string, options: ServeOptions): Promise<void> 
     writeFileSync(options.statsFile, JSON.stringify({ devices: servers.map((s) => s.deviceStats()), ...(output ? { display: output.stats() } : {}) }));
   }
   await Promise.all(servers.map((s) => s.shutdown()));
+  if (options.saveFile) {
+    // Every connection has ended: nothing changes the device any more.
+    const n = saveStateFile(servers[0]!.device, options.saveFile);
+    process.stdout.write(`mdevkit: device state saved to ${options.saveFile} (${n} bytes)\n`);
+  }
 }

@@ -22,6 +22,11 @@ export interface SimDriverHostOptions {
   mmioBase?: bigint;
   /** Where firmware starts placing I/O BARs (default 0xc000). */
   pioBase?: number;
+  /**
+   * Run the firmware step (default true). False for a device restored from a saved state: its BARs
+   * are where the guest left them, read from config space, and nothing is written.
+   */
+  placeBars?: boolean;
 }
 
 /** The simulated-Xen path as a {@link GuestDriverHost}. */
@@ -53,6 +58,10 @@ export class SimDriverHost implements GuestDriverHost {
       write: (gpa, data) => vcpu.ramWrite(gpa, data),
     };
     if (this.cfgRead(PCI.VENDOR_ID, 2) === 0xffff) throw new MdevError('ENODEV', `no device at SBDF 0x${options.sbdf.toString(16)}`, 'sbdf');
+    if (options.placeBars === false) {
+      this.findBars();
+      return;
+    }
     let mmio = options.mmioBase ?? 0xe0000000n;
     let pio = options.pioBase ?? 0xc000;
     let command = this.cfgRead(PCI.COMMAND, 2);
@@ -87,6 +96,23 @@ export class SimDriverHost implements GuestDriverHost {
       if (is64) i++;
     }
     this.cfgWrite(PCI.COMMAND, 2, command);
+  }
+
+  /** Reads the BAR addresses the guest programmed (a restored device: no sizing writes). */
+  private findBars(): void {
+    for (let i = 0; i < 6; i++) {
+      const lo = this.cfgRead(PCI.BAR0 + 4 * i, 4);
+      if (lo === 0) continue;
+      if (lo & PCI_BAR.SPACE_IO) {
+        this.bars.set(i, { address: BigInt(lo & ~PCI_BAR.IO_FLAGS_MASK), io: true });
+        continue;
+      }
+      const is64 = (lo & PCI_BAR.MEM_TYPE_MASK) === PCI_BAR.MEM_TYPE_64;
+      let address = BigInt((lo & ~PCI_BAR.MEM_FLAGS_MASK) >>> 0);
+      if (is64) address |= BigInt(this.cfgRead(PCI.BAR0 + 4 * (i + 1), 4)) << 32n;
+      this.bars.set(i, { address, io: false });
+      if (is64) i++;
+    }
   }
 
   private cfgAddr(offset: number): bigint {

@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { MdevError } from '../../../src/errors.js';
 import { packageRoot } from '../../../src/native/binding.js';
-import type { DriverRun } from '../../../src/guest-driver.js';
+import type { DriverRun, MigrationGuestDriver } from '../../../src/guest-driver.js';
 import type { SimHypervisor } from './hypervisor.js';
 import type { SimDriverHostOptions } from './driver-host.js';
 
@@ -24,6 +24,18 @@ export interface DriverWorkerData {
   driverUrl: string;
   /** Timeout of each vCPU access. */
   timeoutMs: number;
+  /** What to run: the module's default export, or a half of its `migration` export. */
+  entry?: DriverEntry;
+}
+
+/** Which function of a driver module runs: its default export, or a half of its `migration` ({@link MigrationGuestDriver}). */
+export type DriverEntry = 'default' | 'before' | 'after';
+
+/** The function `entry` names in a loaded driver module. */
+export function driverEntry(mod: { default?: unknown; migration?: MigrationGuestDriver }, entry: DriverEntry = 'default'): (host: never) => unknown {
+  const fn = entry === 'default' ? mod.default : mod.migration?.[entry];
+  if (typeof fn !== 'function') throw new MdevError('EINVAL', entry === 'default' ? 'the driver module has no default export' : `the driver module has no migration.${entry}`, 'driver');
+  return fn as (host: never) => unknown;
 }
 
 /** The compiled worker script (workers run JavaScript). */
@@ -37,9 +49,9 @@ function workerScript(): string {
  * Runs the driver module at `driverFile` (a compiled .js file) on vCPU `vcpuIndex` of `hypervisor`.
  * `dirtyPages` is filled from the modified_memory calls the server made during the run.
  */
-export function runDriverOnSim(hypervisor: SimHypervisor, driverFile: string, host: SimDriverHostOptions, options: { vcpuIndex?: number; timeoutMs?: number } = {}): Promise<DriverRun> {
+export function runDriverOnSim(hypervisor: SimHypervisor, driverFile: string, host: SimDriverHostOptions, options: { vcpuIndex?: number; timeoutMs?: number; entry?: DriverEntry } = {}): Promise<DriverRun> {
   const vcpuIndex = options.vcpuIndex ?? 0;
-  const data: DriverWorkerData = { descriptor: hypervisor.vcpuDescriptor(vcpuIndex), vcpuIndex, host, driverUrl: pathToFileURL(driverFile).href, timeoutMs: options.timeoutMs ?? 10_000 };
+  const data: DriverWorkerData = { descriptor: hypervisor.vcpuDescriptor(vcpuIndex), vcpuIndex, host, driverUrl: pathToFileURL(driverFile).href, timeoutMs: options.timeoutMs ?? 10_000, entry: options.entry ?? 'default' };
   const logBefore = hypervisor.modifiedMemoryCount;
   return new Promise((resolve, reject) => {
     const worker = new Worker(workerScript(), { workerData: data });

@@ -5,7 +5,7 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import { instrument, type GuestDriver } from '../../../src/guest-driver.js';
 import { SimDriverHost } from './driver-host.js';
-import type { DriverWorkerData } from './driver-run.js';
+import { driverEntry, type DriverWorkerData } from './driver-run.js';
 import { SimVcpu } from './vcpu.js';
 
 if (parentPort !== null && workerData !== null && typeof workerData === 'object' && 'driverUrl' in workerData) {
@@ -14,11 +14,12 @@ if (parentPort !== null && workerData !== null && typeof workerData === 'object'
   const vcpu = new SimVcpu(data.descriptor, { timeoutMs: data.timeoutMs });
   try {
     const mod = (await import(data.driverUrl)) as { default: GuestDriver };
+    const run = driverEntry(mod, data.entry) as GuestDriver;
     const host = new SimDriverHost(vcpu, data.vcpuIndex, data.host);
     const before = host.interruptCount();
     const { host: timed, stats } = instrument(host);
     const t0 = process.hrtime.bigint();
-    const result = mod.default(timed);
+    const result = run(timed);
     const elapsedMs = Number(process.hrtime.bigint() - t0) / 1e6;
     port.postMessage({ ok: true, run: { result, traps: stats.traps, rttUs: stats.rttUs, interrupts: host.interruptCount() - before, elapsedMs, dirtyPages: null } });
   } catch (e) {
