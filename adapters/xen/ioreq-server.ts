@@ -259,6 +259,8 @@ export class IoreqServer implements IrqSink {
   private tracking = false;
   /** Pages of the tracked BAR to report as dirty at the next collection (re-arming reports all). */
   private vramPending: DirtyBitmap | null = null;
+  /** Whether the next collection cannot say which pages the guest wrote (tracking was re-armed since). */
+  private vramUnknown = false;
   private pages: IoreqPages | null = null;
   private events: EventBinding | null = null;
   private engine: NativeEngine | null = null;
@@ -392,7 +394,7 @@ export class IoreqServer implements IrqSink {
    */
   collectDirtyVram(firstPfn: bigint, nr: number, into: DirtyBitmap, intoFirstPage = 0): number {
     if (!Number.isInteger(nr) || nr <= 0) throw new MdevError('EINVAL', `must be a positive integer, got ${nr}`, 'nr');
-    const bits = this.trackBits(firstPfn, nr);
+    const { bits } = this.trackBits(firstPfn, nr);
     into.mergeFrom(intoFirstPage, bits, nr);
     let dirty = 0;
     for (let i = 0; i < nr; i++) if (bits[i >>> 3]! & (1 << (i & 7))) dirty++;
@@ -409,14 +411,45 @@ export class IoreqServer implements IrqSink {
    * @throws EINVAL when the device has no RAM BAR served as guest RAM (or the server is not started)
    */
   collectVramDirty(into: DirtyBitmap): number {
+    const { report } = this.takeVramDirty();
+    into.mergeBitmap(report);
+    return report.count();
+  }
+
+  /**
+   * For a display (the `VramDirtySource` of `mdevkit serve --display-png`): the pages of the
+   * tracked RAM BAR that the guest wrote since the last call (page i = BAR offset i · 4096), or
+   * null when Xen could not say this time — the BAR was placed or moved since (tracking re-armed on the new
+   * range, which Xen reports all dirty once) or track_dirty_vram answered ENODATA — and the caller
+   * must compare contents instead. Consumes the same state as {@link collectVramDirty}: a call to
+   * either takes what the guest wrote.
+   * @throws EINVAL when the device has no RAM BAR served as guest RAM (or the server is not started)
+   */
+  collectVramWrites(): DirtyBitmap | null {
+    const { report, known } = this.takeVramDirty();
+    return known ? report : null;
+  }
+
+  /** Index of the RAM BAR whose guest writes {@link collectVramDirty} reports, or null when none. */
+  get trackedVramBar(): number | null {
+    return this.trackedBar?.index ?? null;
+  }
+
+  /** Takes the tracked BAR's dirty pages (Xen's and pending ones); `known` false when Xen could not tell. */
+  private takeVramDirty(): { report: DirtyBitmap; known: boolean } {
     const rb = this.trackedBar;
     if (rb === null || this.vramPending === null) throw new MdevError('EINVAL', 'no RAM BAR is served as guest RAM (start the server; ramBars: "ram")', 'server');
     const report = new DirtyBitmap(rb.pages, XEN_PAGE_SIZE);
-    if (rb.placed && this.tracking) report.mergeFrom(0, this.trackBits(rb.gfn, rb.pages), rb.pages);
+    let known = !this.vramUnknown;
+    if (rb.placed && this.tracking) {
+      const { bits, known: told } = this.trackBits(rb.gfn, rb.pages);
+      report.mergeFrom(0, bits, rb.pages);
+      known &&= told;
+    }
     report.mergeBitmap(this.vramPending);
     this.vramPending.clearAll();
-    into.mergeBitmap(report);
-    return report.count();
+    this.vramUnknown = false;
+    return { report, known };
   }
 
   /** Where the RAM BARs' pages are now, by BAR index (empty when none is served as guest RAM). */
@@ -424,16 +457,17 @@ export class IoreqServer implements IrqSink {
     return [...this.ramBarMap.values()].map((rb) => ({ index: rb.index, pages: rb.pages, parkingGfn: rb.parking, gfn: rb.gfn, placed: rb.placed }));
   }
 
-  /** track_dirty_vram of `nr` frames; ENODATA (Xen does not know) reports every frame. */
-  private trackBits(firstPfn: bigint, nr: number): Uint8Array {
+  /** track_dirty_vram of `nr` frames; ENODATA (Xen does not know: `known` false) reports every frame. */
+  private trackBits(firstPfn: bigint, nr: number): { bits: Uint8Array; known: boolean } {
     const bits = new Uint8Array(Math.ceil(nr / 8));
     try {
       this.host.trackDirtyVram(firstPfn, nr, bits);
     } catch (e) {
       if (!isErrno(e, 'ENODATA')) throw e;
       bits.fill(0xff);
+      return { bits, known: false };
     }
-    return bits;
+    return { bits, known: true };
   }
 
   /**
@@ -601,6 +635,7 @@ export class IoreqServer implements IrqSink {
     this.ramBarMap.clear();
     this.trackedBar = null;
     this.vramPending = null;
+    this.vramUnknown = false;
   }
 
   /** A RAM BAR moved or its decoding changed: move its pages (the BAR's address, or parking). */
@@ -644,6 +679,7 @@ export class IoreqServer implements IrqSink {
       this.trackBits(target, rb.pages);
       this.tracking = true;
       this.vramPending!.markPages(0, rb.pages);
+      this.vramUnknown = true;
     }
   }
 

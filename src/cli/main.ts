@@ -4,7 +4,7 @@
  * @module
  */
 import { Command, CommanderError, InvalidArgumentError } from 'commander';
-import { MdevError, isErrno } from '../errors.js';
+import { isErrno } from '../errors.js';
 import { formatLspci } from '../pci/lspci.js';
 import { describeRegions } from './describe.js';
 import { loadDevice } from './load-device.js';
@@ -55,8 +55,10 @@ program
   .option('--restore <file>', 'load the device state from <file> (written by --save, on either path) before serving')
   .option('--save <file>', 'write the device state to <file> when serving ends (a signal; Xen: also when the domain is gone, e.g. after xl save)')
   .option('--domain-poll <ms>', 'Xen: check every <ms> that the domain still exists (0: never)', parseIntOption, 500)
-  .option('--stats <file>', 'vfio-user: on exit, write the devices\' statistics (DMA bytes, write-watch events, served accesses) as JSON')
-  .option('--display-png <file>', 'vfio-user, display devices: keep a PNG of the frame at <file> (written atomically when it changes, on SIGUSR1 and at exit)')
+  .option('--ram-bars <mode>', 'Xen: BARs of RAM (a display\'s VRAM): ram (guest RAM at the BAR\'s address, never trapped; needs privileged handles at start) or trap (every access an ioreq)', parseRamBars, 'ram' as 'ram' | 'trap')
+  .option('--ram-bar-parking <address>', 'Xen: guest-physical address (page aligned) where the RAM BARs\' pages are populated and parked while they do not decode, outside guest RAM and every BAR window (default 64 GiB + devfn GiB)', parsePageAddress)
+  .option('--stats <file>', 'on exit, write statistics as JSON: vfio-user the devices\' (DMA bytes, write-watch events, served accesses), Xen the server\'s counters; with --display-png the display\'s figures')
+  .option('--display-png <file>', 'display devices: keep a PNG of the frame at <file> (written atomically when it changes, on SIGUSR1 and at exit); Xen: changed VRAM pages from track_dirty_vram')
   .option('--display-interval <ms>', 'with --display-png: check VRAM every <ms> and write at most one PNG per <ms>', parseIntOption, 100)
   .option('-v, --verbose', 'log connections and errors to stderr', false);
 program.commands.at(-1)!.addHelpText(
@@ -68,12 +70,17 @@ Attaching QEMU (>= 10.1) to a vfio-user socket:
     -device '{"driver":"vfio-user-pci","socket":{"type":"unix","path":"/run/edu.sock"}}' ...
 Guest RAM must be shared (share=on): with share=off QEMU still passes its memfd, but the guest's
 writes land in a private copy and the device reads zeros, with no error anywhere. RAM without an
-fd (memory-backend-ram, plain -m) works, more slowly: every device DMA is a message.`,
+fd (memory-backend-ram, plain -m) works, more slowly: every device DMA is a message.
+
+A display as a Xen IOREQ server (in dom0, the guest created paused: the server raises the
+domain's page limit and populates VRAM before it restricts its handles):
+  mdevkit serve bochs-display --xen 5 --bdf 00:07.0 --config-latch --display-png frame.png
+VRAM is guest RAM at BAR0's address (--ram-bars ram); the PNG follows the pages the guest wrote,
+as Xen's track_dirty_vram reports them. --ram-bars trap serves VRAM through ioreqs instead.`,
 );
 for (let i = 0; i < 6; i++) program.commands.at(-1)!.option(`--bar${i} <address>`, i === 0 ? 'Xen: fixed placement of BAR0 (likewise --bar1 … --bar5), for guests without PCI config access' : undefined as unknown as string);
 program.commands.at(-1)!.action(async (spec: string, opts: ServeOpts) => {
   if (opts.xen !== undefined || opts.xenSim) {
-    if (opts.displayPng) throw new MdevError('ENOTSUP', 'not available with --xen/--xen-sim yet (VRAM as guest RAM with track_dirty_vram is in progress)', 'display-png');
     const fixedBars: Record<number, bigint> = {};
     for (let i = 0; i < 6; i++) {
       const v = opts[`bar${i}` as keyof ServeOpts];
@@ -90,6 +97,10 @@ program.commands.at(-1)!.action(async (spec: string, opts: ServeOpts) => {
       domainPollMs: opts.domainPoll,
       ...(opts.restore ? { restoreFile: opts.restore } : {}),
       ...(opts.save ? { saveFile: opts.save } : {}),
+      ramBars: opts.ramBars,
+      ...(opts.ramBarParking !== undefined ? { ramBarParking: opts.ramBarParking } : {}),
+      ...(opts.stats ? { statsFile: opts.stats } : {}),
+      ...(opts.displayPng ? { display: { path: opts.displayPng, intervalMs: opts.displayInterval } } : {}),
     });
     return;
   }
@@ -139,6 +150,8 @@ interface ServeOpts {
   bdf?: string;
   configLatch: boolean;
   bufioreq: string;
+  ramBars: 'ram' | 'trap';
+  ramBarParking?: bigint;
   verbose: boolean;
   stats?: string;
   displayPng?: string;
@@ -163,6 +176,19 @@ function parseMigrationFlags(value: string): number {
   }
   if (!(flags & MigrationFlag.STOP_COPY)) throw new InvalidArgumentError('--migration: stop-copy is required (or off)');
   return flags;
+}
+
+/** `--ram-bars`: ram or trap. */
+function parseRamBars(value: string): 'ram' | 'trap' {
+  if (value !== 'ram' && value !== 'trap') throw new InvalidArgumentError('must be ram or trap');
+  return value;
+}
+
+/** `--ram-bar-parking`: a page-aligned guest-physical address. */
+function parsePageAddress(value: string): bigint {
+  const v = parseAddress(value, '--ram-bar-parking');
+  if (v % 4096n !== 0n) throw new InvalidArgumentError('not page aligned (4096)');
+  return v;
 }
 
 function parseAddress(value: string, option: string): bigint {
