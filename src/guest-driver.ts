@@ -4,6 +4,8 @@
  * (Xen path), and later a real guest. Calls are synchronous, as a vCPU's are.
  * @module
  */
+import { MdevError } from './errors.js';
+import { PCI, PCI_BAR, PCI_COMMAND } from './pci/constants.js';
 
 /** Access sizes. */
 export type AccessSize = 1 | 2 | 4 | 8;
@@ -62,6 +64,95 @@ export interface MigrationGuestDriver {
   before: GuestDriver;
   /** The second half, on the restored device. */
   after: GuestDriver;
+}
+
+/** Which function of a driver module runs: its default export, or a half of its `migration`. */
+export type DriverEntry = 'default' | 'before' | 'after';
+
+/** The function `entry` names in a loaded driver module. */
+export function driverEntry(mod: { default?: unknown; migration?: MigrationGuestDriver }, entry: DriverEntry = 'default'): GuestDriver {
+  const fn = entry === 'default' ? mod.default : mod.migration?.[entry];
+  if (typeof fn !== 'function') throw new MdevError('EINVAL', entry === 'default' ? 'the driver module has no default export' : `the driver module has no migration.${entry}`, 'driver');
+  return fn as GuestDriver;
+}
+
+/** Config-space access, all the firmware step needs. */
+export interface ConfigCycles {
+  /** Reads config space. */
+  cfgRead(offset: number, size: 1 | 2 | 4): number;
+  /** Writes config space. */
+  cfgWrite(offset: number, size: 1 | 2 | 4, value: number): void;
+}
+
+/** Where a BAR was placed. */
+export interface PlacedBar {
+  /** Guest-physical (or port) address. */
+  address: bigint;
+  /** An I/O BAR. */
+  io: boolean;
+}
+
+/**
+ * The firmware step (what hvmloader or SeaBIOS does before a guest's driver runs): sizes every BAR,
+ * places memory BARs upwards from `mmioBase` and I/O BARs from `pioBase`, each aligned to its
+ * size, and enables decoding. Returns the placement by BAR index.
+ */
+export function assignBars(cfg: ConfigCycles, options: { mmioBase?: bigint; pioBase?: number } = {}): Map<number, PlacedBar> {
+  const bars = new Map<number, PlacedBar>();
+  let mmio = options.mmioBase ?? 0xe0000000n;
+  let pio = options.pioBase ?? 0xc000;
+  let command = cfg.cfgRead(PCI.COMMAND, 2);
+  for (let i = 0; i < 6; i++) {
+    const reg = PCI.BAR0 + 4 * i;
+    const orig = cfg.cfgRead(reg, 4);
+    cfg.cfgWrite(reg, 4, 0xffffffff);
+    const mask = cfg.cfgRead(reg, 4);
+    if (mask === 0) continue;
+    if (orig & PCI_BAR.SPACE_IO) {
+      const sz = (~(mask & ~PCI_BAR.IO_FLAGS_MASK) >>> 0) + 1;
+      pio = Math.ceil(pio / sz) * sz;
+      cfg.cfgWrite(reg, 4, pio);
+      bars.set(i, { address: BigInt(pio), io: true });
+      pio += sz;
+      command |= PCI_COMMAND.IO;
+      continue;
+    }
+    const is64 = (orig & PCI_BAR.MEM_TYPE_MASK) === PCI_BAR.MEM_TYPE_64;
+    let sizeMask = BigInt((mask & ~PCI_BAR.MEM_FLAGS_MASK) >>> 0);
+    if (is64) {
+      cfg.cfgWrite(reg + 4, 4, 0xffffffff);
+      sizeMask |= BigInt(cfg.cfgRead(reg + 4, 4)) << 32n;
+    } else sizeMask |= 0xffffffff00000000n;
+    const sz = (~sizeMask & 0xffffffffffffffffn) + 1n;
+    mmio = ((mmio + sz - 1n) / sz) * sz;
+    cfg.cfgWrite(reg, 4, Number(mmio & 0xffffffffn));
+    if (is64) cfg.cfgWrite(reg + 4, 4, Number(mmio >> 32n));
+    bars.set(i, { address: mmio, io: false });
+    mmio += sz;
+    command |= PCI_COMMAND.MEMORY;
+    if (is64) i++;
+  }
+  cfg.cfgWrite(PCI.COMMAND, 2, command);
+  return bars;
+}
+
+/** The BARs as the guest left them (a restored device: read from config space, nothing written). */
+export function programmedBars(cfg: ConfigCycles): Map<number, PlacedBar> {
+  const bars = new Map<number, PlacedBar>();
+  for (let i = 0; i < 6; i++) {
+    const lo = cfg.cfgRead(PCI.BAR0 + 4 * i, 4);
+    if (lo === 0) continue;
+    if (lo & PCI_BAR.SPACE_IO) {
+      bars.set(i, { address: BigInt(lo & ~PCI_BAR.IO_FLAGS_MASK), io: true });
+      continue;
+    }
+    const is64 = (lo & PCI_BAR.MEM_TYPE_MASK) === PCI_BAR.MEM_TYPE_64;
+    let address = BigInt((lo & ~PCI_BAR.MEM_FLAGS_MASK) >>> 0);
+    if (is64) address |= BigInt(cfg.cfgRead(PCI.BAR0 + 4 * (i + 1), 4)) << 32n;
+    bars.set(i, { address, io: false });
+    if (is64) i++;
+  }
+  return bars;
 }
 
 /** Offset of the first standard capability with `id` in the device's config space, or 0. */

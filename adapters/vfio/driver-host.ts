@@ -5,7 +5,7 @@
  * INTx is wired up front and unmasked after each interrupt.
  * @module
  */
-import type { DriverRam, GuestDriverHost } from '../../src/guest-driver.js';
+import { assignBars, type DriverRam, type GuestDriverHost } from '../../src/guest-driver.js';
 import { PCI_CAP_ID, PCI_MSI, PCI_MSIX } from '../../src/pci/constants.js';
 import { walkCapabilities } from '../../src/pci/lspci.js';
 import type { AccessSize } from '../../src/guest-driver.js';
@@ -26,6 +26,12 @@ export interface VfioDriverHostOptions {
   shareRam?: boolean;
   /** Map the RAM privately while passing its fd, as QEMU's `share=off` does (default true: shared). */
   share?: boolean;
+  /**
+   * Run the firmware step first: size and place the BARs, enable decoding (default false: over
+   * vfio-user the VMM reaches BARs by region, and QEMU's guest firmware is not played). A state
+   * that moves to the Xen path needs BARs placed, as a real guest has them.
+   */
+  placeBars?: boolean;
 }
 
 /** The vfio-user path as a {@link GuestDriverHost}. */
@@ -60,6 +66,7 @@ export class VfioDriverHost implements GuestDriverHost {
     this.msiCap = caps.find((c) => c.id === PCI_CAP_ID.MSI)?.offset ?? 0;
     this.msixCap = caps.find((c) => c.id === PCI_CAP_ID.MSIX)?.offset ?? 0;
     if (client.irqInfo(PciIrq.INTX).count > 0) this.intxFd = client.enableIntx().trigger;
+    if (options.placeBars) assignBars(this);
   }
 
   cfgRead(offset: number, size: 1 | 2 | 4): number {

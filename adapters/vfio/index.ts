@@ -12,3 +12,4 @@ export * from './migration-driver.js';
 export * from './client.js';
 export * from './driver-host.js';
 export { runDriverOverVfioUser } from './driver-runner.js';
+export type { VfioDriverRunOptions } from './driver-runner.js';

@@ -203,14 +203,15 @@ function parseAddress(value: string, option: string): bigint {
 
 program
   .command('compare')
-  .description('run one guest driver over vfio-user and over Xen (simulator); check identical results; report costs side by side')
+  .description('run one guest driver over vfio-user and over Xen (simulator); check identical results; report costs side by side; with migration halves, move the device state mid-work from each path to the other')
   .argument('<device>', 'built-in device name (edu) or path to a device module')
   .argument('[driver]', 'built-in driver name or path to a driver module (default: the device\'s own)')
   .option('--json', 'print one JSON object instead of the table', false)
-  .action(async (device: string, driver: string | undefined, opts: { json: boolean }) => {
-    const r = await compare(device, driver ?? device);
+  .option('--no-migration', 'do not move the device state between the paths (drivers with migration halves)')
+  .action(async (device: string, driver: string | undefined, opts: { json: boolean; migration: boolean }) => {
+    const r = await compare(device, driver ?? device, { migration: opts.migration });
     process.stdout.write((opts.json ? JSON.stringify(r, null, 2) : formatComparison(r)) + '\n');
-    if (!r.identical) process.exitCode = 3;
+    if (!r.identical || (r.migration !== null && !r.migration.identical)) process.exitCode = 3;
   });
 
 program

@@ -5,9 +5,9 @@
  * before the driver runs.
  * @module
  */
-import type { AccessSize, DriverRam, GuestDriverHost } from '../../../src/guest-driver.js';
+import { assignBars, programmedBars, type AccessSize, type DriverRam, type GuestDriverHost } from '../../../src/guest-driver.js';
 import { MdevError } from '../../../src/errors.js';
-import { PCI, PCI_BAR, PCI_COMMAND } from '../../../src/pci/constants.js';
+import { PCI } from '../../../src/pci/constants.js';
 import type { SimVcpu } from './vcpu.js';
 
 /** Options of a {@link SimDriverHost}. */
@@ -58,61 +58,8 @@ export class SimDriverHost implements GuestDriverHost {
       write: (gpa, data) => vcpu.ramWrite(gpa, data),
     };
     if (this.cfgRead(PCI.VENDOR_ID, 2) === 0xffff) throw new MdevError('ENODEV', `no device at SBDF 0x${options.sbdf.toString(16)}`, 'sbdf');
-    if (options.placeBars === false) {
-      this.findBars();
-      return;
-    }
-    let mmio = options.mmioBase ?? 0xe0000000n;
-    let pio = options.pioBase ?? 0xc000;
-    let command = this.cfgRead(PCI.COMMAND, 2);
-    for (let i = 0; i < 6; i++) {
-      const reg = PCI.BAR0 + 4 * i;
-      const orig = this.cfgRead(reg, 4);
-      this.cfgWrite(reg, 4, 0xffffffff);
-      const mask = this.cfgRead(reg, 4);
-      if (mask === 0) continue;
-      if (orig & PCI_BAR.SPACE_IO) {
-        const sz = (~(mask & ~PCI_BAR.IO_FLAGS_MASK) >>> 0) + 1;
-        pio = Math.ceil(pio / sz) * sz;
-        this.cfgWrite(reg, 4, pio);
-        this.bars.set(i, { address: BigInt(pio), io: true });
-        pio += sz;
-        command |= PCI_COMMAND.IO;
-        continue;
-      }
-      const is64 = (orig & PCI_BAR.MEM_TYPE_MASK) === PCI_BAR.MEM_TYPE_64;
-      let sizeMask = BigInt((mask & ~PCI_BAR.MEM_FLAGS_MASK) >>> 0);
-      if (is64) {
-        this.cfgWrite(reg + 4, 4, 0xffffffff);
-        sizeMask |= BigInt(this.cfgRead(reg + 4, 4)) << 32n;
-      } else sizeMask |= 0xffffffff00000000n;
-      const sz = (~sizeMask & 0xffffffffffffffffn) + 1n;
-      mmio = ((mmio + sz - 1n) / sz) * sz;
-      this.cfgWrite(reg, 4, Number(mmio & 0xffffffffn));
-      if (is64) this.cfgWrite(reg + 4, 4, Number(mmio >> 32n));
-      this.bars.set(i, { address: mmio, io: false });
-      mmio += sz;
-      command |= PCI_COMMAND.MEMORY;
-      if (is64) i++;
-    }
-    this.cfgWrite(PCI.COMMAND, 2, command);
-  }
-
-  /** Reads the BAR addresses the guest programmed (a restored device: no sizing writes). */
-  private findBars(): void {
-    for (let i = 0; i < 6; i++) {
-      const lo = this.cfgRead(PCI.BAR0 + 4 * i, 4);
-      if (lo === 0) continue;
-      if (lo & PCI_BAR.SPACE_IO) {
-        this.bars.set(i, { address: BigInt(lo & ~PCI_BAR.IO_FLAGS_MASK), io: true });
-        continue;
-      }
-      const is64 = (lo & PCI_BAR.MEM_TYPE_MASK) === PCI_BAR.MEM_TYPE_64;
-      let address = BigInt((lo & ~PCI_BAR.MEM_FLAGS_MASK) >>> 0);
-      if (is64) address |= BigInt(this.cfgRead(PCI.BAR0 + 4 * (i + 1), 4)) << 32n;
-      this.bars.set(i, { address, io: false });
-      if (is64) i++;
-    }
+    const placed = options.placeBars === false ? programmedBars(this) : assignBars(this, { ...(options.mmioBase !== undefined ? { mmioBase: options.mmioBase } : {}), ...(options.pioBase !== undefined ? { pioBase: options.pioBase } : {}) });
+    for (const [i, b] of placed) this.bars.set(i, b);
   }
 
   private cfgAddr(offset: number): bigint {

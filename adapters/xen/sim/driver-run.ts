@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { MdevError } from '../../../src/errors.js';
 import { packageRoot } from '../../../src/native/binding.js';
-import type { DriverRun, MigrationGuestDriver } from '../../../src/guest-driver.js';
+import type { DriverEntry, DriverRun } from '../../../src/guest-driver.js';
 import type { SimHypervisor } from './hypervisor.js';
 import type { SimDriverHostOptions } from './driver-host.js';
 
@@ -26,16 +26,6 @@ export interface DriverWorkerData {
   timeoutMs: number;
   /** What to run: the module's default export, or a half of its `migration` export. */
   entry?: DriverEntry;
-}
-
-/** Which function of a driver module runs: its default export, or a half of its `migration` ({@link MigrationGuestDriver}). */
-export type DriverEntry = 'default' | 'before' | 'after';
-
-/** The function `entry` names in a loaded driver module. */
-export function driverEntry(mod: { default?: unknown; migration?: MigrationGuestDriver }, entry: DriverEntry = 'default'): (host: never) => unknown {
-  const fn = entry === 'default' ? mod.default : mod.migration?.[entry];
-  if (typeof fn !== 'function') throw new MdevError('EINVAL', entry === 'default' ? 'the driver module has no default export' : `the driver module has no migration.${entry}`, 'driver');
-  return fn as (host: never) => unknown;
 }
 
 /** The compiled worker script (workers run JavaScript). */

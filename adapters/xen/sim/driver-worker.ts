@@ -3,9 +3,9 @@
  * @module
  */
 import { parentPort, workerData } from 'node:worker_threads';
-import { instrument, type GuestDriver } from '../../../src/guest-driver.js';
+import { driverEntry, instrument, type GuestDriver } from '../../../src/guest-driver.js';
 import { SimDriverHost } from './driver-host.js';
-import { driverEntry, type DriverWorkerData } from './driver-run.js';
+import type { DriverWorkerData } from './driver-run.js';
 import { SimVcpu } from './vcpu.js';
 
 if (parentPort !== null && workerData !== null && typeof workerData === 'object' && 'driverUrl' in workerData) {
@@ -14,7 +14,7 @@ if (parentPort !== null && workerData !== null && typeof workerData === 'object'
   const vcpu = new SimVcpu(data.descriptor, { timeoutMs: data.timeoutMs });
   try {
     const mod = (await import(data.driverUrl)) as { default: GuestDriver };
-    const run = driverEntry(mod, data.entry) as GuestDriver;
+    const run = driverEntry(mod, data.entry);
     const host = new SimDriverHost(vcpu, data.vcpuIndex, data.host);
     const before = host.interruptCount();
     const { host: timed, stats } = instrument(host);

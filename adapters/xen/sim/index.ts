@@ -19,5 +19,5 @@ export type { RangeLookup } from './rangeset.js';
 export * from './layout.js';
 export { SimDriverHost } from './driver-host.js';
 export type { SimDriverHostOptions } from './driver-host.js';
-export { runDriverOnSim, driverEntry } from './driver-run.js';
-export type { DriverWorkerData, DriverEntry } from './driver-run.js';
+export { runDriverOnSim } from './driver-run.js';
+export type { DriverWorkerData } from './driver-run.js';
