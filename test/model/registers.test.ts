@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
+import { fuzzParams, fuzzTimeout } from '../fuzz-budget.js';
 import { RegisterBlock, type RegisterSpec, type WriteEvent } from '../../src/registers.js';
 import { readBig, readInt, writeInt } from '../helpers.js';
 
@@ -139,7 +140,7 @@ describe('RegisterBlock bad input', () => {
 
 describe('RegisterBlock against a reference model (property)', () => {
   // The reference applies the documented per-bit rules to plain JS numbers, one byte at a time.
-  it('matches the documented rules for random layouts and accesses', () => {
+  it('matches the documented rules for random layouts and accesses', { timeout: fuzzTimeout(30_000) }, () => {
     const byteMask = fc.integer({ min: 0, max: 255 });
     fc.assert(
       fc.property(
@@ -190,7 +191,7 @@ describe('RegisterBlock against a reference model (property)', () => {
           expect([...block.storage.values]).toEqual(model.value);
         },
       ),
-      { numRuns: 300 },
+      fuzzParams('RegisterBlock: layouts and accesses against the byte rules', { numRuns: 300 }),
     );
   });
 });

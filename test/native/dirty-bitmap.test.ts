@@ -3,6 +3,7 @@ import { endianness } from 'node:os';
 import { Worker } from 'node:worker_threads';
 
 import fc from 'fast-check';
+import { fuzzParams, fuzzTimeout } from '../fuzz-budget.js';
 import { describe, expect, it } from 'vitest';
 
 import { DirtyBitmap } from '../../src/native/dirty-bitmap.js';
@@ -267,20 +268,20 @@ function check([{ pageCount: n, pageShift }, ops]: [Config, Op[]]): void {
 }
 
 describe('DirtyBitmap against a boolean-array model', () => {
-  it('random operation sequences, 4-16 KiB pages, sizes around word multiples', () => {
+  it('random operation sequences, 4-16 KiB pages, sizes around word multiples', { timeout: fuzzTimeout(30_000) }, () => {
     const config = fc.record({
       pageCount: fc.oneof(fc.integer({ min: 1, max: 130 }), fc.integer({ min: 1, max: 1100 }), fc.constantFrom(1, 63, 64, 65, 128, 1024)),
       pageShift: fc.integer({ min: 9, max: 14 }),
     });
-    fc.assert(fc.property(scenario(config, 30), check), { numRuns: 400 });
+    fc.assert(fc.property(scenario(config, 30), check), fuzzParams('DirtyBitmap (JS): operation sequences, small pages', { numRuns: 400 }));
   });
 
-  it('random operation sequences, 64 KiB-1 MiB pages reported at 512 B up to 8x the page', () => {
+  it('random operation sequences, 64 KiB-1 MiB pages reported at 512 B up to 8x the page', { timeout: fuzzTimeout(30_000) }, () => {
     const config = fc.record({
       pageCount: fc.integer({ min: 1, max: 70 }),
       pageShift: fc.constantFrom(16, 20),
     });
-    fc.assert(fc.property(scenario(config, 12), check), { numRuns: 60 });
+    fc.assert(fc.property(scenario(config, 12), check), fuzzParams('DirtyBitmap (JS): operation sequences, large pages', { numRuns: 60 }));
   });
 
   it('merges at every bit shift 0..63 agree with the model', () => {

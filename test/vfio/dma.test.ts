@@ -2,6 +2,7 @@ import { openSync, readFileSync } from 'node:fs';
 import { endianness } from 'node:os';
 
 import fc from 'fast-check';
+import { fuzzParams, fuzzTimeout } from '../fuzz-budget.js';
 import { afterEach, describe, expect, it } from 'vitest';
 
 import { DMA_SEGMENT_SIZE, MAX_LOGGING_RANGES, VfioDmaSpace, type DmaTransport } from '../../adapters/vfio/dma.js';
@@ -698,7 +699,7 @@ describe('model check', () => {
     seed: fc.integer({ min: 0, max: 255 }),
   });
 
-  it('read and write match a map-of-bytes model over random window layouts, and logging sees every write', () => {
+  it('read and write match a map-of-bytes model over random window layouts, and logging sees every write', { timeout: fuzzTimeout(30_000) }, () => {
     fc.assert(
       fc.property(fc.array(windowArb, { maxLength: 8 }), fc.array(opArb, { maxLength: 24 }), fc.integer({ min: 1, max: 3 * P }), (layout, ops, maxTransfer) => {
         const t = new FakeTransport(maxTransfer);
@@ -769,7 +770,136 @@ describe('model check', () => {
           for (const fd of ownFds.splice(0)) closeFd(fd);
         }
       }),
-      { numRuns: 150 },
+      fuzzParams('DMA windows: accesses and logging against a byte model (memfd windows)', { numRuns: 150 }),
     );
   });
 });
+
+describe('window table (property)', () => {
+  // DMA_MAP/DMA_UNMAP fields straight from a client: any u64, biased towards the values where
+  // checks break (unaligned, zero, 2^52 and its neighbours, wrapping sums). Windows have no fd, so
+  // a run costs no syscalls; the model is a sorted list of windows.
+  const GPA_LIMIT = 2n ** 52n;
+  const U64 = 2n ** 64n - 1n;
+  const edgy = fc.oneof(
+    { weight: 4, arbitrary: fc.integer({ min: 0, max: 24 }).map((p) => BigInt(p * P)) },
+    { weight: 1, arbitrary: fc.constantFrom(0n, 1n, 4095n, 4097n, GPA_LIMIT - BigInt(P), GPA_LIMIT, GPA_LIMIT + BigInt(P), U64 - 4095n, U64, 2n ** 63n) },
+    { weight: 1, arbitrary: fc.bigInt({ min: 0n, max: U64 }) },
+  );
+  const sizeArb = fc.oneof({ weight: 4, arbitrary: fc.integer({ min: 1, max: 4 }).map((n) => BigInt(n * P)) }, { weight: 1, arbitrary: edgy });
+  const flagsArb = fc.oneof({ weight: 6, arbitrary: fc.constantFrom(DmaFlag.READ, DmaFlag.WRITE, RW) }, { weight: 1, arbitrary: fc.integer({ min: 0, max: 0xffff_ffff }) });
+  type Op =
+    | { kind: 'map'; flags: number; offset: bigint; address: bigint; size: bigint }
+    | { kind: 'unmap'; flags: number; address: bigint; size: bigint; pick: number | null }
+    | { kind: 'access'; write: boolean; gpa: number; length: number };
+  const opArb: fc.Arbitrary<Op> = fc.oneof(
+    { weight: 4, arbitrary: fc.record({ kind: fc.constant('map' as const), flags: flagsArb, offset: fc.oneof({ weight: 6, arbitrary: fc.constant(0n) }, { weight: 1, arbitrary: edgy }), address: edgy, size: sizeArb }) },
+    {
+      weight: 3,
+      arbitrary: fc.record({
+        kind: fc.constant('unmap' as const),
+        flags: fc.oneof({ weight: 8, arbitrary: fc.constant(0) }, { weight: 1, arbitrary: fc.constantFrom(DmaFlag.UNMAP_ALL, DmaFlag.UNMAP_GET_DIRTY_BITMAP, 4) }),
+        address: edgy,
+        size: sizeArb,
+        pick: fc.option(fc.nat(), { freq: 2 }),
+      }),
+    },
+    { weight: 2, arbitrary: fc.record({ kind: fc.constant('access' as const), write: fc.boolean(), gpa: fc.integer({ min: 0, max: 26 * P }), length: fc.integer({ min: 0, max: 2 * P }) }) },
+  );
+
+  interface ModelWindow {
+    address: bigint;
+    size: bigint;
+    flags: number;
+  }
+
+  function expectedMap(model: ModelWindow[], op: Extract<Op, { kind: 'map' }>, maxWindows: number): [string, string] | null {
+    if ((op.flags & ~RW) !== 0 || (op.flags & RW) === 0) return ['EINVAL', 'dma_map.flags'];
+    if (op.size === 0n) return ['EINVAL', 'dma_map.size'];
+    if (op.address % 4096n !== 0n) return ['EINVAL', 'dma_map.address'];
+    if (op.size % 4096n !== 0n) return ['EINVAL', 'dma_map.size'];
+    if (op.offset % 4096n !== 0n) return ['EINVAL', 'dma_map.offset'];
+    if (op.address + op.size > GPA_LIMIT) return ['EINVAL', op.address >= GPA_LIMIT ? 'dma_map.address' : 'dma_map.size'];
+    if (op.offset !== 0n) return ['EINVAL', 'dma_map.offset'];
+    if (model.some((w) => w.address < op.address + op.size && op.address < w.address + w.size)) return ['EEXIST', 'dma_map.address'];
+    if (model.length >= maxWindows) return ['ENOSPC', 'dma_map.address'];
+    return null;
+  }
+
+  function expectedUnmap(model: ModelWindow[], flags: number, address: bigint, size: bigint): [string, string] | 'all' | number {
+    if ((flags & ~(DmaFlag.UNMAP_ALL | DmaFlag.UNMAP_GET_DIRTY_BITMAP)) !== 0) return ['EINVAL', 'dma_unmap.flags'];
+    if (flags & DmaFlag.UNMAP_GET_DIRTY_BITMAP) return ['ENOTSUP', 'dma_unmap.flags'];
+    if (flags & DmaFlag.UNMAP_ALL) {
+      if (address !== 0n) return ['EINVAL', 'dma_unmap.address'];
+      if (size !== 0n) return ['EINVAL', 'dma_unmap.size'];
+      return 'all';
+    }
+    if (size === 0n) return ['EINVAL', 'dma_unmap.size'];
+    const i = model.findIndex((w) => w.address + w.size > address);
+    if (i < 0 || model[i]!.address >= address + size) return ['ENOENT', 'dma_unmap.address'];
+    if (model[i]!.address !== address || model[i]!.size !== size) return ['EINVAL', 'dma_unmap.size'];
+    return i;
+  }
+
+  it('maps, unmaps and refuses exactly as the rules say, and accesses reach only what is mapped', { timeout: fuzzTimeout(30_000) }, () => {
+    fc.assert(
+      fc.property(fc.integer({ min: 1, max: 6 }), fc.array(opArb, { maxLength: 24 }), (maxWindows, ops) => {
+        const t = new FakeTransport(2 * P);
+        const s = new VfioDmaSpace({ maxWindows, transport: t, maxTransfer: 2 * P });
+        const model: ModelWindow[] = [];
+        try {
+          for (const op of ops) {
+            if (op.kind === 'map') {
+              const want = expectedMap(model, op, maxWindows);
+              const e = thrownOrNull(() => s.map({ flags: op.flags, offset: op.offset, address: op.address, size: op.size }, null));
+              expect(e === null ? null : [e.code, e.field]).toEqual(want);
+              if (want === null) {
+                model.push({ address: op.address, size: op.size, flags: op.flags });
+                model.sort((a, b) => (a.address < b.address ? -1 : 1));
+              }
+            } else if (op.kind === 'unmap') {
+              // Often the exact window (the common case), else the fields as drawn.
+              const w = op.pick !== null && model.length > 0 ? model[op.pick % model.length]! : null;
+              const address = w ? w.address : op.address;
+              const size = w ? w.size : op.size;
+              const want = expectedUnmap(model, op.flags, address, size);
+              const e = thrownOrNull(() => s.unmap({ flags: op.flags, address, size }));
+              if (Array.isArray(want)) {
+                expect(e === null ? null : [e.code, e.field]).toEqual(want);
+              } else {
+                expect(e).toBeNull();
+                if (want === 'all') model.length = 0;
+                else model.splice(want, 1);
+              }
+            } else {
+              const need = op.write ? DmaFlag.WRITE : DmaFlag.READ;
+              let allowed = true;
+              for (let a = op.gpa; a < op.gpa + op.length && allowed; a += a % P === 0 ? P : P - (a % P)) {
+                const w = model.find((m) => BigInt(a) >= m.address && BigInt(a) < m.address + m.size);
+                if (!w || (w.flags & need) === 0) allowed = false;
+              }
+              const buf = new Uint8Array(op.length);
+              const e = thrownOrNull(() => (op.write ? s.write(op.gpa, buf) : s.read(op.gpa, buf)));
+              expect(e === null ? null : e.code).toBe(allowed ? null : 'EFAULT');
+            }
+            expect(s.windows.map((w) => [w.address, w.size, w.flags])).toEqual(model.map((w) => [w.address, w.size, w.flags]));
+          }
+        } finally {
+          s.close();
+        }
+      }),
+      fuzzParams('DMA window table: DMA_MAP/DMA_UNMAP of any u64 fields against a model', { numRuns: 300 }),
+    );
+  });
+});
+
+function thrownOrNull(fn: () => unknown): { code: string; field: string | undefined } | null {
+  try {
+    fn();
+    return null;
+  } catch (e) {
+    const err = e as { code?: string; field?: string };
+    if (typeof err.code !== 'string') throw e;
+    return { code: err.code, field: err.field };
+  }
+}

@@ -1,5 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import fc from 'fast-check';
+import { fuzzParams, fuzzTimeout } from '../fuzz-budget.js';
 import { Command, HEADER_SIZE, HeaderFlag } from '../../adapters/vfio/protocol.js';
 import { closeFd, eventfdCreate } from '../../src/native/fd.js';
 import { RawConnection, message, startServer, versionMessage, type ServerProcess } from './harness.js';
@@ -42,7 +43,7 @@ async function readRegion0Id(path: string): Promise<number> {
 }
 
 describe('vfio-user server under malformed input', () => {
-  it('answers or disconnects on random message sequences and keeps serving', async () => {
+  it('answers or disconnects on random message sequences and keeps serving', { timeout: fuzzTimeout(30_000) }, async () => {
     await fc.assert(
       fc.asyncProperty(fc.boolean(), fc.array(garbageMessage, { minLength: 1, maxLength: 12 }), async (negotiate, msgs) => {
         const c = new RawConnection(server.paths[0]!);
@@ -79,7 +80,7 @@ describe('vfio-user server under malformed input', () => {
           c.close();
         }
       }),
-      { numRuns: 500 },
+      fuzzParams('vfio-user server: random message sequences (socket, own process)', { numRuns: 500 }),
     );
     expect(server.proc.exitCode).toBeNull();
     expect(await readRegion0Id(server.paths[0]!)).toBe(0x010000ed);
