@@ -332,14 +332,23 @@ export class MigrationSource {
       this.push(MigrationRecord.ZERO, pagesHead(MigrationRecord.ZERO, r.index, offset, end - offset));
       return;
     }
-    const payload = new Uint8Array(PAGES_HEAD + end - offset);
-    payload.set(pagesHead(MigrationRecord.PAGES, r.index, offset, 0));
-    const data = payload.subarray(PAGES_HEAD);
+    // The record is built in place: one copy of the pages, straight from the region.
+    const length = PAGES_HEAD + end - offset;
+    const rec = Buffer.allocUnsafe(RECORD_HEAD + length + RECORD_TAIL);
+    rec.writeUInt32LE(MigrationRecord.PAGES, 0);
+    rec.writeUInt32LE(length, 4);
+    rec.set(pagesHead(MigrationRecord.PAGES, r.index, offset, 0), RECORD_HEAD);
+    const data = rec.subarray(RECORD_HEAD + PAGES_HEAD, RECORD_HEAD + length);
     data.set(r.bytes.subarray(offset, end));
     // What the receiver will have is what was copied: remember the hash of exactly these bytes.
     native.scanPages(data, MIGRATION_PAGE_SIZE, r.sent.subarray(first, last));
+    rec.writeUInt32LE(crc32(rec.subarray(0, RECORD_HEAD + length)), RECORD_HEAD + length);
     this.stats.pagesSent += last - first;
-    this.push(MigrationRecord.PAGES, payload);
+    this.queue.push(rec);
+    this.queued += rec.length;
+    this.records++;
+    this.bytesBeforeEnd += rec.length;
+    this.stats.bytesOut += rec.length;
   }
 }
 
