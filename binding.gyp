@@ -1,7 +1,9 @@
 {
   "variables": {
     # MDEVKIT_SANITIZE=1 builds the addon with ASan + UBSan (see native/sanitize.sh).
-    "mdevkit_sanitize%": "<!(echo ${MDEVKIT_SANITIZE:-0})"
+    "mdevkit_sanitize%": "<!(echo ${MDEVKIT_SANITIZE:-0})",
+    # 1 when native/bench/ is there (the repository): the bench executables are built then.
+    "mdevkit_bench%": "<!(test -d native/bench && echo 1 || echo 0)"
   },
   "targets": [
     {
@@ -58,20 +60,26 @@
           "ldflags": ["-fsanitize=address,undefined"]
         }]
       ]
-    },
-    # The C floor of `npm run bench`: a two-syscall echo server and a C client that also drives
-    # `mdevkit serve` (so its figures are the server's cost alone).
-    {
-      "target_name": "mdevkit-echo-floor",
-      "type": "executable",
-      "sources": ["native/bench/echo-floor.c"],
-      "cflags": ["-O2", "-Wall", "-Wextra", "-Werror"]
-    },
-    {
-      "target_name": "mdevkit-rtt-client",
-      "type": "executable",
-      "sources": ["native/bench/rtt-client.c"],
-      "cflags": ["-O2", "-Wall", "-Wextra", "-Werror"]
     }
+  ],
+  "conditions": [
+    # The C floor of `npm run bench` is built only where its sources are: in the repository, not in
+    # an installed package (the tarball ships no benchmarks).
+    ["mdevkit_bench==1", {
+      "targets": [
+        {
+          "target_name": "mdevkit-echo-floor",
+          "type": "executable",
+          "sources": ["native/bench/echo-floor.c"],
+          "cflags": ["-O2", "-Wall", "-Wextra", "-Werror"]
+        },
+        {
+          "target_name": "mdevkit-rtt-client",
+          "type": "executable",
+          "sources": ["native/bench/rtt-client.c"],
+          "cflags": ["-O2", "-Wall", "-Wextra", "-Werror"]
+        }
+      ]
+    }]
   ]
 }

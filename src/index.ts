@@ -3,7 +3,9 @@
  * a Xen IOREQ server.
  *
  * This entry point exports the hypervisor-neutral device model and the native-core primitives the
- * adapters are built on.
+ * adapters are built on. The adapters have their own entry points (`mdevkit/vfio-user`,
+ * `mdevkit/xen`), so do running without a hypervisor (`mdevkit/testing`) and what the `mdevkit`
+ * command is composed of (`mdevkit/cli`: serve, compare, the display output and live view, init).
  * @module mdevkit
  */
 export * from './errors.js';
@@ -31,7 +33,5 @@ export * from './native/poll.js';
 export * from './region-table.js';
 export * from './handler-scope.js';
 export * from './guest-driver.js';
-export * from './cli/compare.js';
 export * from './display.js';
 export * from './display-device.js';
-export * from './cli/display-output.js';

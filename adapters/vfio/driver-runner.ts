@@ -7,12 +7,13 @@
  */
 import { spawn } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
-import { fileURLToPath, pathToFileURL } from 'node:url';
-import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { join, resolve } from 'node:path';
 import { MdevError } from '../../src/errors.js';
 import { packageRoot } from '../../src/native/binding.js';
 import { driverEntry, instrument, type DriverEntry, type DriverRun, type GuestDriver } from '../../src/guest-driver.js';
 import { imageFromMigrationStream, migrationStreamFromImage } from '../../src/migration.js';
+import { importUserModule } from '../../src/user-module.js';
 import { VfioUserClient } from './client.js';
 import { VfioDriverHost, type VfioDriverHostOptions } from './driver-host.js';
 import { MigState } from './protocol.js';
@@ -82,7 +83,7 @@ function saveDevice(client: VfioUserClient, host: VfioDriverHost, to: { image: s
 async function main(argv: string[]): Promise<void> {
   const [socketPath, driverFile, optionsJson] = argv;
   if (!socketPath || !driverFile) throw new MdevError('EINVAL', 'usage: driver-runner <socket> <driver.js> [options-json]', 'argv');
-  const mod = (await import(pathToFileURL(driverFile).href)) as { default: GuestDriver };
+  const mod = (await importUserModule(resolve(driverFile))) as { default: GuestDriver };
   const client = VfioUserClient.connect(socketPath);
   try {
     const options = optionsJson ? (JSON.parse(optionsJson) as VfioDriverRunOptions) : {};

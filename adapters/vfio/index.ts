@@ -1,7 +1,7 @@
 /**
  * The vfio-user adapter: a server that serves a device model to a VMM (QEMU's `vfio-user-pci`),
  * and a client that behaves like QEMU's (tests, probing, benchmarks, scripted guest drivers).
- * @module
+ * @module mdevkit/vfio-user
  */
 export * from './protocol.js';
 export * from './server.js';

@@ -1,15 +1,16 @@
 /**
  * Loads a device module for the CLI: a built-in example name (`edu`), or a path to a module (file
- * or directory) whose default export creates the device. TypeScript sources under this package are
- * mapped to their compiled copies in `dist/`.
+ * or directory) whose default export creates the device. A user's TypeScript module (`.ts`, `.mts`)
+ * runs as it is, through tsx ({@link importUserModule}); TypeScript sources under this package (its
+ * own examples) are mapped to their compiled copies in `dist/`.
  * @module
  */
 import { existsSync, statSync } from 'node:fs';
-import { join, relative, resolve } from 'node:path';
-import { pathToFileURL } from 'node:url';
+import { isAbsolute, join, relative, resolve } from 'node:path';
 import { MdevError } from '../errors.js';
 import { packageRoot } from '../native/binding.js';
 import type { PciDevice } from '../pci/device.js';
+import { importUserModule } from '../user-module.js';
 
 /** Built-in example devices, by name. */
 export const BUILTIN_DEVICES: Readonly<Record<string, string>> = {
@@ -25,21 +26,24 @@ function candidates(path: string): string[] {
   const add = (p: string): void => {
     if (!list.includes(p)) list.push(p);
   };
-  const forms = (p: string): string[] => {
-    if (existsSync(p) && statSync(p).isDirectory()) return ['index.js', 'index.mjs'].map((f) => join(p, f));
-    if (p.endsWith('.ts')) return [p.replace(/\.ts$/, '.js')];
-    if (!/\.[cm]?js$/.test(p)) return [`${p}.js`, p];
-    return [p];
-  };
-  forms(abs).forEach(add);
-  // Sources inside this package run from their compiled copy in dist/.
+  const isDir = (p: string) => existsSync(p) && statSync(p).isDirectory();
+  // Sources inside this package run from their compiled copy in dist/ when there is one; a user's
+  // TypeScript as it is.
   const root = packageRoot();
   const rel = relative(root, abs);
-  if (!rel.startsWith('..') && !rel.startsWith('dist')) {
+  const inPackage = !rel.startsWith('..') && !isAbsolute(rel) && !rel.startsWith('dist');
+  const forms = (p: string, compiledOnly: boolean): string[] => {
+    const ts = compiledOnly ? [] : ['ts', 'mts'];
+    if (isDir(p)) return ['js', 'mjs', ...ts].map((e) => join(p, `index.${e}`));
+    if (/\.m?ts$/.test(p)) return compiledOnly ? [p.replace(/\.(m?)ts$/, '.$1js')] : [p];
+    if (!/\.[cm]?js$/.test(p)) return [`${p}.js`, `${p}.mjs`, p, ...ts.map((e) => `${p}.${e}`)];
+    return [p];
+  };
+  if (inPackage) {
     const inDist = join(root, 'dist', rel);
-    const isDir = existsSync(abs) && statSync(abs).isDirectory();
-    (isDir ? [join(inDist, 'index.js')] : forms(inDist)).forEach(add);
+    (isDir(abs) ? [join(inDist, 'index.js')] : forms(inDist, true)).forEach(add);
   }
+  forms(abs, false).forEach(add);
   return list;
 }
 
@@ -49,7 +53,8 @@ function isDevice(v: unknown): v is PciDevice {
 
 /**
  * The runnable file of a module named by a built-in name or a path (sources in this package map to
- * their compiled copies in dist/). `field` names the argument in errors.
+ * their compiled copies in dist/; a user's `.ts`/`.mts` file is itself runnable, and a path without
+ * an extension also finds one). `field` names the argument in errors.
  */
 export function resolveModule(spec: string, builtins: Readonly<Record<string, string>> = BUILTIN_DEVICES, field = 'device'): string {
   const path = builtins[spec] !== undefined ? join(packageRoot(), builtins[spec]!) : spec;
@@ -68,8 +73,8 @@ export const BUILTIN_DRIVERS: Readonly<Record<string, string>> = {
 /** Loads and realizes the device named by `spec` (built-in name or module path). */
 export async function loadDevice(spec: string): Promise<PciDevice> {
   const file = resolveModule(spec);
-  const mod = (await import(pathToFileURL(file).href)) as { default?: unknown };
-  const factory = mod.default;
+  const mod = await importUserModule(file);
+  const factory = mod['default'];
   if (typeof factory !== 'function') throw new MdevError('EINVAL', `${file} has no default export creating a device`, 'device');
   let device: unknown;
   try {

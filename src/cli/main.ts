@@ -13,6 +13,7 @@ import { compare, formatComparison } from './compare.js';
 import { demo } from './demo.js';
 import { parseBdf, privcmdHost, serveXen, simHost } from './serve-xen.js';
 import { probeListing, probeRead, probeWrite } from './probe.js';
+import { init } from './init.js';
 import { MigrationFlag } from '../../adapters/vfio/protocol.js';
 
 const program = new Command();
@@ -251,6 +252,18 @@ probeCommand
   .action((region: string, offset: string, size: string, value: string) => {
     const o = probeCommand.opts<{ vfioUser: string; timeout: number }>();
     probeWrite({ path: o.vfioUser, sizeBars: false, timeoutMs: o.timeout }, region, offset, size, value);
+  });
+
+program
+  .command('init')
+  .description('scaffold a device project: package.json, tsconfig, a device with registers, a BAR, MSI and DMA, a guest driver, a vitest test')
+  .argument('<dir>', 'a new or empty directory')
+  .option('--mdevkit <spec>', 'the mdevkit dependency: a version range (default: ^this version), or a tarball or directory')
+  .option('--name <name>', 'the package name (default: the directory\'s name)')
+  .action((dir: string, opts: { mdevkit?: string; name?: string }) => {
+    const r = init(dir, { ...(opts.mdevkit ? { mdevkit: opts.mdevkit } : {}), ...(opts.name ? { name: opts.name } : {}) });
+    process.stdout.write(`mdevkit: wrote ${r.files.length} files to ${r.dir} (mdevkit ${r.mdevkit}):\n${r.files.map((f) => `  ${f}`).join('\n')}\n`);
+    process.stdout.write(`next: cd ${dir} && npm install && npm test\n`);
   });
 
 function collect(value: string, previous: string[]): string[] {

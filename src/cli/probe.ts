@@ -12,7 +12,7 @@ import { irqFlagNames, regionFlagNames, DeviceFlag } from '../../adapters/vfio/p
 const REGION_NAMES = ['BAR0', 'BAR1', 'BAR2', 'BAR3', 'BAR4', 'BAR5', 'ROM', 'CONFIG', 'VGA'];
 const IRQ_NAMES = ['INTx', 'MSI', 'MSI-X', 'ERR', 'REQ'];
 
-/** Options of {@link probe}. */
+/** Options of {@link probeListing}, {@link probeRead} and {@link probeWrite}. */
 export interface ProbeOptions {
   /** Socket path. */
   path: string;

@@ -4,6 +4,7 @@
  */
 import { parentPort, workerData } from 'node:worker_threads';
 import { driverEntry, instrument, type GuestDriver } from '../../../src/guest-driver.js';
+import { importUserModule } from '../../../src/user-module.js';
 import { SimDriverHost } from './driver-host.js';
 import type { DriverWorkerData } from './driver-run.js';
 import { SimVcpu } from './vcpu.js';
@@ -13,7 +14,7 @@ if (parentPort !== null && workerData !== null && typeof workerData === 'object'
   const data = workerData as DriverWorkerData;
   const vcpu = new SimVcpu(data.descriptor, { timeoutMs: data.timeoutMs });
   try {
-    const mod = (await import(data.driverUrl)) as { default: GuestDriver };
+    const mod = (await importUserModule(data.driverUrl)) as { default: GuestDriver };
     const run = driverEntry(mod, data.entry);
     const host = new SimDriverHost(vcpu, data.vcpuIndex, data.host);
     const before = host.interruptCount();
