@@ -24,6 +24,11 @@
  * never refused: a mode that cannot be shown just makes {@link BochsDisplay.scanout} return null.
  * As in QEMU's bochs-display (unlike stdvga's VBE), enabling a mode has no side effects on VRAM or
  * on other registers.
+ *
+ * Nothing a guest writes queues work: an access costs time in proportion to its bytes (at most the
+ * 4 KiB BAR) and changes the mode at most once, and a mode is shown only when it and its virtual
+ * screen fit VRAM — so whatever a server sizes from the DISPI values is bounded by VRAM
+ * (test/hostile-guests.test.ts).
  * @module
  */
 import { MdevError, checkInt, describe } from '../../src/errors.js';

@@ -19,6 +19,13 @@
  * | 0x90 | DMA_COUNT  | RW 64  | bytes to move (≤ 4096) |
  * | 0x98 | DMA_CMD    | RW 64  | bit 0 start, bit 1 direction (0: RAM→buffer, 1: buffer→RAM), bit 2 raise 0x100 when done |
  * | 0x40000 | buffer  | RW     | the 4 KiB DMA buffer, also readable/writable by MMIO |
+ *
+ * Every guest-triggered handler is bounded: a DMA_CMD write with the start bit moves at most one
+ * buffer (4096 bytes) in one transfer; a count above that, a buffer range outside the buffer, or a
+ * guest address no transfer can reach fails the transfer as a whole (nothing moves; the start bit
+ * clears, {@link EduDevice.lastDmaError} says why — edu has no error register, like QEMU's). A
+ * factorial takes at most 33 multiplications whatever is written. {@link EduDevice.dmaBytes} counts
+ * what moved.
  * @module
  */
 import { MdevError } from '../../src/errors.js';
@@ -73,6 +80,8 @@ export class EduDevice extends PciDevice {
   readonly buffer = new Uint8Array(EDU.DMA_BUFFER_SIZE);
   /** DMA transfers completed (for tests and tools). */
   dmaTransfers = 0;
+  /** Bytes those transfers moved. */
+  dmaBytes = 0;
 
   constructor() {
     super({ ...EDU_IDENTITY, name: 'edu', interruptPin: 1 });
@@ -136,6 +145,7 @@ export class EduDevice extends PciDevice {
       if (toRam) this.dmaWrite(Number(ramAddr), window);
       else this.dmaRead(Number(ramAddr), window);
       this.dmaTransfers++;
+      this.dmaBytes += count;
     } catch (e) {
       // A real device would signal a bus error; edu simply does not complete the transfer.
       this.regs.set('DMA_CMD', cmd & ~BigInt(EDU.DMA_START));

@@ -37,6 +37,16 @@
  * color}; BLIT {op 2, dstOffset, u64 srcGva, srcStride, dstStride, u16 width, u16 height} copies
  * XRGB pixels from GPU virtual addresses (translated through the shadowed GTT) into VRAM;
  * FENCE {op 3, value, u64 gpa} writes `value` to guest RAM and signals.
+ *
+ * A doorbell is bounded whatever the guest puts in the ring (a ring that wraps to its own tail,
+ * commands that overwrite the ring, GTT entries pointing anywhere): it runs at most
+ * {@link VGPU.BUDGET_COMMANDS} commands, touches at most {@link VGPU.BUDGET_PIXELS} VRAM pixels and
+ * moves at most {@link VGPU.BUDGET_DMA_BYTES} bytes in at most {@link VGPU.BUDGET_DMA_OPS} DMA
+ * transfers (ring fetches included). Like a GPU whose scheduler ends a time slice, the engine then
+ * stops *before* the command that would pass the budget — RING_HEAD points at it — and reports
+ * ERROR = 7 (ERR_BUDGET) with the error interrupt; the next doorbell continues from there. A single
+ * command that could never fit a doorbell's budget is consumed and refused with ERROR = 8
+ * (ERR_TOO_LARGE). {@link VirtualGpu.work} counts what the engine did.
  * @module
  */
 import { createHash } from 'node:crypto';
@@ -90,7 +100,31 @@ export const VGPU = {
   ERR_BAD_COMMAND: 4,
   ERR_VRAM_RANGE: 5,
   ERR_GTT_FAULT: 6,
+  /** The doorbell's budget is spent: the ring stopped at RING_HEAD; ring again to continue. */
+  ERR_BUDGET: 7,
+  /** A command larger than a whole doorbell's budget (consumed, not executed). */
+  ERR_TOO_LARGE: 8,
+  /** Most commands one doorbell runs. */
+  BUDGET_COMMANDS: 4096,
+  /** Most VRAM pixels one doorbell's FILL_RECT/BLIT commands write (four times all of VRAM). */
+  BUDGET_PIXELS: 1 << 20,
+  /** Most bytes one doorbell moves by DMA: ring fetches, BLIT sources, fences. */
+  BUDGET_DMA_BYTES: 4 << 20,
+  /** Most DMA transfers one doorbell makes (each may be a message round trip to the VMM). */
+  BUDGET_DMA_OPS: 16384,
 } as const;
+
+/** What the vGPU's engine did: in total, or for one doorbell. */
+export interface VgpuWork {
+  /** Commands executed (or refused). */
+  commands: number;
+  /** VRAM pixels written by FILL_RECT and BLIT. */
+  pixels: number;
+  /** Bytes moved by DMA (ring fetches, BLIT sources, fences). */
+  dmaBytes: number;
+  /** DMA transfers. */
+  dmaOps: number;
+}
 
 const PAGE = 4096;
 
@@ -105,6 +139,10 @@ export class VirtualGpu extends PciDevice implements DisplayDevice {
   private gttWatch: WatchHandle | null = null;
   /** Set by a restore: the GTT is read again (and watched) before the ring next runs. */
   private gttRearm = false;
+  /** Work of every doorbell so far, and doorbells cut short by their budget. */
+  readonly work: VgpuWork & { doorbells: number; budgetStops: number } = { doorbells: 0, budgetStops: 0, commands: 0, pixels: 0, dmaBytes: 0, dmaOps: 0 };
+  /** Work of the last doorbell. */
+  lastDoorbell: VgpuWork = { commands: 0, pixels: 0, dmaBytes: 0, dmaOps: 0 };
   private lastPlane = 'null';
   private readonly planeListeners: ((plane: DisplayPlane | null) => void)[] = [];
 
@@ -209,8 +247,22 @@ export class VirtualGpu extends PciDevice implements DisplayDevice {
     this.planeChanged();
   }
 
-  /** Runs the commands between RING_HEAD and RING_TAIL. */
+  /** Runs the commands between RING_HEAD and RING_TAIL, within the doorbell's budget. */
   private processRing(): void {
+    const work: VgpuWork = { commands: 0, pixels: 0, dmaBytes: 0, dmaOps: 0 };
+    this.lastDoorbell = work;
+    this.work.doorbells++;
+    try {
+      this.runRing(work);
+    } finally {
+      this.work.commands += work.commands;
+      this.work.pixels += work.pixels;
+      this.work.dmaBytes += work.dmaBytes;
+      this.work.dmaOps += work.dmaOps;
+    }
+  }
+
+  private runRing(work: VgpuWork): void {
     if (!(this.regs.get('CONTROL') & 1)) return this.fail(VGPU.ERR_DISABLED);
     if (this.gttRearm) this.rearmGtt();
     // Writes to watched pages since the last doorbell become visible here (compare mode).
@@ -225,12 +277,30 @@ export class VirtualGpu extends PciDevice implements DisplayDevice {
     const cmd = new Uint8Array(VGPU.CMD_SIZE);
     const v = new DataView(cmd.buffer);
     while (head !== tail) {
+      if (work.commands >= VGPU.BUDGET_COMMANDS || work.dmaOps + 1 > VGPU.BUDGET_DMA_OPS || work.dmaBytes + VGPU.CMD_SIZE > VGPU.BUDGET_DMA_BYTES) {
+        return this.overBudget();
+      }
+      work.dmaOps++;
+      work.dmaBytes += VGPU.CMD_SIZE;
       try {
         this.dmaRead(base + head, cmd);
       } catch {
         return this.fail(VGPU.ERR_DMA);
       }
-      const error = this.execute(v);
+      // What the command may cost, from its fields, before it runs: whether it fits what is left.
+      const cost = commandCost(v);
+      let error: number;
+      if (cost.pixels > VGPU.BUDGET_PIXELS || cost.dmaBytes > VGPU.BUDGET_DMA_BYTES - VGPU.CMD_SIZE || cost.dmaOps > VGPU.BUDGET_DMA_OPS - 1) {
+        error = VGPU.ERR_TOO_LARGE;
+      } else if (work.pixels + cost.pixels > VGPU.BUDGET_PIXELS || work.dmaBytes + cost.dmaBytes > VGPU.BUDGET_DMA_BYTES || work.dmaOps + cost.dmaOps > VGPU.BUDGET_DMA_OPS) {
+        // Fetched again by the next doorbell: the fetch is not the command's to pay twice.
+        work.dmaOps--;
+        work.dmaBytes -= VGPU.CMD_SIZE;
+        return this.overBudget();
+      } else {
+        error = this.execute(v, work);
+      }
+      work.commands++;
       if (error === VGPU.ERR_BAD_COMMAND && cmd.every((b) => b === 0)) {
         // No driver submits an empty command: the memory we read is not what the driver wrote.
         this.diagnose({ message: `command at ring offset 0x${head.toString(16)} (guest 0x${(base + head).toString(16)}) is all zeros`, suspectGpa: base + head });
@@ -241,8 +311,13 @@ export class VirtualGpu extends PciDevice implements DisplayDevice {
     }
   }
 
-  /** Executes one command; returns an error code or 0. */
-  private execute(v: DataView): number {
+  private overBudget(): void {
+    this.work.budgetStops++;
+    this.fail(VGPU.ERR_BUDGET);
+  }
+
+  /** Executes one command, counting its work; returns an error code or 0. */
+  private execute(v: DataView, work: VgpuWork): number {
     const op = v.getUint32(0, true);
     const vram = this.vram.bytes;
     const inVram = (offset: number, stride: number, width: number, height: number) =>
@@ -255,11 +330,11 @@ export class VirtualGpu extends PciDevice implements DisplayDevice {
         const height = v.getUint16(14, true);
         const color = v.getUint32(16, true);
         if (!inVram(offset, stride, width, height)) return VGPU.ERR_VRAM_RANGE;
-        const pixel = new Uint8Array(new Uint32Array([color]).buffer);
-        for (let y = 0; y < height; y++) {
-          const row = offset + y * stride;
-          for (let x = 0; x < width; x++) vram.set(pixel, row + x * 4);
-        }
+        // One row of the colour, copied once per line (inVram bounds it by the size of VRAM).
+        const line = new Uint8Array(width * 4);
+        new Uint32Array(line.buffer).fill(color);
+        for (let y = 0; y < height; y++) vram.set(line, offset + y * stride);
+        work.pixels += width * height;
         return 0;
       }
       case VGPU.OP_BLIT: {
@@ -270,6 +345,7 @@ export class VirtualGpu extends PciDevice implements DisplayDevice {
         const width = v.getUint16(24, true);
         const height = v.getUint16(26, true);
         if (!inVram(dst, dstStride, width, height) || srcStride < width * 4) return VGPU.ERR_VRAM_RANGE;
+        work.pixels += width * height;
         for (let y = 0; y < height; y++) {
           let gva = srcGva + y * srcStride;
           let out = dst + y * dstStride;
@@ -279,6 +355,8 @@ export class VirtualGpu extends PciDevice implements DisplayDevice {
             const gpa = page < VGPU.GTT_ENTRIES ? this.shadowGtt[page]! : 0;
             if (gpa === 0) return VGPU.ERR_GTT_FAULT;
             const n = Math.min(left, PAGE - (gva % PAGE));
+            work.dmaOps++;
+            work.dmaBytes += n;
             try {
               this.dmaRead(gpa + (gva % PAGE), vram.subarray(out, out + n));
             } catch {
@@ -294,6 +372,8 @@ export class VirtualGpu extends PciDevice implements DisplayDevice {
       case VGPU.OP_FENCE: {
         const value = v.getUint32(4, true);
         const gpa = Number(v.getBigUint64(8, true));
+        work.dmaOps++;
+        work.dmaBytes += 4;
         try {
           this.dmaWrite(gpa, new Uint8Array(new Uint32Array([value]).buffer));
         } catch {
@@ -377,6 +457,28 @@ export class VirtualGpu extends PciDevice implements DisplayDevice {
     this.shadowGtt.fill(0);
     this.vram.bytes.fill(0);
     this.planeChanged();
+  }
+}
+
+/**
+ * The most a command may cost, from its fields alone: VRAM pixels it writes, bytes and transfers
+ * of DMA (a BLIT row of n bytes takes at most ceil(n / 4096) + 1 page-bounded transfers).
+ */
+function commandCost(v: DataView): { pixels: number; dmaBytes: number; dmaOps: number } {
+  switch (v.getUint32(0, true)) {
+    case VGPU.OP_FILL_RECT:
+      // A rectangle that runs out of VRAM is refused before it writes: no more than VRAM counts.
+      return { pixels: Math.min(v.getUint16(12, true) * v.getUint16(14, true), VGPU.VRAM_SIZE / 4), dmaBytes: 0, dmaOps: 0 };
+    case VGPU.OP_BLIT: {
+      const width = v.getUint16(24, true);
+      const height = v.getUint16(26, true);
+      const perRow = width === 0 ? 0 : Math.ceil((width * 4) / PAGE) + 1;
+      return { pixels: Math.min(width * height, VGPU.VRAM_SIZE / 4), dmaBytes: Math.min(width * height * 4, VGPU.VRAM_SIZE), dmaOps: perRow * height };
+    }
+    case VGPU.OP_FENCE:
+      return { pixels: 0, dmaBytes: 4, dmaOps: 1 };
+    default:
+      return { pixels: 0, dmaBytes: 0, dmaOps: 0 };
   }
 }
 

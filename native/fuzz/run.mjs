@@ -28,8 +28,9 @@ const TARGETS = {
   dirty_bitmap: ['core/dirty_bitmap_core.cc'],
 };
 // Files whose properties run under fuzzParams (one budget share for all of them).
-const JS_FILES = ['test/vfio/dma.test.ts', 'test/native/dirty-bitmap.test.ts', 'test/model/registers.test.ts', 'test/vfio/fuzz.test.ts', 'test/xen/ioreq-fuzz.test.ts'];
-const JS_PROPERTIES = 8;
+const JS_FILES = ['test/vfio/dma.test.ts', 'test/native/dirty-bitmap.test.ts', 'test/model/registers.test.ts', 'test/hostile-guests.test.ts',
+  'test/vfio/fuzz.test.ts', 'test/xen/ioreq-fuzz.test.ts'];
+const JS_PROPERTIES = 10;
 
 function parseArgs(argv) {
   const o = { budget: 60, runs: 0, only: null, js: true, native: true, jobs: 1, jsCap: 900, out: join(process.env.XDG_CACHE_HOME || join(homedir(), '.cache'), 'mdevkit', 'fuzz') };
