@@ -90,6 +90,16 @@ export interface RefreshResult {
   linesUpdated: number;
 }
 
+/** The picture a {@link ScanoutDisplay} keeps: RGBA, 4 bytes a pixel, rows top to bottom without padding. */
+export interface ScanoutImage {
+  /** Pixels per row. */
+  width: number;
+  /** Rows. */
+  height: number;
+  /** The pixels (a view of the display's own buffer: updated in place by each refresh). */
+  data: Uint8Array;
+}
+
 /** Page size of the VRAM scan. */
 export const SCAN_PAGE_SIZE = 4096;
 
@@ -164,6 +174,11 @@ export class ScanoutDisplay {
       convert(vram, start, data, y * g.width * 4, g.width);
     }
     return { changedPages, linesUpdated };
+  }
+
+  /** The current image (null before the first refresh). */
+  rgba(): ScanoutImage | null {
+    return this.image ? { width: this.image.width, height: this.image.height, data: this.image.data } : null;
   }
 
   /** The current image as PNG bytes. */

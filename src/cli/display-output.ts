@@ -23,7 +23,7 @@ import { renameSync, rmSync, writeFileSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
 import { PNG } from 'pngjs';
 import { checkInt, MdevError } from '../errors.js';
-import { ScanoutDisplay, type RefreshResult } from '../display.js';
+import { ScanoutDisplay, type RefreshResult, type ScanoutImage } from '../display.js';
 import type { DisplayDevice, DisplayPlane } from '../display-device.js';
 import type { DirtyBitmap } from '../native/dirty-bitmap.js';
 
@@ -41,8 +41,12 @@ export interface VramDirtySource {
 
 /** Options of {@link DisplayOutput}. */
 export interface DisplayOutputOptions {
-  /** The PNG file. Its directory must exist; a temporary file next to it is renamed over it. */
-  path: string;
+  /**
+   * The PNG file. Its directory must exist; a temporary file next to it is renamed over it. Without
+   * one no file is written: the output only keeps the picture current for its listeners
+   * ({@link DisplayOutput.onRefresh}, e.g. the live view).
+   */
+  path?: string;
   /** At most one PNG per interval, and VRAM is checked once per interval (default 100 ms). */
   intervalMs?: number;
   /** Where changed pages come from (default: a native compare of per-page hashes). */
@@ -94,8 +98,8 @@ export interface FigureSummary {
 
 /** What {@link DisplayOutput.stats} reports. */
 export interface DisplayOutputStats {
-  /** The PNG file. */
-  path: string;
+  /** The PNG file (null: none is written). */
+  path: string | null;
   /** `page-scan`, or the dirty source's name. */
   source: string;
   /** The configured interval, ms. */
@@ -160,8 +164,9 @@ function shownKey(p: DisplayPlane): string {
 /** Keeps a PNG file of a display device's frame current. */
 export class DisplayOutput {
   private readonly device: DisplayDevice;
-  private readonly path: string;
+  private readonly path: string | null;
   private readonly intervalMs: number;
+  private readonly refreshListeners = new Set<(refresh: OutputRefresh) => void>();
   private readonly dirty: VramDirtySource | null;
   private readonly vram: () => Uint8Array;
   private readonly clock: () => number;
@@ -193,9 +198,9 @@ export class DisplayOutput {
    */
   constructor(device: DisplayDevice, options: DisplayOutputOptions) {
     if (typeof options !== 'object' || options === null) throw new MdevError('EINVAL', 'must be an object', 'options');
-    if (typeof options.path !== 'string' || options.path === '') throw new MdevError('EINVAL', 'must be a file path', 'options.path');
+    if (options.path !== undefined && (typeof options.path !== 'string' || options.path === '')) throw new MdevError('EINVAL', 'must be a file path', 'options.path');
     this.device = device;
-    this.path = options.path;
+    this.path = options.path ?? null;
     this.intervalMs = checkInt('options.intervalMs', options.intervalMs ?? DEFAULT_INTERVAL_MS, 1, 3_600_000);
     this.dirty = options.dirty ?? null;
     this.vram = options.vram ?? (() => device.displayVram());
@@ -233,6 +238,31 @@ export class DisplayOutput {
    * refresh (from the dirty source, or a hash scan). Writes nothing.
    */
   refresh(): OutputRefresh {
+    const result = this.refreshImage();
+    for (const listener of this.refreshListeners) listener(result);
+    return result;
+  }
+
+  /**
+   * Calls `listener` after every refresh (the timer's, a plane change's, a flush) with what it saw;
+   * {@link image} is the picture then. Listeners run on the event loop, never inside a guest
+   * access, and must not throw. Returns a function that removes the listener.
+   */
+  onRefresh(listener: (refresh: OutputRefresh) => void): () => void {
+    this.refreshListeners.add(listener);
+    return () => this.refreshListeners.delete(listener);
+  }
+
+  /**
+   * The picture as of the last refresh: RGBA pixels of the plane, updated in place by each refresh
+   * (also while the guest has blanked the screen; {@link OutputRefresh.plane} says so). Null
+   * before a plane was first shown.
+   */
+  image(): ScanoutImage | null {
+    return this.display.rgba();
+  }
+
+  private refreshImage(): OutputRefresh {
     const t0 = this.clock();
     this.counts.refreshes++;
     const plane = this.device.displayPlane();
@@ -308,7 +338,7 @@ export class DisplayOutput {
 
   private write(reason: FrameReason): boolean {
     const plane = this.plane;
-    if (!plane) return false;
+    if (!plane || this.path === null) return false;
     const t0 = this.clock();
     const tmp = `${this.path}.${process.pid}.tmp`;
     try {

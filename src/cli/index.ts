@@ -13,4 +13,5 @@ export * from './display-output.js';
 export * from './load-device.js';
 export * from './init.js';
 export * from './probe.js';
+export * from './view.js';
 export { demo } from './demo.js';

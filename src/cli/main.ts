@@ -14,6 +14,7 @@ import { demo } from './demo.js';
 import { parseBdf, privcmdHost, serveXen, simHost } from './serve-xen.js';
 import { probeListing, probeRead, probeWrite } from './probe.js';
 import { init } from './init.js';
+import { parseViewAddress, type ViewAddress } from './view.js';
 import { MigrationFlag } from '../../adapters/vfio/protocol.js';
 
 const program = new Command();
@@ -61,6 +62,8 @@ program
   .option('--stats <file>', 'on exit, write statistics as JSON: vfio-user the devices\' (DMA bytes, write-watch events, served accesses), Xen the server\'s counters; with --display-png the display\'s figures')
   .option('--display-png <file>', 'display devices: keep a PNG of the frame at <file> (written atomically when it changes, on SIGUSR1 and at exit); Xen: changed VRAM pages from track_dirty_vram')
   .option('--display-interval <ms>', 'with --display-png: check VRAM every <ms> and write at most one PNG per <ms>', parseIntOption, 100)
+  .option('--view <[host:]port>', 'display devices: serve a live view of the screen at http://host:port/ (host default 127.0.0.1; port 0: any free one)', parseView)
+  .option('--view-allow-remote', 'let --view listen on an address that is not loopback (anyone who reaches it sees the screen)', false)
   .option('-v, --verbose', 'log connections and errors to stderr', false);
 program.commands.at(-1)!.addHelpText(
   'after',
@@ -102,6 +105,7 @@ program.commands.at(-1)!.action(async (spec: string, opts: ServeOpts) => {
       ...(opts.ramBarParking !== undefined ? { ramBarParking: opts.ramBarParking } : {}),
       ...(opts.stats ? { statsFile: opts.stats } : {}),
       ...(opts.displayPng ? { display: { path: opts.displayPng, intervalMs: opts.displayInterval } } : {}),
+      ...(opts.view ? { view: { ...opts.view, allowRemote: opts.viewAllowRemote } } : {}),
     });
     return;
   }
@@ -123,6 +127,7 @@ program.commands.at(-1)!.action(async (spec: string, opts: ServeOpts) => {
     verbose: opts.verbose,
     ...(opts.stats ? { statsFile: opts.stats } : {}),
     ...(opts.displayPng ? { display: { path: opts.displayPng, intervalMs: opts.displayInterval } } : {}),
+    ...(opts.view ? { view: { ...opts.view, allowRemote: opts.viewAllowRemote } } : {}),
     ...(opts.restore ? { restoreFile: opts.restore } : {}),
     ...(opts.save ? { saveFile: opts.save } : {}),
   });
@@ -157,6 +162,8 @@ interface ServeOpts {
   stats?: string;
   displayPng?: string;
   displayInterval: number;
+  view?: ViewAddress;
+  viewAllowRemote: boolean;
   bar0?: string;
   bar1?: string;
   bar2?: string;
@@ -265,6 +272,14 @@ program
     process.stdout.write(`mdevkit: wrote ${r.files.length} files to ${r.dir} (mdevkit ${r.mdevkit}):\n${r.files.map((f) => `  ${f}`).join('\n')}\n`);
     process.stdout.write(`next: cd ${dir} && npm install && npm test\n`);
   });
+
+function parseView(value: string): ViewAddress {
+  try {
+    return parseViewAddress(value);
+  } catch (e) {
+    throw new InvalidArgumentError((e as Error).message);
+  }
+}
 
 function collect(value: string, previous: string[]): string[] {
   return [...previous, value];

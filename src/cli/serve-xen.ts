@@ -26,6 +26,7 @@ import { loadDevice } from './load-device.js';
 import { watchDomain } from './domain-watch.js';
 import { restoreStateFile, saveStateFile } from './state-file.js';
 import { listenForStop } from './stop-signal.js';
+import { DisplayView, checkViewAddress, type DisplayViewOptions } from './view.js';
 
 /** Options of {@link serveXen} and {@link startServeXen}. */
 export interface ServeXenOptions {
@@ -47,9 +48,12 @@ export interface ServeXenOptions {
   ramBarParking?: bigint;
   /**
    * Keep a PNG of the device's frame at `path` (a display device): written when the picture
-   * changed, at most every `intervalMs` (default 100), on SIGUSR1 and at exit.
+   * changed, at most every `intervalMs` (default 100), on SIGUSR1 and at exit. Without `path`
+   * the output only keeps the picture for the live view.
    */
-  display?: { path: string; intervalMs?: number };
+  display?: { path?: string; intervalMs?: number };
+  /** Serve the live view of the device's frame at this address (see {@link DisplayView}); loopback only unless `allowRemote`. */
+  view?: Pick<DisplayViewOptions, 'host' | 'port' | 'allowRemote'>;
   /** On exit, write the server's counters (and the display's figures) here as JSON. */
   statsFile?: string;
   /** Called once serving, with the server (the simulator's guest uses it). */
@@ -151,7 +155,7 @@ export async function startServeXen(spec: string, options: ServeXenOptions): Pro
     const n = restoreStateFile(device, options.restoreFile);
     process.stdout.write(`mdevkit: device state restored from ${options.restoreFile} (${n} bytes)\n`);
   }
-  if (options.display && !isDisplayDevice(device)) throw new MdevError('EINVAL', `${spec} is not a display device (it has no scanout to render)`, 'display-png');
+  if (options.display && !isDisplayDevice(device)) throw new MdevError('EINVAL', `${spec} is not a display device (it has no scanout to render)`, options.display.path === undefined ? 'view' : 'display-png');
   const log = options.verbose ? (line: string) => process.stderr.write(`mdevkit: ${line}\n`) : undefined;
   const warn = (line: string) => process.stderr.write(`mdevkit: warning: ${line}\n`);
   const server = new IoreqServer(device, options.host, {
@@ -198,7 +202,9 @@ export async function startServeXen(spec: string, options: ServeXenOptions): Pro
 /** Serves until a signal; resolves after a clean teardown. */
 export async function serveXen(spec: string, options: ServeXenOptions): Promise<void> {
   // Whatever happens from here on, the hypervisor must not be left with our server or claims.
+  if (options.view) checkViewAddress(options.view);
   let serving: XenServing | null = null;
+  let view: DisplayView | null = null;
   const cleanup = () => {
     serving?.close();
     options.host.close();
@@ -206,8 +212,15 @@ export async function serveXen(spec: string, options: ServeXenOptions): Promise<
   process.once('exit', cleanup);
   const stop = listenForStop();
   try {
-    serving = await startServeXen(spec, options);
+    // The live view is built on the display output: make one (without a file) when only it is asked for.
+    serving = await startServeXen(spec, options.view && !options.display ? { ...options, display: {} } : options);
+    if (options.view) {
+      const s = serving;
+      view = new DisplayView(s.output!, { ...options.view, name: spec, stats: () => ({ ...s.stats(), display: undefined }) });
+      process.stdout.write(`mdevkit: live view of ${spec} at ${(await view.listen()).url}\n`);
+    }
   } catch (e) {
+    await view?.close();
     process.removeListener('exit', cleanup);
     stop.cancel();
     cleanup();
@@ -239,6 +252,7 @@ export async function serveXen(spec: string, options: ServeXenOptions): Promise<
   }
   process.removeListener('exit', cleanup);
   if (output) process.removeListener('SIGUSR1', onUsr1);
+  await view?.close();
   cleanup();
   if (options.statsFile) writeFileSync(options.statsFile, JSON.stringify(serving.stats()));
 }

@@ -9,6 +9,7 @@ import { MdevError } from '../errors.js';
 import { isDisplayDevice } from '../display-device.js';
 import { VfioUserServer, type VfioUserServerOptions } from '../../adapters/vfio/server.js';
 import { DisplayOutput } from './display-output.js';
+import { DisplayView, checkViewAddress, type DisplayViewOptions } from './view.js';
 import { loadDevice } from './load-device.js';
 import { restoreStateFile, saveStateFile } from './state-file.js';
 import { listenForStop } from './stop-signal.js';
@@ -31,6 +32,11 @@ export interface ServeOptions {
    * is compared page by page on that timer: the guest writes it through the VMM's mapping.
    */
   display?: { path: string; intervalMs?: number };
+  /**
+   * Serve the live view of the device's frame (a display device, one instance) at this address:
+   * loopback only unless `allowRemote`. Its URL is printed once serving.
+   */
+  view?: Pick<DisplayViewOptions, 'host' | 'port' | 'allowRemote'>;
   /** Load the device's state from this file before serving (one device instance). */
   restoreFile?: string;
   /** Write the device's state to this file once the server has shut down (one device instance). */
@@ -45,11 +51,16 @@ export async function serve(spec: string, options: ServeOptions): Promise<void> 
   if (options.display && options.socketPaths.length + (options.fd === undefined ? 0 : 1) !== 1) {
     throw new MdevError('EINVAL', 'a display PNG is kept for one device instance: give one --vfio-user socket (or --fd)', 'display-png');
   }
+  if (options.view) checkViewAddress(options.view);
+  if (options.view && options.socketPaths.length + (options.fd === undefined ? 0 : 1) !== 1) {
+    throw new MdevError('EINVAL', 'the live view shows one device instance: give one --vfio-user socket (or --fd)', 'view');
+  }
   if ((options.saveFile || options.restoreFile) && options.socketPaths.length + (options.fd === undefined ? 0 : 1) !== 1) {
     throw new MdevError('EINVAL', 'a state file belongs to one device instance: give one --vfio-user socket (or --fd)', options.saveFile ? 'save' : 'restore');
   }
   const servers: VfioUserServer[] = [];
   const outputs: DisplayOutput[] = []; // at most one
+  let view: DisplayView | null = null;
   const stop = listenForStop();
   const log = options.verbose ? (line: string) => process.stderr.write(`mdevkit: ${line}\n`) : undefined;
   const make = async (): Promise<VfioUserServer> => {
@@ -58,8 +69,8 @@ export async function serve(spec: string, options: ServeOptions): Promise<void> 
       const n = restoreStateFile(device, options.restoreFile);
       process.stdout.write(`mdevkit: device state restored from ${options.restoreFile} (${n} bytes)\n`);
     }
-    if (options.display) {
-      if (!isDisplayDevice(device)) throw new MdevError('EINVAL', `${spec} is not a display device (it has no scanout to render)`, 'display-png');
+    if (options.display || options.view) {
+      if (!isDisplayDevice(device)) throw new MdevError('EINVAL', `${spec} is not a display device (it has no scanout to render)`, options.display ? 'display-png' : 'view');
       outputs.push(new DisplayOutput(device, { ...options.display, warn: (line) => process.stderr.write(`mdevkit: warning: ${line}\n`) }));
     }
     // Device diagnostics are for the person running the server: shown with or without -v.
@@ -79,8 +90,13 @@ export async function serve(spec: string, options: ServeOptions): Promise<void> 
       const kind = s.serveFd(options.fd);
       process.stdout.write(`mdevkit: serving ${spec} on ${kind} fd ${options.fd}\n`);
     }
+    if (options.view) {
+      view = new DisplayView(outputs[0]!, { ...options.view, name: spec, stats: () => servers[0]!.deviceStats() });
+      process.stdout.write(`mdevkit: live view of ${spec} at ${(await view.listen()).url}\n`);
+    }
   } catch (e) {
     stop.cancel();
+    await view?.close();
     for (const s of servers) s.close();
     throw e;
   }
@@ -93,6 +109,7 @@ export async function serve(spec: string, options: ServeOptions): Promise<void> 
   }
   const signal = await stop.stopped;
   if (options.verbose) process.stderr.write(`mdevkit: ${signal}: shutting down\n`);
+  await view?.close();
   if (output) {
     process.removeListener('SIGUSR1', onUsr1);
     output.stop(); // the final frame
