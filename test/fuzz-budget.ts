@@ -8,6 +8,9 @@
 import { appendFileSync } from 'node:fs';
 import fc from 'fast-check';
 
+/** How long a run in flight when the budget ends may take to finish. */
+const WIND_DOWN_MS = 2000;
+
 /** Whether this process runs under the fuzz runner. */
 export const FUZZING = Number(process.env['MDEVKIT_FUZZ_MS'] ?? 0) > 0;
 
@@ -32,12 +35,20 @@ export function fuzzParams<T>(name: string, normal: fc.Parameters<T>): fc.Parame
   return {
     ...normal,
     numRuns: runs > 0 ? runs : 2 ** 31 - 1,
-    interruptAfterTimeLimit: ms,
+    // No run starts after the budget; the loop ends a little later, once the run in flight (an
+    // async one waits for a device or a peer) has finished: interrupting it would leave its work
+    // (watchers, requests) running into the next property.
+    skipAllAfterTimeLimit: ms,
+    interruptAfterTimeLimit: ms + WIND_DOWN_MS,
     markInterruptAsFailure: false,
     // Used for async properties too.
     reporter: (details) => {
       report(details.numRuns, details.failed);
-      if (details.failed) throw new Error(fc.defaultReportMessage(details));
+      if (details.failed) {
+        const cause = details.errorInstance;
+        const why = cause instanceof Error ? (cause.stack ?? cause.message) : String(cause);
+        throw new Error(`${fc.defaultReportMessage(details)}\n${why}`, { cause });
+      }
     },
   };
 }

@@ -199,7 +199,9 @@ function print(r) {
 function runJs(seconds) {
   const report = join(tmpDir, 'js-report.jsonl');
   rmSync(report, { force: true });
-  const perProperty = opts.runs ? opts.jsCap * 1000 : Math.max(1000, Math.floor((seconds * 1000) / JS_PROPERTIES));
+  // At least 5 s each: an async property is interrupted mid-run, and the slowest (a simulated
+  // Xen, a server process) need a second or more for their first runs on a loaded machine.
+  const perProperty = opts.runs ? opts.jsCap * 1000 : Math.max(5000, Math.floor((seconds * 1000) / JS_PROPERTIES));
   const env = { ...process.env, MDEVKIT_FUZZ_MS: String(perProperty), MDEVKIT_FUZZ_REPORT: report };
   if (opts.runs) env.MDEVKIT_FUZZ_RUNS = String(opts.runs);
   const started = Date.now();

@@ -175,7 +175,8 @@ describe('IOREQ server fuzzed by a hostile Xen', () => {
       fuzzParams('Xen ioreq page: hostile slot contents (simulator, vCPU threads)', { numRuns: 500 }),
     );
     if (!FUZZING) expect(performance.now() - started).toBeLessThan(30_000);
-    expect(engine().ioreqs).toBeGreaterThan(500);
+    // Every run served at least one ioreq (a fuzzing run's count depends on its time budget).
+    if (!FUZZING) expect(engine().ioreqs).toBeGreaterThan(500);
     // The slots are left as a hostile Xen left them; a correct one resets them, and a simulated
     // vCPU (which checks vp_eport, as Xen does) is served as if nothing had happened.
     for (let v = 0; v < NR_VCPUS; v++) xen.writeRaw(v, { ...xen.raw(v), vpEport: ports[v]!, pad: 0, bits: IoreqState.NONE });
