@@ -1,5 +1,6 @@
 #!/usr/bin/env node
 // npm run fuzz -- [--budget SECONDS] [--runs N] [--only NAME,...] [--no-js] [--no-native] [--jobs N] [--out DIR]
+//                  [--coverage | --coverage-only]
 //
 // Builds every libFuzzer target in native/fuzz/ with clang (-fsanitize=fuzzer,address,undefined,
 // leak detection on), writes each target's seed corpus (valid protocol messages), runs it with
@@ -9,7 +10,9 @@
 // --js-cap seconds, default 900). Prints executions and coverage (libFuzzer's cov/ft) per target
 // and one summary line; exits non-zero on any crash, leak, sanitizer report or failed property,
 // keeping the reproducer (its path is printed). Corpora persist in --out (default
-// ~/.cache/mdevkit/fuzz, outside build/ which node-gyp rebuild wipes).
+// ~/.cache/mdevkit/fuzz, outside build/ which node-gyp rebuild wipes). --coverage then replays each
+// target's corpus through a source-coverage build and prints the line and region coverage of the
+// native/src/core/ files it fuzzes (llvm-cov; Debian's llvm package).
 import { spawn, spawnSync } from 'node:child_process';
 import { appendFileSync, existsSync, mkdirSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { homedir } from 'node:os';
@@ -33,7 +36,7 @@ const JS_FILES = ['test/vfio/dma.test.ts', 'test/native/dirty-bitmap.test.ts', '
 const JS_PROPERTIES = 10;
 
 function parseArgs(argv) {
-  const o = { budget: 60, runs: 0, only: null, js: true, native: true, jobs: 1, jsCap: 900, out: join(process.env.XDG_CACHE_HOME || join(homedir(), '.cache'), 'mdevkit', 'fuzz') };
+  const o = { budget: 60, runs: 0, only: null, js: true, native: true, jobs: 1, jsCap: 900, coverage: false, out: join(process.env.XDG_CACHE_HOME || join(homedir(), '.cache'), 'mdevkit', 'fuzz') };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     const val = () => {
@@ -45,6 +48,8 @@ function parseArgs(argv) {
     else if (a === '--only') o.only = val().split(',');
     else if (a === '--no-js') o.js = false;
     else if (a === '--no-native') o.native = false;
+    else if (a === '--coverage') o.coverage = true;
+    else if (a === '--coverage-only') o.coverage = o.coverageOnly = true;
     else if (a === '--jobs') o.jobs = positive(a, val());
     else if (a === '--js-cap') o.jsCap = positive(a, val());
     else if (a === '--out') o.out = resolve(val());
@@ -160,6 +165,8 @@ function runTarget(name, bin, seconds) {
         execs: Number.isNaN(stat('number_of_executed_units')) ? Number(last?.[1] ?? 0) : stat('number_of_executed_units'),
         seconds: (Date.now() - started) / 1000,
         cov: Number(last?.[2] ?? 0),
+        // Edges instrumented in the binary (harness and cores): what cov is out of.
+        edges: Number((log.match(/\((\d+) inline 8-bit counters\)/) ?? [])[1] ?? 0),
         ft: Number(last?.[3] ?? 0),
         corpus: Number(last?.[4] ?? 0),
         rss: stat('peak_rss_mb'),
@@ -191,7 +198,41 @@ async function runNative(names, secondsEach) {
 function print(r) {
   const rate = r.seconds > 0 ? Math.round(r.execs / r.seconds) : 0;
   const status = r.ok ? 'ok' : `FAILED: ${r.problem}${r.reproducer ? ` (reproducer: ${r.reproducer})` : ''} (log: ${r.log})`;
-  console.log(`${r.name.padEnd(64)} ${String(r.execs).padStart(11)} execs ${String(rate).padStart(7)}/s  cov ${String(r.cov).padStart(5)}  ft ${String(r.ft).padStart(6)}  corpus ${String(r.corpus).padStart(5)}  ${r.seconds.toFixed(0).padStart(5)} s  ${status}`);
+  console.log(`${r.name.padEnd(64)} ${String(r.execs).padStart(11)} execs ${String(rate).padStart(7)}/s  cov ${String(r.cov).padStart(5)}/${String(r.edges).padEnd(5)}  ft ${String(r.ft).padStart(6)}  corpus ${String(r.corpus).padStart(5)}  ${r.seconds.toFixed(0).padStart(5)} s  ${status}`);
+}
+
+// ---- source coverage of the cores, from the corpus -------------------------------------------
+
+function ensureLlvmCov() {
+  if (spawnSync('sh', ['-c', 'command -v llvm-cov && command -v llvm-profdata'], { stdio: 'ignore' }).status === 0) return;
+  if (typeof process.getuid !== 'function' || process.getuid() !== 0) fail('--coverage needs llvm-cov and llvm-profdata (Debian package llvm)');
+  const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' };
+  const r = spawnSync('apt-get', ['install', '-y', '-qq', 'llvm'], { stdio: ['ignore', 'ignore', 'inherit'], env });
+  if (r.status !== 0) fail('apt-get install llvm failed');
+}
+
+function coverage(name) {
+  const cores = TARGETS[name].map((f) => join(root, 'native/src', f));
+  const dir = join(opts.out, 'coverage', name);
+  mkdirSync(dir, { recursive: true });
+  const bin = join(dir, name);
+  const build = spawnSync('clang++', ['-std=c++17', '-O0', '-g', '-fsanitize=fuzzer', '-fprofile-instr-generate', '-fcoverage-mapping', '-I', join(root, 'native/src'), '-I', here,
+    join(here, `${name}.cc`), ...cores, '-o', bin], { encoding: 'utf8' });
+  if (build.status !== 0) fail(`coverage build of ${name} failed: ${build.stderr}`);
+  const raw = join(dir, 'default.profraw');
+  rmSync(raw, { force: true });
+  const dirs = [join(opts.out, 'corpus', name), join(opts.out, 'seeds', name)].filter((d) => existsSync(d));
+  if (dirs.length === 0) fail(`${name} has no corpus in ${opts.out} yet: fuzz it first`);
+  const replay = spawnSync(bin, ['-runs=0', ...dirs], { env: { ...process.env, LLVM_PROFILE_FILE: raw }, encoding: 'utf8' });
+  if (replay.status !== 0) fail(`replaying the corpus of ${name} failed: ${replay.stderr.slice(-2000)}`);
+  const data = join(dir, 'default.profdata');
+  if (spawnSync('llvm-profdata', ['merge', '-sparse', raw, '-o', data]).status !== 0) fail(`llvm-profdata failed for ${name}`);
+  const report = spawnSync('llvm-cov', ['report', bin, `-instr-profile=${data}`, ...cores], { encoding: 'utf8' });
+  // Per file: name, regions, missed, cover%, functions, missed, executed%, lines, missed, cover%.
+  const rows = report.stdout.split('\n').map((l) => l.trim().split(/\s+/)).filter((c) => c[0]?.endsWith('.cc'));
+  const cells = rows.map((c) => `${c[0].split('/').pop()} lines ${c[9]} of ${c[7]}, regions ${c[3]}, functions ${c[6]}`);
+  console.log(`${name.padEnd(20)} ${cells.join(' · ')}`);
+  writeFileSync(join(dir, 'report.txt'), report.stdout);
 }
 
 // ---- the JS boundaries --------------------------------------------------------------------------
@@ -229,18 +270,23 @@ const opts = parseArgs(process.argv.slice(2));
 const tmpDir = join(opts.out, 'tmp');
 mkdirSync(tmpDir, { recursive: true });
 const natives = opts.native ? Object.keys(TARGETS).filter((t) => !opts.only || opts.only.includes(t)) : [];
-const withJs = opts.js && (!opts.only || opts.only.includes('js'));
+const withJs = opts.js && !opts.coverageOnly && (!opts.only || opts.only.includes('js'));
 const shares = natives.length + (withJs ? 1 : 0);
 if (shares === 0) fail('nothing to run');
 const share = opts.budget / shares;
 
 console.log(opts.runs ? `fuzz: ${opts.runs} executions per target` : `fuzz: ${opts.budget} s budget, ${share.toFixed(1)} s per target`);
 const results = [];
-if (natives.length) {
+if (natives.length && !opts.coverageOnly) {
   ensureClang();
   results.push(...(await runNative(natives, share)));
 }
 if (withJs) results.push(...runJs(share));
+if (opts.coverage && natives.length) {
+  ensureLlvmCov();
+  console.log('fuzz: source coverage of native/src/core/ reached by each corpus');
+  for (const name of natives) coverage(name);
+}
 
 const failed = results.filter((r) => !r.ok);
 const execs = results.reduce((n, r) => n + (r.execs || 0), 0);
