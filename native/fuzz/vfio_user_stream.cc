@@ -84,8 +84,12 @@ class Harness final : public VfioUserSink {
       switch (in_.U8() % 8) {
         case 0:
         case 1:
+          OpSend(1);
+          break;
         case 2:
-          OpSend();
+          // The same bytes sent again and again: streams larger than the receive buffer from a
+          // short input, so that it fills, compacts and pushes back.
+          OpSend(1 + in_.U8() % 32);
           break;
         case 3:
         case 4:
@@ -161,17 +165,19 @@ class Harness final : public VfioUserSink {
  private:
   // ---- the socket and the model of the stream -------------------------------------------------
 
-  void OpSend() {
+  void OpSend(size_t times) {
     size_t len = in_.U16() % 1024;
     size_t nfds = in_.U8() % 5;
     size_t got = 0;
     const uint8_t* b = in_.Bytes(len, &got);
     if (got == 0) return;  // a send of nothing carries no fds either
-    PendingSend s;
-    s.bytes.assign(b, b + got);
-    for (size_t i = 0; i < nfds; i++) s.fds.push_back(g_fds.Open());
-    stream_.insert(stream_.end(), b, b + got);
-    socket_.push_back(std::move(s));
+    for (size_t t = 0; t < times && stream_.size() < (1u << 18); t++) {
+      PendingSend s;
+      s.bytes.assign(b, b + got);
+      for (size_t i = 0; i < nfds; i++) s.fds.push_back(g_fds.Open());
+      stream_.insert(stream_.end(), b, b + got);
+      socket_.push_back(std::move(s));
+    }
     ExtendModel();
   }
 
@@ -656,6 +662,17 @@ void WriteSeeds(const char* dir) {
     Send(s, DmaReadReply(1, false), 0);
     s.U8(3).U8(5).U16(0xffff);
     w.Write("control-request-fds", s.bytes());
+  }
+  {
+    // Small transfers (a 4304-byte buffer): 96 pipelined reads and part of a 97th arrive in one
+    // receive, so the buffer compacts behind them.
+    Script s;
+    s.U8(1 | (1 << 3));
+    std::vector<uint8_t> read = Msg(0x500, 9, 0, RegionAccess(0, 0, 4));
+    for (int i = 0; i < 3; i++) s.U8(2).U8(31).U16(static_cast<uint16_t>(read.size())).U8(0).Bytes(read);
+    Send(s, std::vector<uint8_t>(read.begin(), read.begin() + 20), 0);
+    s.U8(3).U8(5).U16(0xffff).U8(7);
+    w.Write("compaction", s.bytes());
   }
   {
     // An impossible msg_size: an error reply, then nothing more.
