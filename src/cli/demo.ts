@@ -1,8 +1,9 @@
 /**
  * `mdevkit demo` (what `npm start` runs): the vGPU and its guest driver over both mediation paths,
- * the frame it drew written as PNG, and the comparison table. It also points at a frame that a real
- * Linux driver drew on the Bochs display, when one was recorded: by the last passing
- * `npm run test:qemu` (in its cache), else the one committed under examples/bochs-display/recorded/.
+ * the frame it drew written as PNG, and the comparison table. It also points at the frames a real
+ * Linux driver drew on the Bochs display, one per path, when they were recorded: by the last passing
+ * `npm run test:qemu` (vfio-user) or `npm run test:xen` (Xen), in their caches, else the ones
+ * committed under examples/bochs-display/recorded/.
  * It never boots a hypervisor itself.
  * @module
  */
@@ -39,11 +40,10 @@ export async function demo(out: string = join(tmpdir(), `mdevkit-vgpu-${process.
   step(report.identical ? 'both paths drew the same frame and saw the same results' : `the paths DIFFER: ${report.differences.join(', ')}`);
   process.stdout.write('\n' + formatComparison(report) + '\n');
   process.stdout.write(`\nframebuffer SHA-256: ${report.paths.xen.framebufferSha256}\n`);
-  const recorded = recordedDisplayFrame();
-  if (recorded) {
+  for (const recorded of recordedDisplayFrames()) {
     process.stdout.write(
       `\nA frame a real driver drew: Linux's bochs DRM driver and fbcon on mdevkit's bochs-display over ${recorded.path} ` +
-        `(${recorded.qemu}, kernel ${recorded.kernel}, recorded ${recorded.recorded.slice(0, 10)} by npm run test:qemu${recorded.committed ? ', committed' : ''}):\n` +
+        `(${recorded.hypervisor}, kernel ${recorded.kernel}, recorded ${recorded.recorded.slice(0, 10)} by ${recorded.by}${recorded.committed ? ', committed' : ''}):\n` +
         `  console text: ${recorded.console}\n  test image:   ${recorded.testImage} (frame SHA-256 ${recorded.sha256})\n`,
     );
   }
@@ -53,12 +53,12 @@ export async function demo(out: string = join(tmpdir(), `mdevkit-vgpu-${process.
 
 /** A display frame recorded from a real-driver run (see the module comment). */
 interface RecordedFrame {
-  /** Mediation path it was recorded on. */
+  /** Mediation path it was recorded on ('vfio-user' or 'xen'). */
   path: string;
   /** ISO date of the run. */
   recorded: string;
-  /** QEMU version line. */
-  qemu: string;
+  /** The hypervisor of the run (QEMU's version line; Xen's version). */
+  hypervisor: string;
   /** Guest kernel. */
   kernel: string;
   /** Frame hash of the test image (test/e2e/display/frames.mjs). */
@@ -67,28 +67,45 @@ interface RecordedFrame {
   console: string;
   /** PNG of the test image the guest wrote to /dev/fb0. */
   testImage: string;
+  /** The e2e test that recorded it. */
+  by: string;
   /** From the repository, not from a run on this machine. */
   committed: boolean;
 }
 
-/** The newest recorded real-driver frame: the e2e cache first, then the committed one; null if neither exists. */
-function recordedDisplayFrame(): RecordedFrame | null {
+/** The newest recorded real-driver frame of each path: its e2e cache first, then the committed one. */
+function recordedDisplayFrames(): RecordedFrame[] {
   const cache = process.env['MDEVKIT_CACHE'] ?? join(process.env['XDG_CACHE_HOME'] ?? join(homedir(), '.cache'), 'mdevkit');
-  const dirs: [string, boolean][] = [
-    [join(cache, 'qemu-e2e', 'display'), false],
-    [join(packageRoot(), 'examples', 'bochs-display', 'recorded'), true],
+  const committedDir = join(packageRoot(), 'examples', 'bochs-display', 'recorded');
+  const paths: { record: string; cacheDir: string; by: string }[] = [
+    { record: 'vfio-user.json', cacheDir: join(cache, 'qemu-e2e', 'display'), by: 'npm run test:qemu' },
+    { record: 'xen.json', cacheDir: join(cache, 'xen-e2e', 'display'), by: 'npm run test:xen' },
   ];
-  for (const [dir, committed] of dirs) {
-    try {
-      const meta = JSON.parse(readFileSync(join(dir, 'vfio-user.json'), 'utf8')) as Record<string, unknown>;
-      const str = (k: string) => (typeof meta[k] === 'string' ? (meta[k] as string) : '?');
-      const consolePng = join(dir, str('console'));
-      const testImage = join(dir, str('testImage'));
-      if (!existsSync(consolePng) || !existsSync(testImage)) continue;
-      return { path: str('path'), recorded: str('recorded'), qemu: str('qemu'), kernel: str('kernel'), sha256: str('sha256'), console: consolePng, testImage, committed };
-    } catch {
-      // not there (or not readable): try the next place
+  const found: RecordedFrame[] = [];
+  for (const { record, cacheDir, by } of paths) {
+    for (const [dir, committed] of [[cacheDir, false], [committedDir, true]] as const) {
+      const frame = readRecord(dir, record, by, committed);
+      if (frame) {
+        found.push(frame);
+        break;
+      }
     }
   }
-  return null;
+  return found;
+}
+
+/** One record file and the PNGs it names; null when any of them is missing or unreadable. */
+function readRecord(dir: string, record: string, by: string, committed: boolean): RecordedFrame | null {
+  try {
+    const meta = JSON.parse(readFileSync(join(dir, record), 'utf8')) as Record<string, unknown>;
+    const str = (k: string) => (typeof meta[k] === 'string' ? (meta[k] as string) : '?');
+    const consolePng = join(dir, str('console'));
+    const testImage = join(dir, str('testImage'));
+    if (!existsSync(consolePng) || !existsSync(testImage)) return null;
+    // vfio-user records name the hypervisor 'qemu' (its version line)
+    const hypervisor = typeof meta['hypervisor'] === 'string' ? str('hypervisor') : str('qemu');
+    return { path: str('path'), recorded: str('recorded'), hypervisor, kernel: str('kernel'), sha256: str('sha256'), console: consolePng, testImage, by, committed };
+  } catch {
+    return null; // not there (or not readable)
+  }
 }

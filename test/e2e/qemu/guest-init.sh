@@ -59,55 +59,9 @@ traffic() {
   echo "QE res $VGPU spin $(cat "$D/$VGPU/mdk_run")"
 }
 
-# The display phase (main boot, with the bochs-display at 00:07.0): Debian's own DRM modules and
-# bochs driver, then fbcon on /dev/fb0. Each "QE disp step=NAME" line is a point where the harness
-# (display-watch.mjs) checks the server's PNG; it answers on ttyS1 (a pipe from the host) when the
-# PNG shows what it should, so the guest never moves on before the PNG was checked.
-go() {
-  read -t 120 -r answer <&3 || answer=timeout
-  [ "$answer" = next ] || echo "QE disp no-go step=$1 answer=$answer"
-}
-step() {
-  echo "QE disp step=$1 up=$(cut -d' ' -f1 /proc/uptime)"
-  go "$1"
-}
-display_phase() {
-  if [ "$(cat "$D/$BOCHS/vendor" 2>/dev/null):$(cat "$D/$BOCHS/device" 2>/dev/null)" != 0x1234:0x1111 ]; then
-    echo "QE disp absent"
-    return
-  fi
-  exec 3</dev/ttyS1
-  stty -F /dev/ttyS1 raw -echo
-  step no-driver
-  for m in $(cat /drm/order); do
-    insmod "/drm/$m.ko"
-    echo "QE disp insmod $m rc=$?"
-  done
-  n=0
-  while [ ! -e /dev/fb0 ] && [ $n -lt 300 ]; do sleep 0.1; n=$((n + 1)); done
-  echo "QE disp fb0 present=$([ -e /dev/fb0 ] && echo yes || echo no) driver=$(basename "$(readlink "$D/$BOCHS/driver")") up=$(cut -d' ' -f1 /proc/uptime)"
-  [ -e /dev/fb0 ] || { echo "QE disp end"; exec 3<&-; return; }
-  /mdk-display info
-  echo "QE disp sysfs virtual_size=$(cat /sys/class/graphics/fb0/virtual_size) stride=$(cat /sys/class/graphics/fb0/stride) bpp=$(cat /sys/class/graphics/fb0/bits_per_pixel) name=$(cat /sys/class/graphics/fb0/name)"
-  # tty1: cleared, then in graphics mode: fbcon draws nothing over the test image
-  printf '\033[H\033[2J' > /dev/tty1
-  /mdk-display kd graphics
-  echo "QE disp step=image-write up=$(cut -d' ' -f1 /proc/uptime)"
-  /mdk-display fbwrite /img1.raw 1024 768
-  step image
-  echo 1 > /sys/class/graphics/fb0/blank
-  step blank
-  echo 0 > /sys/class/graphics/fb0/blank
-  step unblank
-  # a second mode through KMS: the tool holds it (DRM master) until the harness has checked it
-  /mdk-display drm-mode 800 600 /img2.raw <&3
-  step restored
-  /mdk-display kd text
-  echo "mdevkit bochs-display over vfio-user: Linux's bochs DRM driver and fbcon" > /dev/tty1
-  step text
-  exec 3<&-
-  echo "QE disp end"
-}
+# The display phase (main boot, with the bochs-display at 00:07.0): test/e2e/display/guest-display.sh,
+# shared with the Xen e2e; the harness (test/e2e/display/watch.mjs) answers on ttyS1 (a pipe from the host).
+. /display.sh
 
 case "$mode" in
   main)
@@ -123,7 +77,7 @@ case "$mode" in
     run $VGPU ring
     run $VGPU irq
     run $QEDU bench; run $EDU bench; run $VGPU bench
-    display_phase
+    display_phase "$D/$BOCHS" /dev/ttyS1 "mdevkit bochs-display over vfio-user: Linux's bochs DRM driver and fbcon" "blank modes"
     # last: message DMA inside a device access can wedge QEMU's stream for the rest of the boot
     run $EDU p2p
     ;;

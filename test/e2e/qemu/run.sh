@@ -5,11 +5,12 @@
 # --display-png`, attached to the main boot only. A Debian 12 kernel + busybox initramfs boots
 # under TCG; its /init (guest-init.sh) drives the devices through a small test module
 # (guest-module/, built against Debian's matching linux-headers), and the display through Debian's
-# own DRM + bochs modules and a small static tool (guest-tools/mdk-display.c). Four boots:
+# own DRM + bochs modules and a small static tool (the display phase is shared with the Xen e2e:
+# test/e2e/display/ — guest-display.sh, guest-tools/mdk-display.c, stage.sh, watch.mjs). Four boots:
 #   main    memfd guest RAM (fd windows): enumeration, config space, BAR MMIO, INTx, MSI, MSI-X,
 #           DMA both ways, vGPU ring/fence/VRAM, per-access cost; the display phase (the bochs DRM
 #           driver binds, fbcon on /dev/fb0, a test image written to /dev/fb0, blank/unblank, a
-#           second mode through KMS, console text; display-watch.mjs checks the server's PNG at each
+#           second mode through KMS, console text; display/watch.mjs checks the server's PNG at each
 #           step and lets the guest go on over a second serial line); peer-to-peer DMA last
 #   fdless  a second QEMU, guest RAM without an fd: reconnect, message DMA, vGPU ring without timeout
 #   kill    QEMU SIGKILLed mid-traffic: the servers live on and serve a new client
@@ -28,6 +29,8 @@ set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../../.." && pwd)
+# shellcheck source=../display/stage.sh
+. "$ROOT/test/e2e/display/stage.sh"
 CACHE_ROOT=${MDEVKIT_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/mdevkit}
 CACHE="$CACHE_ROOT/qemu-e2e"
 BOOT_TIMEOUT=${QEMU_E2E_BOOT_TIMEOUT:-300}
@@ -103,9 +106,7 @@ KPKG=$(resolve_kernel)
 [ -n "$KPKG" ] || die "cannot resolve linux-image-amd64's kernel package"
 KVER=${KPKG#linux-image-}
 KDIR="$CACHE/kernel-$KVER"
-# The display phase loads Debian's own modules from the same package, dependencies first: the
-# closure of `modinfo -F depends` from bochs, visited in this order (the package has no modules.dep).
-DRM_MODULES="drm drm_kms_helper ttm drm_ttm_helper drm_vram_helper bochs"
+# The display phase loads Debian's own modules from the same package (test/e2e/display/stage.sh).
 MODDIR="$KDIR/drm-modules"
 if [ ! -f "$KDIR/vmlinuz" ] || [ ! -f "$MODDIR/order" ]; then
   log "fetching $KPKG"
@@ -116,34 +117,11 @@ if [ ! -f "$KDIR/vmlinuz" ] || [ ! -f "$MODDIR/order" ]; then
   dpkg -x "$tmp"/*.deb "$tmp/x"
   mkdir -p "$KDIR"
   cp "$tmp/x/boot/vmlinuz-$KVER" "$KDIR/vmlinuz.part" && mv "$KDIR/vmlinuz.part" "$KDIR/vmlinuz"
-  # every module of the package by name (dashes as underscores), decompressed when it is .ko.xz
-  declare -A KO=()
-  while IFS= read -r f; do n=${f##*/}; n=${n%%.ko*}; KO[${n//-/_}]=$f; done < <(find "$tmp/x/lib/modules/$KVER" -name '*.ko' -o -name '*.ko.xz')
-  rm -rf "$MODDIR.build"; mkdir -p "$MODDIR.build"
-  ORDER=()
-  stage_module() {
-    local name=${1//-/_} dep f
-    for dep in "${ORDER[@]}"; do [ "$dep" = "$name" ] && return 0; done
-    f=${KO[$name]:-}
-    [ -n "$f" ] || die "module $name (needed by the display phase) is not in $KPKG"
-    case "$f" in
-      *.xz) xz -dc "$f" > "$MODDIR.build/$name.ko" || die "cannot decompress $f";;
-      *) cp "$f" "$MODDIR.build/$name.ko";;
-    esac
-    for dep in $(modinfo -F depends "$MODDIR.build/$name.ko" | tr ',' ' '); do stage_module "$dep"; done
-    ORDER+=("$name")
-  }
-  for m in $DRM_MODULES; do stage_module "$m"; done
-  printf '%s\n' "${ORDER[@]}" > "$MODDIR.build/order"
-  rm -rf "$MODDIR"; mv "$MODDIR.build" "$MODDIR"
+  stage_drm_modules "$tmp/x/lib/modules/$KVER" "$MODDIR"
   rm -rf "$tmp"
 fi
 log "DRM modules, in load order: $(tr '\n' ' ' < "$MODDIR/order")"
-for m in $(cat "$MODDIR/order"); do
-  for dep in $(modinfo -F depends "$MODDIR/$m.ko" | tr ',' ' '); do
-    sed -n "1,/^$m\$/p" "$MODDIR/order" | grep -qx "${dep//-/_}" || die "module $m needs $dep, which is not loaded before it"
-  done
-done
+check_drm_modules "$MODDIR"
 HDR=/usr/src/linux-headers-$KVER
 [ -f "$HDR/Makefile" ] || apt_install "linux-headers-$KVER"
 [ -f "$HDR/Makefile" ] || die "$HDR missing after installing linux-headers-$KVER"
@@ -162,17 +140,8 @@ if [ ! -f "$MDIR/mdk_e2e.ko" ]; then
 fi
 
 # ---------------------------------------------------------------- guest display tool (static, cached by source hash)
-UAPI="/usr/src/linux-headers-${KVER%-amd64}-common/include/uapi"
-[ -f "$UAPI/drm/drm_mode.h" ] || die "no DRM UAPI headers at $UAPI (linux-headers-$KVER)"
-TKEY=$(sha256sum < "$HERE/guest-tools/mdk-display.c" | cut -c1-12)
-TOOL="$CACHE/mdk-display-$KVER-$TKEY"
-if [ ! -x "$TOOL" ]; then
-  log "building the guest display tool"
-  # the UAPI headers as the kernel tree has them (not installed): __user is empty in user space
-  gcc -static -O2 -Wall -Wextra -Werror -D__user= -I"$UAPI/drm" -o "$TOOL.part" "$HERE/guest-tools/mdk-display.c" ||
-    die "guest display tool build failed"
-  mv "$TOOL.part" "$TOOL"
-fi
+TOOL=$(build_display_tool "$KVER" "$CACHE") || die "guest display tool build failed"
+check_display_tool "$TOOL"
 
 # ---------------------------------------------------------------- run directory, initramfs
 RUN=$(mktemp -d /tmp/mdk-qemu-e2e.XXXXXX)
@@ -186,12 +155,9 @@ mkdir -p "$G"/{bin,proc,sys,dev,tmp}
 cp "$BUSYBOX" "$G/bin/busybox"
 cp "$HERE/guest-init.sh" "$G/init"; chmod +x "$G/init"
 cp "$MDIR/mdk_e2e.ko" "$G/"
-mkdir -p "$G/drm"
-cp "$MODDIR"/*.ko "$MODDIR/order" "$G/drm/"
-cp "$TOOL" "$G/mdk-display"
-# the test images (test/e2e/display/frames.mjs: the one definition the Xen e2e uses too)
-node "$ROOT/test/e2e/display/frames.mjs" raw 1024 768 "$G/img1.raw" 0 || die "test image generation failed"
-node "$ROOT/test/e2e/display/frames.mjs" raw 800 600 "$G/img2.raw" 1 || die "test image generation failed"
+# DRM modules, the display tool (it generates the test images of test/e2e/display/frames.mjs:
+# check_display_tool compared them) and the display phase
+stage_display_guest "$G" "$MODDIR" "$TOOL"
 (cd "$G" && find . | cpio -o -H newc --quiet | gzip -1) > "$RUN/initrd.gz"
 log "kernel $KVER, test module $MKEY, run directory $RUN"
 
@@ -271,10 +237,10 @@ boot_summary() {
 }
 
 # -- main: memfd guest RAM; the bochs-display at 00:07.0 and, for its display phase, ttyS1 as a
-# pipe from display-watch.mjs (which checks the server's PNG at each step the guest announces)
+# pipe from test/e2e/display/watch.mjs (which checks the server's PNG at each step the guest announces)
 mkfifo "$RUN/ctl.in" "$RUN/ctl.out"
 : > "$RUN/serial-main.log"
-node "$HERE/display-watch.mjs" "$RUN/serial-main.log" "$DISPLAY_PNG" "$RUN/ctl.in" "$RUN/display.json" "$BOOT_TIMEOUT" \
+node "$ROOT/test/e2e/display/watch.mjs" "$RUN/serial-main.log" "$DISPLAY_PNG" "$RUN/ctl.in" "$RUN/display.json" "$BOOT_TIMEOUT" \
   >"$RUN/display-watch.out" 2>&1 &
 WATCH_PID=$!
 start_qemu main "memory-backend-memfd,id=mem,size=512M,share=on" \

@@ -1,7 +1,9 @@
 #!/bin/busybox sh
-# dom0 /init: toolstack up, create the guest paused, serve edu (00:05.0) and vgpu (00:06.0) through
-# two mdevkit IOREQ servers,
-# unpause, collect the guest's console, print E2E-VERDICT and power off.
+# dom0 /init: toolstack up, create the guest paused, serve edu (00:05.0), vgpu (00:06.0) and the
+# bochs display (00:07.0, --display-png) through three mdevkit IOREQ servers, start the display
+# watcher (test/e2e/display/watch.mjs: it checks the PNG at each step of the guest's display phase
+# and answers the guest on its console), unpause, collect the guest's console, check the display
+# (display-check.mjs: also prints the matched frames for the host), print E2E-VERDICT, power off.
 /bin/busybox mkdir -p /usr/sbin /usr/bin /sbin
 /bin/busybox --install -s /bin
 export PATH=/bin:/sbin:/usr/bin:/usr/lib/xen-4.17/bin LD_LIBRARY_PATH=/lib/x86_64-linux-gnu
@@ -10,8 +12,11 @@ mkdir -p /dev/pts /var/run/xenstored /var/log/xen/console /var/lib/xen /run/xen;
 T0=$(cut -d' ' -f1 /proc/uptime)
 say() { echo "E2E-DOM0 [$(cut -d' ' -f1 /proc/uptime)] $*"; }
 verdict() { echo; echo "E2E-VERDICT $*"; echo; sync; sleep 1; reboot -f; sleep 10; }
+SERVERS="edu vgpu bochs"
+DISP=/tmp/display
 show_logs() {
-  for n in edu vgpu; do echo "---- mdevkit $n server log ----"; tail -n 40 /tmp/server-$n.log 2>/dev/null; done
+  for n in $SERVERS; do echo "---- mdevkit $n server log ----"; tail -n 40 /tmp/server-$n.log 2>/dev/null; done
+  echo "---- display watcher ----"; tail -n 20 $DISP/watch.out 2>/dev/null
   echo "---- guest console ----"; tail -n 80 /var/log/xen/console/guest-e2e.log 2>/dev/null
   echo "---- xl dmesg (tail) ----"; xl dmesg 2>/dev/null | tail -n 25
 }
@@ -26,12 +31,12 @@ say "toolstack up"
 xl create -p /guest/guest.cfg > /tmp/xl-create.log 2>&1 || { cat /tmp/xl-create.log; verdict "FAIL xl create"; }
 domid=$(xl domid e2e)
 say "guest created paused: domid $domid"
-# start_server NAME BDF [extra args]: one IOREQ server per device; waits until it is serving.
-# Both servers claim 0xCF8-0xCFB (--config-latch): Xen accepts overlapping claims by different
-# servers and sends each access to the first server that claims it.
+# start_server NAME DEVICE BDF [extra args]: one IOREQ server per device (NAME names its log and
+# pid); waits until it is serving. The servers claim 0xCF8-0xCFB (--config-latch): Xen accepts
+# overlapping claims by different servers and sends each access to the first server that claims it.
 start_server() {
-  name=$1 bdf=$2; shift 2
-  node /mdevkit/dist/src/cli/main.js serve "$name" --xen "$domid" --bdf "$bdf" -v "$@" > /tmp/server-$name.log 2>&1 &
+  name=$1 device=$2 bdf=$3; shift 3
+  node /mdevkit/dist/src/cli/main.js serve "$device" --xen "$domid" --bdf "$bdf" -v "$@" > /tmp/server-$name.log 2>&1 &
   eval "srv_$name=$!"
   i=0
   until grep -q 'serving' /tmp/server-$name.log 2>/dev/null; do
@@ -41,27 +46,61 @@ start_server() {
   done
   say "server up: $(grep -m1 serving /tmp/server-$name.log)"
 }
-start_server edu 00:05.0 --config-latch
-start_server vgpu 00:06.0 ${VGPU_LATCH---config-latch}
+# stop_server NAME: SIGTERM (a server whose domain is gone has ended by itself), reap, log tail
+stop_server() {
+  name=$1 srv=$(eval echo \$srv_$1)
+  kill -TERM $srv 2>/dev/null
+  i=0; while kill -0 $srv 2>/dev/null && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+  wait $srv; say "$name server exit status $? after SIGTERM ($(wc -l < /tmp/server-$name.log) log lines); last lines:"
+  tail -n 8 /tmp/server-$name.log | sed "s/^/E2E-SERVER-$name /"
+}
+# The display: the server raises the guest's page limit and populates 16 MiB of VRAM before it
+# restricts its handles (so it starts while the guest is paused); the watcher follows the guest's
+# console log and answers on the guest's console pty.
+start_display_watch() {
+  mkdir -p $DISP
+  pty="" i=0
+  while [ -z "$pty" ] && [ $i -lt 100 ]; do pty=$(xenstore-read /local/domain/$domid/console/tty 2>/dev/null); [ -n "$pty" ] || sleep 0.1; i=$((i + 1)); done
+  [ -n "$pty" ] || { show_logs; verdict "FAIL no console pty for the guest (xenstore console/tty)"; }
+  node /mdevkit/test/e2e/display/watch.mjs /var/log/xen/console/guest-e2e.log $DISP/display.png "$pty" $DISP/display.json 300 20 > $DISP/watch.out 2>&1 &
+  watch_pid=$!
+  say "display watcher up (guest console $pty)"
+}
+start_server edu edu 00:05.0 --config-latch
+start_server vgpu vgpu 00:06.0 ${VGPU_LATCH---config-latch}
+start_server bochs bochs-display 00:07.0 --config-latch --display-png $DISP/display.png --stats $DISP/stats-bochs.json
+start_display_watch
 xl unpause e2e
 say "guest unpaused"
-i=0
+# Until the guest is done (at most GUEST_LIMIT s of dom0 time), its result lines are passed on
+# to dom0's console as they come (E2E-GUEST-LIVE), so a stuck run shows how far it got.
+GUEST_LIMIT=300
+t_unpause=$(cut -d. -f1 /proc/uptime) shown=0 i=0
 while :; do
+  n=$(grep -a -c -E 'E2E-|QE disp' /var/log/xen/console/guest-e2e.log 2>/dev/null)
+  if [ "${n:-0}" -gt $shown ]; then
+    grep -a -E 'E2E-|QE disp' /var/log/xen/console/guest-e2e.log | tr -d '\r' | sed -n "$((shown + 1)),${n}p" | sed 's/^/E2E-GUEST-LIVE /'
+    shown=$n
+  fi
   grep -q 'E2E-GUEST-DONE' /var/log/xen/console/guest-e2e.log 2>/dev/null && break
   # the guest is gone (checked twice: xl domid can fail transiently while dom0 is busy)
   xl domid e2e >/dev/null 2>&1 || { sleep 1; xl domid e2e >/dev/null 2>&1 || { say "guest domain gone"; xl list; break; }; }
-  i=$((i + 1)); [ $i -gt 300 ] && break
+  i=$(( $(cut -d. -f1 /proc/uptime) - t_unpause ))
+  [ $i -gt $GUEST_LIMIT ] && { say "guest not done after ${GUEST_LIMIT}s"; show_logs; break; }
   sleep 1
 done
 say "guest finished or timed out after ${i}s"
-grep -a 'E2E-' /var/log/xen/console/guest-e2e.log | tr -d '\r'
-for name in edu vgpu; do
-  srv=$(eval echo \$srv_$name)
-  kill -TERM $srv 2>/dev/null
-  i=0; while kill -0 $srv 2>/dev/null && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
-  wait $srv; say "$name server exit status $? after SIGTERM ($(wc -l < /tmp/server-$name.log) log lines); last lines:"
-  tail -n 8 /tmp/server-$name.log | sed "s/^/E2E-SERVER-$name /"
-done
+grep -a -E 'E2E-|QE disp' /var/log/xen/console/guest-e2e.log | tr -d '\r'
+# the watcher ends after the guest's display phase; it gets a few seconds more if not
+i=0; while kill -0 $watch_pid 2>/dev/null && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
+kill -TERM $watch_pid 2>/dev/null; wait $watch_pid
+say "display watcher exit status $?; last lines:"
+tail -n 12 $DISP/watch.out | sed 's/^/E2E-WATCH /'
+for name in $SERVERS; do stop_server $name; done
+say "display checks"
+node /mdevkit/test/e2e/xen/display-check.mjs $DISP > $DISP/check.out 2>&1
+cat $DISP/check.out
+dres=$(grep -a -m1 '^E2E-DISPLAY-RESULT' $DISP/check.out)
 res=$(grep -a -m1 'E2E-RESULT' /var/log/xen/console/guest-e2e.log | tr -d '\r')
 rtt=$(grep -a -m1 'E2E-RTT' /var/log/xen/console/guest-e2e.log | tr -d '\r')
 vres=$(grep -a -m1 'E2E-VGPU-RESULT' /var/log/xen/console/guest-e2e.log | tr -d '\r')
@@ -75,4 +114,8 @@ case "$vres" in
   *"id=0x55504756 fence_ram=0x00001234 fence_value=0x00001234 ring_head=64 error=0 "*) ;;
   *) show_logs; verdict "FAIL unexpected vgpu result: ${vres#E2E-VGPU-RESULT }";;
 esac
-verdict "PASS ${res#E2E-RESULT } vgpu: ${vres#E2E-VGPU-RESULT } ${rtt#E2E-RTT }"
+case "$dres" in
+  *"ok=true "*) ;;
+  *) show_logs; grep -a '^E2E-DISPLAY ' $DISP/check.out | grep 'ok=false'; verdict "FAIL display: ${dres:-no E2E-DISPLAY-RESULT}";;
+esac
+verdict "PASS ${res#E2E-RESULT } vgpu: ${vres#E2E-VGPU-RESULT } display: ${dres#E2E-DISPLAY-RESULT ok=true } ${rtt#E2E-RTT }"

@@ -1,10 +1,18 @@
 #!/usr/bin/env bash
 # Real-Xen end-to-end test: boots Debian 12's Xen 4.17 in QEMU (TCG) with a Linux dom0 whose
 # initramfs holds the toolstack, Node and this project; dom0 creates a PVH guest paused, starts
-# `mdevkit serve edu --xen <domid>` (00:05.0) and `mdevkit serve vgpu --xen <domid>` (00:06.0) as two
-# IOREQ servers, unpauses the guest, and the guest drives edu through PCI enumeration + MMIO and the
-# vGPU through a command ring the device fetches by DMA (foreign mappings of guest RAM).
-# Exits 0 only on "E2E-VERDICT PASS".
+# `mdevkit serve edu --xen <domid>` (00:05.0), `mdevkit serve vgpu --xen <domid>` (00:06.0) and
+# `mdevkit serve bochs-display --xen <domid> --display-png` (00:07.0) as three IOREQ servers,
+# unpauses the guest, and the guest drives edu through PCI enumeration + MMIO, the vGPU through a
+# command ring the device fetches by DMA (foreign mappings of guest RAM), and the bochs display
+# with Debian's own DRM modules and bochs driver: VRAM is guest RAM at BAR0 (populated by the
+# server, relocated when Linux enables the BAR), fbcon comes up, the test image of
+# test/e2e/display/frames.mjs goes to /dev/fb0, then a line of console text; the PNG follows the
+# guest's VRAM writes through track_dirty_vram. dom0 checks every frame (test/e2e/display/watch.mjs
+# at each step, display-check.mjs after) and sends the matched frames to this script over the
+# serial console, which prints `DISPLAY-FRAME path=xen sha256=<frame hash> png=<file>` and requires
+# the hash frames.mjs defines for the test image (the vfio-user path's too).
+# Exits 0 only on "E2E-VERDICT PASS" and that hash.
 #
 # Needs root (apt-get for host packages). Cache: ~/.cache/mdevkit/xen-e2e (MDEVKIT_CACHE overrides ~/.cache/mdevkit).
 # Env: XEN_E2E_TIMEOUT (s, default 600), XEN_E2E_KEEP=1 keeps the run directory's logs.
@@ -12,6 +20,8 @@ set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../../.." && pwd)
+# shellcheck source=../display/stage.sh
+. "$ROOT/test/e2e/display/stage.sh"
 CACHE="${MDEVKIT_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/mdevkit}/xen-e2e"
 TIMEOUT=${XEN_E2E_TIMEOUT:-600}
 KVER_PKG=""
@@ -24,6 +34,10 @@ need=()
 command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
 dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)
 command -v cpio >/dev/null || need+=(cpio)
+command -v gcc >/dev/null || need+=(gcc)
+[ -f /usr/lib/x86_64-linux-gnu/libc.a ] || need+=(libc6-dev)
+command -v modinfo >/dev/null || need+=(kmod)
+command -v file >/dev/null || need+=(file)
 if [ ${#need[@]} -gt 0 ]; then
   [ "$(id -u)" = 0 ] || die "need root to install ${need[*]}"
   log "installing host packages: ${need[*]}"
@@ -45,7 +59,7 @@ KPKG=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-/{print 
 [ -n "$KPKG" ] || die "cannot resolve linux-image-amd64"
 PKGS=(xen-hypervisor-4.17-amd64 xen-utils-4.17 xen-utils-common libxencall1 libxenevtchn1
   libxenforeignmemory1 libxengnttab1 libxenmisc4.17 libxenstore4 libxentoollog1 libxendevicemodel1
-  libxenhypfs1 libxentoolcore1 libyajl2 "$KPKG")
+  libxenhypfs1 libxentoolcore1 libyajl2 xenstore-utils "$KPKG")
 STAGE="$CACHE/stage"
 if [ ! -f "$CACHE/stage.done" ] || [ "$(cat "$CACHE/stage.done")" != "${PKGS[*]}" ]; then
   log "downloading ${#PKGS[@]} packages"
@@ -59,6 +73,23 @@ KVER=$(ls "$STAGE/lib/modules" | head -1)
 VMLINUZ="$STAGE/boot/vmlinuz-$KVER"
 XENGZ=$(ls "$STAGE"/boot/xen-4.17-amd64.gz)
 [ -f "$VMLINUZ" ] && [ -f "$XENGZ" ] || die "kernel or Xen image missing in $STAGE"
+
+# ---------------------------------------------------------------- the display guest (test/e2e/display/stage.sh)
+MODDIR="$CACHE/drm-modules-$KVER"
+[ -f "$MODDIR/order" ] || stage_drm_modules "$STAGE/lib/modules/$KVER" "$MODDIR"
+check_drm_modules "$MODDIR"
+UAPI_PKG="linux-headers-${KVER%-amd64}-common"
+if [ ! -f "/usr/src/$UAPI_PKG/include/uapi/drm/drm_mode.h" ]; then
+  [ "$(id -u)" = 0 ] || die "need root to install $UAPI_PKG (the DRM UAPI headers of the display tool)"
+  log "installing $UAPI_PKG"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$UAPI_PKG" >/dev/null || {
+    DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$UAPI_PKG" >/dev/null
+  }
+fi
+TOOL=$(build_display_tool "$KVER" "$CACHE") || die "guest display tool build failed"
+check_display_tool "$TOOL"
+EXPECTED_SHA=$(node "$ROOT/test/e2e/display/frames.mjs" expected-sha256 1024 768) || die "frames.mjs expected-sha256 failed"
 
 RUN="$CACHE/run"
 rm -rf "$RUN"; mkdir -p "$RUN"
@@ -81,6 +112,7 @@ G="$RUN/guest-root"
 mkdir -p "$G"/{bin,sbin,proc,sys,dev,tmp}
 cp "$BUSYBOX" "$G/bin/busybox"
 cp "$HERE/guest-init.sh" "$G/init"; chmod +x "$G/init"
+stage_display_guest "$G" "$MODDIR" "$TOOL"
 (cd "$G" && find . | cpio -o -H newc --quiet | gzip -1) > "$RUN/guest-initrd.gz"
 
 # ---------------------------------------------------------------- dom0 initramfs
@@ -109,6 +141,10 @@ for b in "$D"/usr/lib/xen-4.17/bin/*; do
   file "$b" | grep -q ELF && copy_libs "$b" "$D" "$XLIB:$STAGE/usr/lib/xen-4.17/lib" || true
 done
 for l in /lib/x86_64-linux-gnu/libgcc_s.so.1; do cp -L "$l" "$D/lib/x86_64-linux-gnu/"; done
+# xenstore-read (the display watcher finds the guest's console pty in xenstore)
+for b in "$STAGE"/usr/bin/xenstore*; do cp -a "$b" "$D/usr/bin/" 2>/dev/null || { mkdir -p "$D/usr/bin"; cp -a "$b" "$D/usr/bin/"; }; done
+[ -e "$D/usr/bin/xenstore-read" ] || die "xenstore-read missing from xenstore-utils"
+copy_libs "$(readlink -f "$STAGE/usr/bin/xenstore-read")" "$D" "$XLIB"
 # Node and this project
 mkdir -p "$D/usr/bin"
 cp -L "$(readlink -f /usr/bin/node)" "$D/usr/bin/node"
@@ -117,7 +153,18 @@ copy_libs "$ROOT/build/Release/mdevkit_native.node" "$D"
 cp -a "$ROOT/dist" "$D/mdevkit/"
 cp "$ROOT/package.json" "$D/mdevkit/"
 cp "$ROOT/build/Release/mdevkit_native.node" "$D/mdevkit/build/Release/"
-for m in commander pngjs; do cp -a "$ROOT/node_modules/$m" "$D/mdevkit/node_modules/"; done
+# the package's runtime dependencies, their whole closure as npm resolved it (node-addon-api is
+# only for building the native core)
+deps=$(cd "$ROOT" && npm ls --omit=dev --parseable --all 2>/dev/null || true)
+for p in $deps; do
+  case "$p" in "$ROOT" | */node-addon-api) continue;; esac
+  rel=${p#"$ROOT"/}; mkdir -p "$D/mdevkit/$(dirname "$rel")"; cp -a "$p" "$D/mdevkit/$(dirname "$rel")/"
+done
+for m in commander pngjs; do [ -d "$D/mdevkit/node_modules/$m" ] || die "runtime dependency $m not found by npm ls"; done
+# the display harness: watcher, test image definition, dom0 checks
+mkdir -p "$D/mdevkit/test/e2e/display" "$D/mdevkit/test/e2e/xen"
+cp "$ROOT/test/e2e/display/frames.mjs" "$ROOT/test/e2e/display/watch.mjs" "$D/mdevkit/test/e2e/display/"
+cp "$HERE/display-check.mjs" "$D/mdevkit/test/e2e/xen/"
 # the guest
 cp "$VMLINUZ" "$D/guest/vmlinuz"
 cp "$RUN/guest-initrd.gz" "$D/guest/initrd.gz"
@@ -142,9 +189,48 @@ elapsed=$(awk -v a="$start" -v b="$end" 'BEGIN{printf "%.1f", b-a}')
 tr -d '\r' < "$OUT" > "$OUT.txt"
 verdict=$(grep -a -m1 '^E2E-VERDICT' "$OUT.txt" || true)
 log "QEMU exit $qrc after ${elapsed}s"
-grep -a -E '^(E2E-|RTT-)' "$OUT.txt" | grep -v '^E2E-VERDICT' >&2 || true
+grep -a -E '^(E2E-|RTT-)' "$OUT.txt" | grep -v -E '^(E2E-VERDICT|E2E-DISPLAY-PNG)' >&2 || true
+
+# extract_png NAME OUT: the frame dom0 sent between E2E-DISPLAY-PNG-BEGIN/END (numbered base64
+# lines; Xen's own messages may come in between), checked against the size and hash dom0 announced.
+extract_png() {
+  local name=$1 out=$2 begin bytes sha
+  begin=$(grep -a -m1 "^E2E-DISPLAY-PNG-BEGIN name=$name " "$OUT.txt") || { log "dom0 sent no $name"; return 1; }
+  bytes=$(sed -n 's/.* bytes=\([0-9]*\).*/\1/p' <<< "$begin") sha=$(sed -n 's/.* sha256=\([0-9a-f]*\).*/\1/p' <<< "$begin")
+  awk -v name="$name" '
+    $0 ~ "^E2E-DISPLAY-PNG-BEGIN name=" name " " { on = 1; next }
+    $0 ~ "^E2E-DISPLAY-PNG-END name=" name "$" { on = 0 }
+    on && $1 == "E2E-DISPLAY-PNG" { if ($2 != n) { print "sequence " n " missing" > "/dev/stderr"; exit 1 } n++; printf "%s", $3 }
+  ' "$OUT.txt" | base64 -d > "$out" || { log "$name: bad base64 stream"; return 1; }
+  [ "$(stat -c %s "$out")" = "$bytes" ] && [ "$(sha256sum < "$out" | cut -d' ' -f1)" = "$sha" ] ||
+    { log "$name: $(stat -c %s "$out") bytes received, $bytes sent, or the hash differs"; return 1; }
+}
+# The display: the frame the guest's test image gave, copied out of dom0, hashed as frames.mjs
+# defines it, and required to be the hash of the test image itself (the vfio-user path prints it too).
+DISPLAY_OUT="$CACHE/display"
+mkdir -p "$DISPLAY_OUT"
+display_ok=0 frame_sha=none
+if extract_png frame-image.png "$DISPLAY_OUT/xen-test-image.png"; then
+  frame_sha=$(node "$ROOT/test/e2e/display/frames.mjs" sha256 "$DISPLAY_OUT/xen-test-image.png") || frame_sha=none
+  [ "$frame_sha" = "$EXPECTED_SHA" ] && display_ok=1
+fi
+console_ok=0
+extract_png frame-text.png "$DISPLAY_OUT/xen-console.png" && console_ok=1
+# The frames of a passing run, for the demo (npm start) to show, as the real-QEMU e2e records its own.
+if [ $display_ok = 1 ] && [ $console_ok = 1 ]; then
+  XEN_VERSION=$(dpkg-deb -f "$(ls "$CACHE"/debs/xen-hypervisor-4.17-amd64_*.deb | head -1)" Version 2>/dev/null || echo 4.17)
+  node -e '
+    const [file, sha, kernel, xen] = process.argv.slice(1);
+    require("fs").writeFileSync(file, JSON.stringify({ recorded: new Date().toISOString(), path: "xen", sha256: sha, kernel,
+      hypervisor: `Xen ${xen} (Debian 12) under QEMU TCG`, testImage: "xen-test-image.png", console: "xen-console.png" }, null, 1));
+  ' "$DISPLAY_OUT/xen.json" "$frame_sha" "$KVER" "$XEN_VERSION"
+fi
+node -e "import('$ROOT/test/e2e/display/frames.mjs').then((f) => console.log(f.displayFrameLine('xen', process.argv[1], process.argv[2])))" \
+  "$frame_sha" "$DISPLAY_OUT/xen-test-image.png"
+[ $display_ok = 1 ] || log "the Xen path's frame hash $frame_sha is not the test image's $EXPECTED_SHA (test/e2e/display/frames.mjs)"
 case "$verdict" in
   "E2E-VERDICT PASS"*)
+    [ $display_ok = 1 ] || die "display frame hash $frame_sha, expected $EXPECTED_SHA"
     echo "$verdict (wall ${elapsed}s)"
     exit 0;;
   *)

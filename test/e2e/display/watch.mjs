@@ -1,15 +1,19 @@
-// The host side of the display phase of the real-QEMU e2e (run.sh starts it next to the main boot).
-// It follows the guest's serial log and the PNG that `mdevkit serve bochs-display --display-png`
-// keeps; at each "QE disp step=NAME" (and at the DRM tool's "QE disp drm-mode" line) it waits until
-// the PNG shows what that step should show, then tells the guest to go on ("next" on the ttyS1
-// pipe). It records every PNG it saw and, per step, whether and when the PNG matched, and writes
-// everything to <out> as JSON for check.mjs. Times are host milliseconds since the watcher started.
-// Usage: node display-watch.mjs <serial.log> <display.png> <ctl-fifo-in> <out.json> <timeout-s>
+// The harness side of the display phase (guest-display.sh), shared by the real-QEMU e2e (run on
+// the host next to the main boot) and the real-Xen e2e (run in dom0 next to the guest). It follows
+// the guest's console log and the PNG that `mdevkit serve bochs-display --display-png` keeps; at
+// each "QE disp step=NAME" (and at the DRM tool's "QE disp drm-mode" line) it waits until the PNG
+// shows what that step should show, then tells the guest to go on ("next" written to <ctl>: QEMU's
+// pipe into the guest's ttyS1, or the Xen guest's console pty). It records every PNG it saw and,
+// per step, whether and when the PNG matched, copies each matched frame next to <out> as
+// frame-<step>.png, and writes everything to <out> as JSON (check.mjs, the Xen dom0's check).
+// Times are milliseconds of the watcher's clock since it started.
+// Usage: node watch.mjs <console.log> <display.png> <ctl> <out.json> <timeout-s> [poll-ms (default 5)]
 import { closeSync, constants, copyFileSync, existsSync, openSync, readSync, statSync, writeFileSync, writeSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { SECOND_MODE, TEST_MODE, compareFrame, frameSha256, inkIn, isBlack, readPng, testImageRgba } from '../display/frames.mjs';
 
-const [serialFile, pngFile, ctlIn, outFile, timeoutS] = process.argv.slice(2);
+const [serialFile, pngFile, ctlIn, outFile, timeoutS, pollArg] = process.argv.slice(2);
+const POLL_MS = Number(pollArg ?? 5);
 const STEP_TIMEOUT_MS = 60_000;
 const t0 = performance.now();
 const now = () => Math.round((performance.now() - t0) * 10) / 10;
@@ -56,8 +60,10 @@ function tellGuest() {
     const fd = openSync(ctlIn, constants.O_WRONLY | constants.O_NONBLOCK);
     writeSync(fd, 'next\n');
     closeSync(fd);
+    console.log(`${now()} told the guest to go on`);
   } catch (e) {
     out.lines.push(`ctl write failed: ${e.code ?? e.message}`);
+    console.log(`${now()} ctl write failed: ${e.code ?? e.message}`);
   }
 }
 
@@ -84,6 +90,7 @@ function finishStep(ok, why) {
   s.ok = ok;
   s.matchedAt = ok ? now() : null;
   s.why = why ?? '';
+  console.log(`${now()} step ${awaiting.name}: ${ok ? 'ok' : `FAILED ${s.why}`}`);
   if (ok && lastPng) {
     s.sha256 = frameSha256(lastPng.png.data);
     s.pngAt = lastPng.at;
@@ -109,6 +116,7 @@ function onLine(line) {
     const spec = STEPS[name];
     if (!spec) return;
     out.steps[name] = { want: spec.want, seenAt: at, ok: false };
+    console.log(`${at} step ${name}: waiting for ${spec.want}`);
     awaiting = { name, since: at, deadline: at + STEP_TIMEOUT_MS, checked: undefined, last: null };
     if (spec.immediate) {
       const r = spec.check();
@@ -169,6 +177,6 @@ for (;;) {
     out.timedOut = true;
     break;
   }
-  await new Promise((r) => setTimeout(r, 5));
+  await new Promise((r) => setTimeout(r, POLL_MS));
 }
 save();

@@ -1,12 +1,19 @@
 /*
- * Guest-side helper of the real-QEMU display e2e (test/e2e/qemu/guest-init.sh), built static on
- * the host against the kernel's UAPI headers. Busybox has no fbset and no way to switch a VT to
- * graphics mode, hence this tool. Every line it prints starts with "QE disp ".
+ * Guest-side helper of the display e2e tests (test/e2e/display/guest-display.sh, run by the
+ * real-QEMU guest and the real-Xen one), built static on the host against the kernel's UAPI
+ * headers. Busybox has no fbset and no way to switch a VT to graphics mode, hence this tool.
+ * Every line it prints starts with "QE disp " (the display phase's line protocol, shared by both
+ * harnesses). An image argument is a file of raw pixels or "test:<variant>": the test image of
+ * test/e2e/display/frames.mjs (testPixel), generated here so that no image file travels with the
+ * guest; `gen` writes it to a file so the harness can compare it with frames.mjs's before booting.
  *
  *   mdk-display info                       the fbdev mode: resolution, virtual size, bpp, stride
  *   mdk-display kd graphics|text           KDSETMODE on /dev/tty1 (fbcon stops/starts drawing)
  *   mdk-display fbwrite <raw> <w> <h>      writes a w×h XRGB8888 image (rows packed) to /dev/fb0
  *                                          at its stride, with write(2), and reports the time taken
+ *   mdk-display gen <w> <h> <variant> <out>
+ *                                          writes the test image (XRGB8888 little endian, rows
+ *                                          packed), as frames.mjs's `raw` does
  *   mdk-display drm-mode <w> <h> <raw>     becomes DRM master, sets mode w×h on the connected
  *                                          connector with a dumb buffer holding the image, then
  *                                          waits for a line on stdin and exits (the kernel's fbdev
@@ -43,8 +50,45 @@ static double now_ms(void)
 	return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
 }
 
+/* frames.mjs testPixel(): the test image's pixel at (x, y) of a w×h frame, as 0xRRGGBB. */
+static uint32_t test_pixel(unsigned x, unsigned y, unsigned w, unsigned h, unsigned variant)
+{
+	static const uint32_t corners[4] = { 0xff0000, 0x00ff00, 0x0000ff, 0xffff00 };
+	if (x == 0 || y == 0 || x == w - 1 || y == h - 1)
+		return 0xffffff;
+	int cx = x < 17 ? 0 : x >= w - 17 ? 1 : -1;
+	int cy = y < 17 ? 0 : y >= h - 17 ? 2 : -1;
+	if (cx >= 0 && cy >= 0)
+		return corners[(cx + cy + variant) % 4];
+	uint32_t r = x * 255 / (w - 1), g = y * 255 / (h - 1);
+	uint32_t b = (((x >> 3) ^ (y >> 3) ^ variant) & 1) ? 0xc0 : 0x40;
+	if (x % 64 == 0 || y % 64 == 0)
+		b = 0xff;
+	return r << 16 | g << 8 | b;
+}
+
+/* The test image as XRGB8888, little endian (the guest's byte order), rows packed. */
+static void *test_image(unsigned w, unsigned h, unsigned variant)
+{
+	uint8_t *buf = malloc((size_t)w * h * 4), *p = buf;
+	if (!buf || w < 2 || h < 2)
+		die("test-image");
+	for (unsigned y = 0; y < h; y++) {
+		for (unsigned x = 0; x < w; x++, p += 4) {
+			uint32_t v = test_pixel(x, y, w, h, variant);
+			p[0] = v;
+			p[1] = v >> 8;
+			p[2] = v >> 16;
+			p[3] = 0;
+		}
+	}
+	return buf;
+}
+
 static void *read_image(const char *path, unsigned w, unsigned h)
 {
+	if (!strncmp(path, "test:", 5))
+		return test_image(w, h, atoi(path + 5));
 	size_t size = (size_t)w * h * 4, done = 0;
 	char *buf = malloc(size);
 	int fd = open(path, O_RDONLY);
@@ -243,6 +287,23 @@ static int cmd_drm_mode(unsigned w, unsigned h, const char *path)
 	return 0;
 }
 
+static int cmd_gen(unsigned w, unsigned h, unsigned variant, const char *out)
+{
+	char *img = test_image(w, h, variant);
+	size_t size = (size_t)w * h * 4, done = 0;
+	int fd = open(out, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+	if (fd < 0)
+		die("open-out");
+	while (done < size) {
+		ssize_t n = write(fd, img + done, size - done);
+		if (n <= 0)
+			die("write-out");
+		done += n;
+	}
+	close(fd);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	setvbuf(stdout, NULL, _IOLBF, 0);
@@ -254,6 +315,8 @@ int main(int argc, char **argv)
 		return cmd_fbwrite(argv[2], atoi(argv[3]), atoi(argv[4]));
 	if (argc == 5 && !strcmp(argv[1], "drm-mode"))
 		return cmd_drm_mode(atoi(argv[2]), atoi(argv[3]), argv[4]);
-	fprintf(stderr, "usage: mdk-display info | kd graphics|text | fbwrite <raw> <w> <h> | drm-mode <w> <h> <raw>\n");
+	if (argc == 6 && !strcmp(argv[1], "gen"))
+		return cmd_gen(atoi(argv[2]), atoi(argv[3]), atoi(argv[4]), argv[5]);
+	fprintf(stderr, "usage: mdk-display info | kd graphics|text | fbwrite <raw|test:N> <w> <h> | drm-mode <w> <h> <raw|test:N> | gen <w> <h> <variant> <out>\n");
 	return 2;
 }
