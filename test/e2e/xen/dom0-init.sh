@@ -31,7 +31,7 @@ say "guest created paused: domid $domid"
 # servers and sends each access to the first server that claims it.
 start_server() {
   name=$1 bdf=$2; shift 2
-  node /mdevkit/dist/src/cli/main.js serve "$name" --xen "$domid" --bdf "$bdf" -v "$@" > /tmp/server-$name.log 2>&1 &
+  node /mdevkit/dist/cli/main.js serve "$name" --xen "$domid" --bdf "$bdf" -v "$@" > /tmp/server-$name.log 2>&1 &
   eval "srv_$name=$!"
   i=0
   until grep -q 'serving' /tmp/server-$name.log 2>/dev/null; do
