@@ -13,7 +13,7 @@ import { VfioUserClient } from '../adapters/vfio/client.js';
 import { PciIrq, RegionFlag } from '../adapters/vfio/protocol.js';
 import { BOCHS, BochsDisplay, DISPI, buildEdid, timingFor, type BochsDisplayOptions, type ScanoutState } from '../examples/bochs-display/index.js';
 import createDevice from '../examples/bochs-display/index.js';
-import { resolveModule } from '../src/cli/load-device.js';
+import { resolveModule } from '../cli/load-device.js';
 import { ScanoutDisplay, type ScanoutGeometry } from '../src/display.js';
 import { packageRoot } from '../src/native/binding.js';
 import { PCI, PCI_COMMAND } from '../src/pci/constants.js';
@@ -205,7 +205,7 @@ describe('bochs-display: identity and config space', () => {
 
   it('is the built-in device "bochs-display" of the CLI', () => {
     expect(resolveModule('bochs-display')).toBe(join(packageRoot(), 'dist/examples/bochs-display/index.js'));
-    const listing = execFileSync(process.execPath, [join(packageRoot(), 'dist/src/cli/main.js'), 'lspci', 'bochs-display']).toString();
+    const listing = execFileSync(process.execPath, [join(packageRoot(), 'dist/cli/main.js'), 'lspci', 'bochs-display']).toString();
     expect(listing).toContain('Display controller [0380]: Device 1234:1111 (rev 02)');
     expect(listing).toMatch(/Region 0: Memory at <unassigned> \(32-bit, prefetchable\) \[disabled\] \[size=16M\]/);
     expect(listing).toMatch(/Region 2: Memory at <unassigned> \(32-bit, non-prefetchable\) \[disabled\] \[size=4K\]/);
@@ -676,7 +676,7 @@ describe('bochs-display over vfio-user (mdevkit serve in its own process)', () =
       module,
       `import { writeFileSync } from 'node:fs';
 import { pathToFileURL } from 'node:url';
-import { resolveModule } from ${dist('src/cli/load-device.js')};
+import { resolveModule } from ${dist('cli/load-device.js')};
 import { ScanoutDisplay } from ${dist('src/display.js')};
 const { default: create } = await import(pathToFileURL(resolveModule('bochs-display')).href);
 export default function () {

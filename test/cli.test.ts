@@ -6,7 +6,7 @@ import { packageRoot } from '../src/native/binding.js';
 
 const run = promisify(execFile);
 const root = packageRoot();
-const cli = join(root, 'dist', 'src', 'cli', 'main.js');
+const cli = join(root, 'dist', 'cli', 'main.js');
 
 describe('mdevkit CLI (compiled, as npm start runs it)', () => {
   it('lspci prints the edu device decoded', async () => {

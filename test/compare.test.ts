@@ -3,13 +3,13 @@ import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { join } from 'node:path';
 import { packageRoot } from '../src/native/binding.js';
-import type { ComparisonReport } from '../src/cli/compare.js';
+import type { ComparisonReport } from '../cli/compare.js';
 
 const run = promisify(execFile);
 
 describe('mdevkit compare', () => {
   it('runs the edu driver over both paths and reports identical results as JSON', async () => {
-    const { stdout } = await run(process.execPath, [join(packageRoot(), 'dist/src/cli/main.js'), 'compare', 'edu', '--json']);
+    const { stdout } = await run(process.execPath, [join(packageRoot(), 'dist/cli/main.js'), 'compare', 'edu', '--json']);
     const r = JSON.parse(stdout) as ComparisonReport;
     expect(r.identical).toBe(true);
     expect(r.differences).toEqual([]);
@@ -27,13 +27,13 @@ describe('mdevkit compare', () => {
   });
 
   it('prints a side-by-side table', async () => {
-    const { stdout } = await run(process.execPath, [join(packageRoot(), 'dist/src/cli/main.js'), 'compare', 'edu']);
+    const { stdout } = await run(process.execPath, [join(packageRoot(), 'dist/cli/main.js'), 'compare', 'edu']);
     expect(stdout).toMatch(/vfio-user \(KVM\)\s+xen \(simulator\)/);
     expect(stdout).toMatch(/driver results\s+identical/);
     expect(stdout).toMatch(/write-watch events \/ mode\s+\d+ \/ compare\s+\d+ \/ trap/);
   });
 
   it('fails clearly for an unknown driver', async () => {
-    await expect(run(process.execPath, [join(packageRoot(), 'dist/src/cli/main.js'), 'compare', 'edu', 'no/such/driver'])).rejects.toMatchObject({ code: 1, stderr: expect.stringContaining('ENOENT: driver') });
+    await expect(run(process.execPath, [join(packageRoot(), 'dist/cli/main.js'), 'compare', 'edu', 'no/such/driver'])).rejects.toMatchObject({ code: 1, stderr: expect.stringContaining('ENOENT: driver') });
   });
 });

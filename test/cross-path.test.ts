@@ -6,11 +6,11 @@ import { execFile } from 'node:child_process';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { describe, expect, it } from 'vitest';
-import type { ComparisonReport } from '../src/cli/compare.js';
+import type { ComparisonReport } from '../cli/compare.js';
 import { packageRoot } from '../src/native/binding.js';
 
 const run = promisify(execFile);
-const cli = join(packageRoot(), 'dist/src/cli/main.js');
+const cli = join(packageRoot(), 'dist/cli/main.js');
 
 describe('state moved between vfio-user and Xen, mid-work (mdevkit compare)', () => {
   it.each([

@@ -1,4 +1,4 @@
-// The display output (src/cli/display-output.ts) and the neutral display interface
+// The display output (cli/display-output.ts) and the neutral display interface
 // (src/display-device.ts): PNGs for every pixel format and byte order, updates after VRAM and mode
 // changes, blanking, no mode, rate limiting (fake timers), a pluggable dirty source, the vGPU as a
 // display device, and `mdevkit serve bochs-display --display-png` driven by the vfio-user client.
@@ -10,7 +10,7 @@ import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { VfioUserClient } from '../adapters/vfio/client.js';
 import { BOCHS, BochsDisplay, DISPI } from '../examples/bochs-display/index.js';
 import { VGPU, VirtualGpu } from '../examples/vgpu/index.js';
-import { DisplayOutput, type DisplayOutputStats, type VramDirtySource } from '../src/cli/display-output.js';
+import { DisplayOutput, type DisplayOutputStats, type VramDirtySource } from '../cli/display-output.js';
 import { isDisplayDevice, type DisplayPlane } from '../src/display-device.js';
 import { DirtyBitmap } from '../src/native/dirty-bitmap.js';
 import { PCI, PCI_COMMAND } from '../src/pci/constants.js';

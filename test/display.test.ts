@@ -54,7 +54,7 @@ describe('mdevkit demo (npm start)', () => {
     const dir = mkdtempSync(join(tmpdir(), 'mdevkit-demo-'));
     try {
       const out = join(dir, 'frame.png');
-      const { stdout } = await promisify(execFile)(process.execPath, [join(packageRoot(), 'dist/src/cli/main.js'), 'demo', '--out', out]);
+      const { stdout } = await promisify(execFile)(process.execPath, [join(packageRoot(), 'dist/cli/main.js'), 'demo', '--out', out]);
       expect(stdout).toContain(`scanout written to ${out} (128×128, 16 VRAM pages found drawn by the page scan)`);
       expect(stdout).toContain('both paths drew the same frame');
       expect(stdout).toMatch(/write-watch events \/ mode\s+\d+ \/ compare\s+\d+ \/ trap/);

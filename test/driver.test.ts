@@ -9,7 +9,7 @@ import { SimHypervisor } from '../adapters/xen/sim/hypervisor.js';
 import { SimXenHost } from '../adapters/xen/sim/host.js';
 import { runDriverOnSim } from '../adapters/xen/sim/driver-run.js';
 import { runDriverOverVfioUser } from '../adapters/vfio/driver-runner.js';
-import { BUILTIN_DRIVERS, resolveModule } from '../src/cli/load-device.js';
+import { BUILTIN_DRIVERS, resolveModule } from '../cli/load-device.js';
 import { startServer } from './vfio/harness.js';
 
 const driver = resolveModule('edu', BUILTIN_DRIVERS, 'driver');

@@ -7,12 +7,12 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { init } from '../src/cli/init.js';
+import { init } from '../cli/init.js';
 import { packageRoot } from '../src/native/binding.js';
 
 const run = promisify(execFile);
 const root = packageRoot();
-const cli = join(root, 'dist', 'src', 'cli', 'main.js');
+const cli = join(root, 'dist', 'cli', 'main.js');
 let dir: string;
 beforeEach(() => {
   dir = mkdtempSync(join(tmpdir(), 'mdevkit-init-'));

@@ -11,7 +11,7 @@ import { packageRoot } from '../src/native/binding.js';
 
 const run = promisify(execFile);
 const root = packageRoot();
-const cli = join(root, 'dist', 'src', 'cli', 'main.js');
+const cli = join(root, 'dist', 'cli', 'main.js');
 
 /** The README's Counter device. */
 const COUNTER = `import { PciDevice, Region, RegisterBlock } from 'mdevkit';

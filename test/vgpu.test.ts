@@ -9,7 +9,7 @@ import { WindowedGuestMemory } from '../src/guest-memory.js';
 import { CompareWriteWatch } from '../src/write-watch.js';
 import { PCI, PCI_COMMAND } from '../src/pci/constants.js';
 import { packageRoot } from '../src/native/binding.js';
-import type { ComparisonReport } from '../src/cli/compare.js';
+import type { ComparisonReport } from '../cli/compare.js';
 import { readInt, writeInt } from './helpers.js';
 
 /** What the vGPU driver should leave on screen, drawn independently of the device. */
@@ -28,7 +28,7 @@ function referenceFramebufferSha256(): string {
 
 describe('vGPU over both mediation paths', () => {
   it('draws the same known frame on both, seeing GTT updates by trap (Xen) and by compare (vfio-user)', async () => {
-    const { stdout } = await promisify(execFile)(process.execPath, [join(packageRoot(), 'dist/src/cli/main.js'), 'compare', 'vgpu', '--json']);
+    const { stdout } = await promisify(execFile)(process.execPath, [join(packageRoot(), 'dist/cli/main.js'), 'compare', 'vgpu', '--json']);
     const r = JSON.parse(stdout) as ComparisonReport;
     expect(r.identical).toBe(true);
     const expected = referenceFramebufferSha256();

@@ -1,5 +1,5 @@
 /**
- * The live view (src/cli/view.ts): address rules, HTTP and WebSocket refusals (Host, Origin,
+ * The live view (cli/view.ts): address rules, HTTP and WebSocket refusals (Host, Origin,
  * methods, paths, any message from a page), updates that carry only the tiles whose pixels
  * changed; on the Xen path (simulator, track_dirty_vram) with a WebSocket client; and on the
  * vfio-user path in a real headless browser (Debian's chromium driven by playwright-core) that
@@ -20,9 +20,9 @@ import { pciSbdf } from '../adapters/xen/ioreq-abi.js';
 import { SimHypervisor } from '../adapters/xen/sim/hypervisor.js';
 import { SimXenHost } from '../adapters/xen/sim/host.js';
 import { SimVcpuThread } from '../adapters/xen/sim/vcpu-thread.js';
-import { DisplayOutput } from '../src/cli/display-output.js';
-import { startServeXen } from '../src/cli/serve-xen.js';
-import { DisplayView, checkViewAddress, isLoopback, parseViewAddress } from '../src/cli/view.js';
+import { DisplayOutput } from '../cli/display-output.js';
+import { startServeXen } from '../cli/serve-xen.js';
+import { DisplayView, checkViewAddress, isLoopback, parseViewAddress } from '../cli/view.js';
 import { PCI, PCI_BAR, PCI_COMMAND } from '../src/pci/constants.js';
 import { writeInt } from './helpers.js';
 import { assertSimBuildFresh } from './fixtures/xen-sim-server.js';

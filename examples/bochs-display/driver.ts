@@ -5,8 +5,7 @@
  * @module
  */
 import { createHash } from 'node:crypto';
-import type { DriverResult, GuestDriverHost, MigrationGuestDriver } from '../../src/guest-driver.js';
-import { PCI, PCI_COMMAND } from '../../src/pci/constants.js';
+import { PCI, PCI_COMMAND, type DriverResult, type GuestDriverHost, type MigrationGuestDriver } from 'mdevkit';
 import { BOCHS, DISPI } from './index.js';
 
 /** The mode the driver sets. */

@@ -31,13 +31,7 @@
  * (test/hostile-guests.test.ts).
  * @module
  */
-import { MdevError, checkInt, describe } from '../../src/errors.js';
-import type { PixelByteOrder } from '../../src/display.js';
-import type { DisplayDevice, DisplayPlane } from '../../src/display-device.js';
-import { PciDevice } from '../../src/pci/device.js';
-import { createMemfdBacking, type MemfdBacking } from '../../src/ram.js';
-import { Region, type RegionAccessor } from '../../src/regions.js';
-import type { StateSection } from '../../src/state.js';
+import { MdevError, checkInt, describe, PciDevice, createMemfdBacking, Region, type PixelByteOrder, type DisplayDevice, type DisplayPlane, type MemfdBacking, type RegionAccessor, type StateSection } from 'mdevkit';
 
 /** Identity, BAR2 layout and limits. */
 export const BOCHS = {

@@ -5,8 +5,7 @@
  * different mediation paths can be compared.
  * @module
  */
-import { findCapability, type DriverResult, type GuestDriverHost, type MigrationGuestDriver } from '../../src/guest-driver.js';
-import { PCI, PCI_COMMAND, PCI_MSI } from '../../src/pci/constants.js';
+import { findCapability, PCI, PCI_COMMAND, PCI_MSI, type DriverResult, type GuestDriverHost, type MigrationGuestDriver } from 'mdevkit';
 import { EDU } from './index.js';
 
 

@@ -28,11 +28,7 @@
  * what moved.
  * @module
  */
-import { MdevError } from '../../src/errors.js';
-import { PciDevice } from '../../src/pci/device.js';
-import { Region } from '../../src/regions.js';
-import { RegisterBlock } from '../../src/registers.js';
-import type { StateSection } from '../../src/state.js';
+import { MdevError, PciDevice, Region, RegisterBlock, type StateSection } from 'mdevkit';
 
 /** Register offsets of the edu device. */
 export const EDU = {

@@ -11,10 +11,7 @@
  * - BAR4 (16 KiB, sparse): page 0 trapped — SEQ (RW), HEAD/TAIL (RW) — pages 1-3 mappable ring.
  * @module
  */
-import { PciDevice } from '../../src/pci/device.js';
-import { createMemfdBacking, type MemfdBacking } from '../../src/ram.js';
-import { Region } from '../../src/regions.js';
-import { RegisterBlock } from '../../src/registers.js';
+import { PciDevice, createMemfdBacking, Region, RegisterBlock, type MemfdBacking } from 'mdevkit';
 
 /** Register offsets and sizes. */
 export const SHMEM = {

@@ -5,8 +5,7 @@
  * through write-watch — and blits again. It reports fences, errors and the scanout's SHA-256.
  * @module
  */
-import { findCapability, type DriverResult, type GuestDriverHost, type MigrationGuestDriver } from '../../src/guest-driver.js';
-import { PCI, PCI_COMMAND, PCI_MSIX } from '../../src/pci/constants.js';
+import { findCapability, PCI, PCI_COMMAND, PCI_MSIX, type DriverResult, type GuestDriverHost, type MigrationGuestDriver } from 'mdevkit';
 import { VGPU } from './index.js';
 
 /** Scanout geometry the driver sets up. */

@@ -50,13 +50,7 @@
  * @module
  */
 import { createHash } from 'node:crypto';
-import type { DisplayDevice, DisplayPlane } from '../../src/display-device.js';
-import { MdevError } from '../../src/errors.js';
-import { PciDevice } from '../../src/pci/device.js';
-import { createMemfdBacking, type MemfdBacking } from '../../src/ram.js';
-import { Region } from '../../src/regions.js';
-import { RegisterBlock } from '../../src/registers.js';
-import type { WatchHandle } from '../../src/write-watch.js';
+import { MdevError, PciDevice, createMemfdBacking, Region, RegisterBlock, type DisplayDevice, type DisplayPlane, type MemfdBacking, type WatchHandle } from 'mdevkit';
 
 /** Register offsets, commands and limits. */
 export const VGPU = {

@@ -133,7 +133,7 @@ export interface Server {
 
 /** Starts `mdevkit serve edu --vfio-user <path>…` pinned to `cpu` and waits until every socket is served. */
 export async function startServe(cpu: number | null, paths: readonly string[], timeoutMs = 20_000, extraArgs: readonly string[] = []): Promise<Server> {
-  const cli = join(packageRoot(), 'dist', 'src', 'cli', 'main.js');
+  const cli = join(packageRoot(), 'dist', 'cli', 'main.js');
   const proc = spawnNode(cpu, [cli, 'serve', 'edu', ...paths.flatMap((p) => ['--vfio-user', p]), ...extraArgs]);
   let out = '';
   let err = '';

@@ -27,7 +27,7 @@ const files = r.files.map((f) => f.path);
 const bad = [];
 const forbidden = [/^test\//, /^dist\/test\//, /^docs\//, /^native\/(bench|fuzz)\//, /\.map$/, /\.test\.[cm]?[jt]s$/, /^build\//, /^tsconfig/, /^vitest\.config/, /^typedoc/, /^\.ci\//, /\.log$/];
 for (const f of files) if (!f.startsWith("templates/") && forbidden.some((re) => re.test(f))) bad.push(`should not ship: ${f}`);
-for (const f of ['package.json', 'README.md', 'binding.gyp', 'dist/src/index.js', 'dist/src/index.d.ts', 'dist/src/cli/main.js', 'dist/adapters/vfio/index.js', 'dist/adapters/xen/index.js', 'dist/adapters/testing/index.js', 'dist/src/cli/index.js', 'native/src/addon.cc', 'templates/device/src/device.ts', 'templates/device/test/device.test.ts']) {
+for (const f of ['package.json', 'README.md', 'binding.gyp', 'dist/src/index.js', 'dist/src/index.d.ts', 'dist/cli/main.js', 'dist/adapters/vfio/index.js', 'dist/adapters/xen/index.js', 'dist/adapters/testing/index.js', 'dist/cli/index.js', 'native/src/addon.cc', 'templates/device/src/device.ts', 'templates/device/test/device.test.ts']) {
   if (!files.includes(f)) bad.push(`missing: ${f}`);
 }
 // Every compiled file has its source: nothing stale from an old build ships.

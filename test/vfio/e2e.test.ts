@@ -71,7 +71,7 @@ describe('edu over vfio-user', () => {
 
   it('config space decodes over the wire exactly as locally', () => {
     const remote = formatLspci(c.configAccessor, { configSize: 256 });
-    const local = execFileSync(process.execPath, [join(packageRoot(), 'dist/src/cli/main.js'), 'lspci', 'edu']).toString();
+    const local = execFileSync(process.execPath, [join(packageRoot(), 'dist/cli/main.js'), 'lspci', 'edu']).toString();
     expect(local.startsWith(remote)).toBe(true);
   });
 
@@ -333,7 +333,7 @@ describe('one server process, two devices; QEMU DMA layout; SIGTERM', () => {
 describe('mdevkit probe', () => {
   it('lists regions, IRQs and config space, and reads and writes registers', async () => {
     const server = await startServer({ device: 'shmem' });
-    const cli = join(packageRoot(), 'dist/src/cli/main.js');
+    const cli = join(packageRoot(), 'dist/cli/main.js');
     const probe = (...args: string[]) => execFileSync(process.execPath, [cli, 'probe', '--vfio-user', server.paths[0]!, ...args]).toString();
     try {
       const listing = probe();

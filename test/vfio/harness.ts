@@ -26,7 +26,7 @@ export interface ServerProcess {
 export async function startServer(options: { device?: string; sockets?: number; args?: string[] } = {}): Promise<ServerProcess> {
   const dir = mkdtempSync(join(tmpdir(), 'mdevkit-vfio-'));
   const paths = [...Array(options.sockets ?? 1).keys()].map((i) => join(dir, `dev${i}.sock`));
-  const cli = join(packageRoot(), 'dist', 'src', 'cli', 'main.js');
+  const cli = join(packageRoot(), 'dist', 'cli', 'main.js');
   const args = [cli, 'serve', options.device ?? 'edu', ...paths.flatMap((p) => ['--vfio-user', p]), '-v', ...(options.args ?? [])];
   const proc = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';

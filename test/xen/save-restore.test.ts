@@ -12,13 +12,13 @@ import { pciSbdf } from '../../adapters/xen/ioreq-abi.js';
 import { SimHypervisor } from '../../adapters/xen/sim/hypervisor.js';
 import { SimXenHost } from '../../adapters/xen/sim/host.js';
 import { runDriverOnSim } from '../../adapters/xen/sim/driver-run.js';
-import { BUILTIN_DRIVERS, resolveModule } from '../../src/cli/load-device.js';
-import { serveXen, type ServeXenOptions } from '../../src/cli/serve-xen.js';
+import { BUILTIN_DRIVERS, resolveModule } from '../../cli/load-device.js';
+import { serveXen, type ServeXenOptions } from '../../cli/serve-xen.js';
 import type { DriverResult } from '../../src/guest-driver.js';
 import { packageRoot } from '../../src/native/binding.js';
 
 const run = promisify(execFile);
-const cli = join(packageRoot(), 'dist', 'src', 'cli', 'main.js');
+const cli = join(packageRoot(), 'dist', 'cli', 'main.js');
 const dir = mkdtempSync(join(tmpdir(), 'mdevkit-xen-save-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 

@@ -19,7 +19,7 @@ import { pciSbdf } from '../../adapters/xen/ioreq-abi.js';
 import { SimHypervisor } from '../../adapters/xen/sim/hypervisor.js';
 import { SimXenHost } from '../../adapters/xen/sim/host.js';
 import { SimVcpuThread } from '../../adapters/xen/sim/vcpu-thread.js';
-import { startServeXen, type ServeXenOptions, type XenServing } from '../../src/cli/serve-xen.js';
+import { startServeXen, type ServeXenOptions, type XenServing } from '../../cli/serve-xen.js';
 import { MdevError } from '../../src/errors.js';
 import { packageRoot } from '../../src/native/binding.js';
 import { PCI, PCI_BAR, PCI_COMMAND } from '../../src/pci/constants.js';
@@ -266,7 +266,7 @@ describe('mdevkit serve bochs-display --xen-sim --display-png: the PNG from trac
 });
 
 describe('mdevkit serve --xen-sim: display and RAM BAR flags', () => {
-  const cli = join(packageRoot(), 'dist', 'src', 'cli', 'main.js');
+  const cli = join(packageRoot(), 'dist', 'cli', 'main.js');
 
   it('serve --help documents --ram-bars, --ram-bar-parking and --display-png for Xen', async () => {
     const { stdout } = await run(process.execPath, [cli, 'serve', '--help']);

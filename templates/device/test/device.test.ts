@@ -15,7 +15,7 @@ import { ID_VALUE, REG, STATUS } from '../src/device.js';
 
 const project = join(dirname(fileURLToPath(import.meta.url)), '..');
 const require = createRequire(import.meta.url);
-const mdevkitCli = join(dirname(require.resolve('mdevkit/package.json')), 'dist', 'src', 'cli', 'main.js');
+const mdevkitCli = join(dirname(require.resolve('mdevkit/package.json')), 'dist', 'cli', 'main.js');
 
 let dir: string;
 let socket: string;

@@ -87,8 +87,8 @@ BUSYBOX=/bin/busybox
 case "$(file -L "$BUSYBOX" 2>/dev/null || true)" in *statically*) ;; *) die "$BUSYBOX is not static (busybox-static)";; esac
 
 [ -f "$ROOT/build/Release/mdevkit_native.node" ] || die "build/Release/mdevkit_native.node missing: run npm install"
-[ -f "$ROOT/dist/src/cli/main.js" ] || die "dist/ missing: run npm install (or npm run build)"
-CLI=(node "$ROOT/dist/src/cli/main.js")
+[ -f "$ROOT/dist/cli/main.js" ] || die "dist/ missing: run npm install (or npm run build)"
+CLI=(node "$ROOT/dist/cli/main.js")
 
 # ---------------------------------------------------------------- QEMU
 QEMU_PREFIX=$(bash "$HERE/build-qemu.sh") || die "QEMU build failed (see above)"

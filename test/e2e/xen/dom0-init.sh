@@ -36,7 +36,7 @@ say "guest created paused: domid $domid"
 # overlapping claims by different servers and sends each access to the first server that claims it.
 start_server() {
   name=$1 device=$2 bdf=$3; shift 3
-  node /mdevkit/dist/src/cli/main.js serve "$device" --xen "$domid" --bdf "$bdf" -v "$@" > /tmp/server-$name.log 2>&1 &
+  node /mdevkit/dist/cli/main.js serve "$device" --xen "$domid" --bdf "$bdf" -v "$@" > /tmp/server-$name.log 2>&1 &
   eval "srv_$name=$!"
   i=0
   until grep -q 'serving' /tmp/server-$name.log 2>/dev/null; do

@@ -51,7 +51,7 @@ case "$(file -L "$BUSYBOX")" in *statically*) ;; *) die "$BUSYBOX is not static 
 
 # ---------------------------------------------------------------- project build
 [ -f "$ROOT/build/Release/mdevkit_native.node" ] || die "build/Release/mdevkit_native.node missing: run npm install"
-[ -f "$ROOT/dist/src/cli/main.js" ] || die "dist/ missing: run npm install (or npm run build)"
+[ -f "$ROOT/dist/cli/main.js" ] || die "dist/ missing: run npm install (or npm run build)"
 
 # ---------------------------------------------------------------- Xen + kernel packages
 mkdir -p "$CACHE/debs"

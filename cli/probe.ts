@@ -4,10 +4,10 @@
  * flags, and config space decoded lspci -vv style — or reads/writes one location.
  * @module
  */
-import { MdevError } from '../errors.js';
-import { formatLspci, formatSize } from '../pci/lspci.js';
-import { VfioUserClient } from '../../adapters/vfio/client.js';
-import { irqFlagNames, regionFlagNames, DeviceFlag } from '../../adapters/vfio/protocol.js';
+import { MdevError } from '../src/errors.js';
+import { formatLspci, formatSize } from '../src/pci/lspci.js';
+import { VfioUserClient } from '../adapters/vfio/client.js';
+import { irqFlagNames, regionFlagNames, DeviceFlag } from '../adapters/vfio/protocol.js';
 
 const REGION_NAMES = ['BAR0', 'BAR1', 'BAR2', 'BAR3', 'BAR4', 'BAR5', 'ROM', 'CONFIG', 'VGA'];
 const IRQ_NAMES = ['INTx', 'MSI', 'MSI-X', 'ERR', 'REQ'];

@@ -3,7 +3,7 @@
  * server until SIGTERM/SIGINT, then removes everything it created (server, ranges, claims, ports,
  * mappings) — also when startup fails half way. It also ends when its domain is gone.
  *
- * Save and restore follow the domain's (src/cli/domain-watch.ts explains why it is done this way):
+ * Save and restore follow the domain's (cli/domain-watch.ts explains why it is done this way):
  * with `--save FILE` the device state is written when the domain is gone after `xl save` (or on a
  * signal); `--restore FILE` serves the restored domain's device from that state.
  *
@@ -13,14 +13,14 @@
  * @module
  */
 import { writeFileSync } from 'node:fs';
-import { MdevError } from '../errors.js';
-import { isDisplayDevice, type DisplayDevice } from '../display-device.js';
-import type { PciDevice } from '../pci/device.js';
-import { IoreqServer, type PciAddress } from '../../adapters/xen/ioreq-server.js';
-import type { BufioreqModeName, XenHost } from '../../adapters/xen/host.js';
-import { PrivcmdXenHost } from '../../adapters/xen/privcmd-host.js';
-import { SimHypervisor } from '../../adapters/xen/sim/hypervisor.js';
-import { SimXenHost } from '../../adapters/xen/sim/host.js';
+import { MdevError } from '../src/errors.js';
+import { isDisplayDevice, type DisplayDevice } from '../src/display-device.js';
+import type { PciDevice } from '../src/pci/device.js';
+import { IoreqServer, type PciAddress } from '../adapters/xen/ioreq-server.js';
+import type { BufioreqModeName, XenHost } from '../adapters/xen/host.js';
+import { PrivcmdXenHost } from '../adapters/xen/privcmd-host.js';
+import { SimHypervisor } from '../adapters/xen/sim/hypervisor.js';
+import { SimXenHost } from '../adapters/xen/sim/host.js';
 import { DisplayOutput, type DisplayOutputStats, type VramDirtySource } from './display-output.js';
 import { loadDevice } from './load-device.js';
 import { watchDomain } from './domain-watch.js';

@@ -16,17 +16,17 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { isDeepStrictEqual } from 'node:util';
-import { MdevError } from '../errors.js';
-import { percentile, type DriverResult, type DriverRun, type MigrationGuestDriver } from '../guest-driver.js';
-import { packageRoot } from '../native/binding.js';
-import type { WriteWatchMode } from '../write-watch.js';
-import type { PciDevice } from '../pci/device.js';
-import { runDriverOverVfioUser, type VfioDriverRunOptions } from '../../adapters/vfio/driver-runner.js';
-import { IoreqServer } from '../../adapters/xen/ioreq-server.js';
-import { pciSbdf } from '../../adapters/xen/ioreq-abi.js';
-import { SimHypervisor } from '../../adapters/xen/sim/hypervisor.js';
-import { SimXenHost } from '../../adapters/xen/sim/host.js';
-import { runDriverOnSim } from '../../adapters/xen/sim/driver-run.js';
+import { MdevError } from '../src/errors.js';
+import { percentile, type DriverResult, type DriverRun, type MigrationGuestDriver } from '../src/guest-driver.js';
+import { packageRoot } from '../src/native/binding.js';
+import type { WriteWatchMode } from '../src/write-watch.js';
+import type { PciDevice } from '../src/pci/device.js';
+import { runDriverOverVfioUser, type VfioDriverRunOptions } from '../adapters/vfio/driver-runner.js';
+import { IoreqServer } from '../adapters/xen/ioreq-server.js';
+import { pciSbdf } from '../adapters/xen/ioreq-abi.js';
+import { SimHypervisor } from '../adapters/xen/sim/hypervisor.js';
+import { SimXenHost } from '../adapters/xen/sim/host.js';
+import { runDriverOnSim } from '../adapters/xen/sim/driver-run.js';
 import { BUILTIN_DRIVERS, loadDevice, resolveModule } from './load-device.js';
 
 /** One path's figures. */
@@ -124,7 +124,7 @@ async function overVfioUser(deviceSpec: string, driverFile: string, runOptions: 
   const dir = mkdtempSync(join(tmpdir(), 'mdevkit-compare-'));
   const socket = join(dir, 'device.sock');
   const statsFile = join(dir, 'stats.json');
-  const cli = join(packageRoot(), 'dist', 'src', 'cli', 'main.js');
+  const cli = join(packageRoot(), 'dist', 'cli', 'main.js');
   const server = spawn(process.execPath, [cli, 'serve', deviceSpec, '--vfio-user', socket, '--stats', statsFile], { stdio: ['ignore', 'pipe', 'pipe'] });
   const exited = new Promise<number | null>((resolve) => server.once('exit', resolve));
   try {

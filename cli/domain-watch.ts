@@ -11,8 +11,8 @@
  * device from that state, and `xl unpause` lets the guest continue.
  * @module
  */
-import { isErrno } from '../errors.js';
-import type { IoreqServer } from '../../adapters/xen/ioreq-server.js';
+import { isErrno } from '../src/errors.js';
+import type { IoreqServer } from '../adapters/xen/ioreq-server.js';
 
 /** A running watch (see {@link watchDomain}). */
 export interface DomainWatch {

@@ -5,8 +5,8 @@
  * @module
  */
 import { closeSync, fsyncSync, openSync, readFileSync, renameSync, writeSync } from 'node:fs';
-import { MdevError, isErrno } from '../errors.js';
-import type { PciDevice } from '../pci/device.js';
+import { MdevError, isErrno } from '../src/errors.js';
+import type { PciDevice } from '../src/pci/device.js';
 
 /**
  * Writes the device's state image to `path` atomically (a temporary file in the same directory,

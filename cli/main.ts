@@ -4,8 +4,8 @@
  * @module
  */
 import { Command, CommanderError, InvalidArgumentError } from 'commander';
-import { isErrno } from '../errors.js';
-import { formatLspci } from '../pci/lspci.js';
+import { isErrno } from '../src/errors.js';
+import { formatLspci } from '../src/pci/lspci.js';
 import { describeRegions } from './describe.js';
 import { loadDevice } from './load-device.js';
 import { serve } from './serve.js';
@@ -15,7 +15,7 @@ import { parseBdf, privcmdHost, serveXen, simHost } from './serve-xen.js';
 import { probeListing, probeRead, probeWrite } from './probe.js';
 import { init } from './init.js';
 import { parseViewAddress, type ViewAddress } from './view.js';
-import { MigrationFlag } from '../../adapters/vfio/protocol.js';
+import { MigrationFlag } from '../adapters/vfio/protocol.js';
 
 const program = new Command();
 program.name('mdevkit').description('Write a virtual PCI device once; serve it over vfio-user or as a Xen IOREQ server.').exitOverride();

@@ -5,9 +5,9 @@
  * @module
  */
 import { writeFileSync } from 'node:fs';
-import { MdevError } from '../errors.js';
-import { isDisplayDevice } from '../display-device.js';
-import { VfioUserServer, type VfioUserServerOptions } from '../../adapters/vfio/server.js';
+import { MdevError } from '../src/errors.js';
+import { isDisplayDevice } from '../src/display-device.js';
+import { VfioUserServer, type VfioUserServerOptions } from '../adapters/vfio/server.js';
 import { DisplayOutput } from './display-output.js';
 import { DisplayView, checkViewAddress, type DisplayViewOptions } from './view.js';
 import { loadDevice } from './load-device.js';

@@ -10,10 +10,10 @@
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { homedir, tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { ScanoutDisplay } from '../display.js';
-import { packageRoot } from '../native/binding.js';
+import { ScanoutDisplay } from '../src/display.js';
+import { packageRoot } from '../src/native/binding.js';
 import { compare, formatComparison } from './compare.js';
-import { VirtualGpu, VGPU } from '../../examples/vgpu/index.js';
+import { VirtualGpu, VGPU } from '../examples/vgpu/index.js';
 
 /** Runs the demo; returns the PNG path. */
 export async function demo(out: string = join(tmpdir(), `mdevkit-vgpu-${process.pid}.png`)): Promise<string> {

@@ -22,10 +22,10 @@
 import { renameSync, rmSync, writeFileSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
 import { PNG } from 'pngjs';
-import { checkInt, MdevError } from '../errors.js';
-import { ScanoutDisplay, type RefreshResult, type ScanoutImage } from '../display.js';
-import type { DisplayDevice, DisplayPlane } from '../display-device.js';
-import type { DirtyBitmap } from '../native/dirty-bitmap.js';
+import { checkInt, MdevError } from '../src/errors.js';
+import { ScanoutDisplay, type RefreshResult, type ScanoutImage } from '../src/display.js';
+import type { DisplayDevice, DisplayPlane } from '../src/display-device.js';
+import type { DirtyBitmap } from '../src/native/dirty-bitmap.js';
 
 /** A source of VRAM pages written by the guest (e.g. Xen's track_dirty_vram). */
 export interface VramDirtySource {

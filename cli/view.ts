@@ -28,9 +28,9 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import type { AddressInfo } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { WebSocketServer, type WebSocket } from 'ws';
-import { checkInt, MdevError } from '../errors.js';
-import type { DisplayPlane } from '../display-device.js';
-import type { ScanoutImage } from '../display.js';
+import { checkInt, MdevError } from '../src/errors.js';
+import type { DisplayPlane } from '../src/display-device.js';
+import type { ScanoutImage } from '../src/display.js';
 import type { DisplayOutput, OutputRefresh } from './display-output.js';
 import { VIEW_CSS, VIEW_HTML, VIEW_JS } from './view-page.js';
 

@@ -7,10 +7,10 @@
  */
 import { existsSync, statSync } from 'node:fs';
 import { isAbsolute, join, relative, resolve } from 'node:path';
-import { MdevError } from '../errors.js';
-import { packageRoot } from '../native/binding.js';
-import type { PciDevice } from '../pci/device.js';
-import { importUserModule } from '../user-module.js';
+import { MdevError } from '../src/errors.js';
+import { packageRoot } from '../src/native/binding.js';
+import type { PciDevice } from '../src/pci/device.js';
+import { importUserModule } from '../src/user-module.js';
 
 /** Built-in example devices, by name. */
 export const BUILTIN_DEVICES: Readonly<Record<string, string>> = {

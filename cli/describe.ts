@@ -2,8 +2,8 @@
  * Human-readable listings of a device's regions and interrupts.
  * @module
  */
-import type { PciDevice } from '../pci/device.js';
-import { formatSize } from '../pci/lspci.js';
+import type { PciDevice } from '../src/pci/device.js';
+import { formatSize } from '../src/pci/lspci.js';
 
 /** One line per region: index, size, space, what traps and what maps. */
 export function describeRegions(device: PciDevice): string {

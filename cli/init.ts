@@ -7,8 +7,8 @@
  */
 import { cpSync, existsSync, mkdirSync, readFileSync, readdirSync, renameSync, statSync, writeFileSync } from 'node:fs';
 import { basename, join, resolve } from 'node:path';
-import { MdevError } from '../errors.js';
-import { packageRoot } from '../native/binding.js';
+import { MdevError } from '../src/errors.js';
+import { packageRoot } from '../src/native/binding.js';
 
 /** Options of {@link init}. */
 export interface InitOptions {
