@@ -17,6 +17,13 @@ import { init } from './init.js';
 import { parseViewAddress, type ViewAddress } from './view.js';
 import { MigrationFlag } from '../adapters/vfio/protocol.js';
 
+// A reader that goes away (`mdevkit lspci edu | head`) ends the output, as for any Unix tool:
+// EPIPE on stdout exits quietly instead of throwing from an unhandled 'error' event.
+process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+  if (err.code === 'EPIPE') process.exit(0);
+  throw err;
+});
+
 const program = new Command();
 program.name('mdevkit').description('Write a virtual PCI device once; serve it over vfio-user or as a Xen IOREQ server.').exitOverride();
 

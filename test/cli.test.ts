@@ -23,6 +23,17 @@ describe('mdevkit CLI (compiled, as npm start runs it)', () => {
     expect(stdout).not.toContain('Region 0:');
   });
 
+  it('ends quietly (exit 0, no stack) when the reader of its output goes away, as `lspci edu | head -1`', async () => {
+    const child = spawn(process.execPath, [cli, 'lspci', 'edu'], { cwd: root, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stderr = '';
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    // the reader is gone before the first write (the CLI loads its modules first): every write gets EPIPE
+    child.stdout.destroy();
+    const code = await new Promise<number | null>((resolve) => child.on('close', (c) => resolve(c)));
+    expect(stderr).toBe('');
+    expect(code).toBe(0);
+  });
+
   it('fails with a clear message for a missing module', async () => {
     await expect(run(process.execPath, [cli, 'lspci', 'no/such/device'], { cwd: root })).rejects.toMatchObject({
       code: 1,

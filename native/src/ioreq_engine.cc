@@ -301,9 +301,10 @@ class IoreqEngine : public Napi::ObjectWrap<IoreqEngine> {
         self->HandleEvtchn();
       } else {
         uint64_t counter;
-        // Drain the eventfd first: a signal that arrives while we work re-arms it.
-        while (::read(s->fd, &counter, sizeof counter) == static_cast<ssize_t>(sizeof counter)) {
-        }
+        // Reset the eventfd first (one read takes the whole count; EAGAIN when it was already
+        // zero): a signal that arrives while we work makes it readable again.
+        ssize_t r = ::read(s->fd, &counter, sizeof counter);
+        (void)r;
         if (s->vcpu == -1) self->DrainBuffered();
         else self->ServeSlot(static_cast<uint32_t>(s->vcpu));
       }

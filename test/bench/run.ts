@@ -301,9 +301,12 @@ async function benchXen(placement: string, pin: Pin): Promise<void> {
   const split = pin.server !== null && pin.client !== null && pin.server !== pin.client;
   // Split: the process may use both CPUs, and pins its two threads itself.
   const cpu = split ? null : pin.server;
-  const child = spawnNode(cpu, [benchScript('xen'), '--iters', String(cfg.rounds * cfg.iters), '--warmup', String(cfg.warmup), '--out', out, ...(split ? ['--split'] : [])]);
+  // Server cost per ioreq (CPU, and syscalls under strace): once, on one CPU, like the C-floor figures.
+  const costArgs = split ? [] : ['--cost', String(cfg.cIters / 5), ...(haveStrace ? ['--syscalls', String(cfg.iters / 5)] : [])];
+  const child = spawnNode(cpu, [benchScript('xen'), '--iters', String(cfg.rounds * cfg.iters), '--warmup', String(cfg.warmup), '--out', out, ...(split ? ['--split'] : []), ...costArgs]);
   await finished(child, 'Xen benchmark', CHILD_TIMEOUT_MS);
-  const res = readResult<{ floor: number[]; native: number[]; js: number[]; busyFloor?: number[]; busy?: number[]; engine: Record<string, number> }>(out);
+  type Cost = { cpuNs?: number; syscalls?: Record<string, number>; n: number };
+  const res = readResult<{ floor: number[]; native: number[]; js: number[]; busyFloor?: number[]; busy?: number[]; engine: Record<string, number>; cost: Record<string, Cost>; syscallIters: number }>(out);
   const perPath = cfg.rounds * cfg.iters + cfg.warmup;
   // The engine's own counters say where each access was served: check the paths are what they claim.
   if (res.engine['native']! < perPath * (res.busy ? 2 : 1) || res.engine['js']! < perPath || res.engine['bad']! !== 0) {
@@ -312,6 +315,22 @@ async function benchXen(placement: string, pin: Pin): Promise<void> {
   const floorName = 'shared page + eventfd ping-pong';
   latencyFigure('Xen sim 4 B MMIO read, native register (edu ID)', placement, res.native, floorName, res.floor, 'xen-native');
   latencyFigure('Xen sim 4 B config read, JS handler', placement, res.js, floorName, res.floor, 'xen-js');
+  const floorCost = res.cost['floor'];
+  for (const [what, key] of [['native register', 'native'], ['JS handler', 'js']] as const) {
+    const c = res.cost[key];
+    if (c?.cpuNs !== undefined && floorCost?.cpuNs !== undefined) {
+      figures.push({ name: `Xen sim server CPU per ioreq, ${what}`, placement, unit: 'µs', value: c.cpuNs / 1000, p99: null, floorName: 'eventfd ping-pong, server half CPU', floor: floorCost.cpuNs / 1000, floorP99: null, samples: c.n });
+    }
+    if (c?.syscalls && floorCost?.syscalls) {
+      const per = (m: Record<string, number>) => Object.values(m).reduce((a, b) => a + b, 0) / res.syscallIters;
+      figures.push({ name: `Xen sim syscalls per ioreq, ${what} (strace, server threads, futex excluded)`, placement, unit: 'calls', value: per(c.syscalls), p99: null, floorName: 'eventfd ping-pong, server half', floor: per(floorCost.syscalls), floorP99: null, samples: res.syscallIters });
+      const top = Object.entries(c.syscalls).sort((a, b) => b[1] - a[1]).slice(0, 5).map(([k, v]) => `${k} ${(v / res.syscallIters).toFixed(2)}`).join(', ');
+      notes.push(`Xen syscalls per ioreq [${placement}] ${what}: ${top}`);
+    }
+  }
+  if (floorCost?.syscalls) {
+    notes.push(`Xen syscalls per ioreq [${placement}] floor: ${Object.entries(floorCost.syscalls).sort((a, b) => b[1] - a[1]).slice(0, 5).map(([k, v]) => `${k} ${(v / res.syscallIters).toFixed(2)}`).join(', ')}`);
+  }
   if (res.busy && res.busyFloor) {
     latencyFigure('Xen sim 4 B MMIO read, busy-poll (vCPU spins, server polls)', placement, res.busy, 'shared-page busy-poll ping-pong', res.busyFloor, 'xen-busy');
   } else {

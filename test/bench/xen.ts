@@ -4,15 +4,21 @@
  * in the same process and placement, the floor: a raw shared-page + eventfd ping-pong between the
  * worker and the main thread.
  *
- * `node xen.js --iters N --warmup W --out <file> [--split]`
+ * `node xen.js --iters N --warmup W --out <file> [--split] [--cost N] [--syscalls N]`
  * Three paths: the floor, MMIO reads of edu's ID (native register path) and config reads (JS
  * path). Each is warmed up, then they take turns in blocks of 1000, so slow drifts of the machine
- * hit all three alike. With `--split` the main thread is
+ * hit all three alike. `--cost N` then runs N more requests per path and takes the server side's
+ * CPU per request (every thread of the process but the vCPU's, from the kernel's per-thread
+ * schedstat run time, in ns); `--syscalls N` runs N more under `strace -f` and counts the server
+ * side's system calls per request (futex excluded, as in the vfio-user figures). With `--split` the main thread is
  * pinned to CPU 0 and the vCPU thread to CPU 1 (taskset -p per thread); without it the runner has
  * already pinned the whole process (or left it unpinned).
  * @module
  */
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
+import { readFileSync, readdirSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { EduDevice, EDU, EDU_IDENTITY } from '../../examples/edu/index.js';
 import { IoreqServer } from '../../adapters/xen/ioreq-server.js';
@@ -30,12 +36,65 @@ const iters = intArg(args, 'iters');
 const warmup = intArg(args, 'warmup');
 const out = arg(args, 'out');
 const split = args.get('split') === 'true';
+const costIters = args.has('cost') ? intArg(args, 'cost') : 0;
+const syscallIters = args.has('syscalls') ? intArg(args, 'syscalls') : 0;
 
 const BAR = 0xfe000000n;
 const PCI_ADDR = { segment: 0, bus: 0, device: 5, fn: 0 };
 const SBDF = pciSbdf(PCI_ADDR.segment, PCI_ADDR.bus, PCI_ADDR.device, PCI_ADDR.fn);
 const WAIT_MS = 10_000;
 const BLOCK = 1000;
+
+/** Run time on a CPU of every thread of this process but `except`, in ns (/proc/<pid>/task/<tid>/schedstat). */
+function serverCpuNs(except: number): number {
+  let total = 0;
+  for (const tid of readdirSync('/proc/self/task')) {
+    if (Number(tid) === except) continue;
+    try {
+      total += Number(readFileSync(`/proc/self/task/${tid}/schedstat`, 'utf8').split(' ')[0]);
+    } catch {
+      // a thread that ended between the listing and the read
+    }
+  }
+  return total;
+}
+
+/** The tracer of a thread of this process (0: none), from /proc/self/task/<tid>/status. */
+function tracerOf(tid: number): number {
+  const m = /^TracerPid:\s+(\d+)$/m.exec(readFileSync(`/proc/self/task/${tid}/status`, 'utf8'));
+  return m ? Number(m[1]) : 0;
+}
+
+/**
+ * Traces this process's threads with `strace -f` while `body` runs; returns the system calls of
+ * every thread but `except` (futex excluded: Node's idle worker pool), by name.
+ */
+async function countSyscalls(except: number, body: () => Promise<void>): Promise<Record<string, number>> {
+  const file = join(tmpdir(), `mdevkit-xen-strace-${process.pid}.txt`);
+  const tracer = spawn('strace', ['-f', '-qq', '-p', String(process.pid), '-o', file], { stdio: 'ignore' });
+  try {
+    // strace attaches to each thread in turn: wait until it traces both sides.
+    const deadline = performance.now() + WAIT_MS;
+    while (tracerOf(process.pid) === 0 || tracerOf(except) === 0) {
+      if (performance.now() > deadline || tracer.exitCode !== null) throw new Error('strace did not attach within 10 s');
+      await new Promise((r) => setImmediate(r));
+    }
+    await body();
+  } finally {
+    const done = new Promise((r) => tracer.once('exit', r));
+    tracer.kill('SIGINT');
+    await done;
+  }
+  const counts: Record<string, number> = {};
+  for (const line of readFileSync(file, 'utf8').split('\n')) {
+    // "<tid> name(args) = ret", or "<tid> name(args <unfinished ...>" then "<tid> <... name resumed>…"
+    const m = /^(\d+)\s+(\w+)\(/.exec(line);
+    if (!m || Number(m[1]) === except || m[2] === 'futex') continue;
+    counts[m[2]!] = (counts[m[2]!] ?? 0) + 1;
+  }
+  rmSync(file, { force: true });
+  return counts;
+}
 
 function pinThread(tid: number, cpu: number): void {
   const r = spawnSync('taskset', ['-p', '-c', String(cpu), String(tid)], { stdio: 'ignore' });
@@ -113,8 +172,25 @@ try {
     const n = Math.min(BLOCK, iters - done);
     for (const [name, phase] of Object.entries(phases)) result[name]!.push(...(await run(phase(n, 0), isFloor(name))));
   }
+  // Server-side cost per request: CPU (schedstat) and, under strace, system calls.
+  const vcpuTid = ready['tid'] as number;
+  const cost: Record<string, { cpuNs?: number; syscalls?: Record<string, number>; n: number }> = {};
+  for (const name of ['floor', 'native', 'js']) {
+    const entry: { cpuNs?: number; syscalls?: Record<string, number>; n: number } = { n: costIters };
+    if (costIters > 0) {
+      const before = serverCpuNs(vcpuTid);
+      await run(phases[name]!(costIters, 0), isFloor(name));
+      entry.cpuNs = (serverCpuNs(vcpuTid) - before) / costIters;
+    }
+    if (syscallIters > 0) {
+      entry.syscalls = await countSyscalls(vcpuTid, async () => {
+        await run(phases[name]!(syscallIters, 0), isFloor(name));
+      });
+    }
+    cost[name] = entry;
+  }
   const stats = server.engineStats();
-  writeResult(out, { ...result, engine: stats });
+  writeResult(out, { ...result, engine: stats, cost, syscallIters });
   const exited = new Promise<void>((resolve) => w.once('exit', () => resolve()));
   w.postMessage({ cmd: 'exit' } satisfies XenPhase);
   await exited;
