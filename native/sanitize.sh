@@ -5,15 +5,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-out=build-sanitize  # outside build/: node-gyp rebuild wipes build/
-restore() { npx node-gyp rebuild >/dev/null 2>&1; }
-trap restore EXIT
-
-MDEVKIT_SANITIZE=1 npx node-gyp rebuild >/dev/null 2>&1
-mkdir -p "$out"
-cp build/Release/mdevkit_native.node "$out/mdevkit_native.node"
-restore
-trap - EXIT
+# The sanitizer build happens in a directory of its own (links to binding.gyp, native/ and
+# node_modules/), so build/ — the addon everything else loads — is never wiped or replaced.
+root="$PWD"
+out="$root/build-sanitize"
+src="$out/src"
+mkdir -p "$src"
+for f in binding.gyp native node_modules package.json; do ln -sfn "$root/$f" "$src/$f"; done
+(cd "$src" && MDEVKIT_SANITIZE=1 npm exec --prefix "$root" -- node-gyp rebuild >"$out/build.log" 2>&1) ||
+  { tail -n 30 "$out/build.log"; echo "test:asan: the sanitizer build failed (log: $out/build.log)" >&2; exit 1; }
+cp "$src/build/Release/mdevkit_native.node" "$out/mdevkit_native.node"
 
 asan="$(g++ -print-file-name=libasan.so)"
 ubsan="$(g++ -print-file-name=libubsan.so)"
