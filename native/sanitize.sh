@@ -12,14 +12,17 @@ out="$root/build-sanitize"
 src="$out/src"
 mkdir -p "$src"
 for f in binding.gyp native node_modules package.json; do ln -sfn "$root/$f" "$src/$f"; done
+# Rebuilt only when a native source or binding.gyp is newer than the last sanitizer build.
+if [ ! -f "$out/mdevkit_native.node" ] || [ -n "$(find "$root/native" "$root/binding.gyp" -newer "$out/mdevkit_native.node" -type f -print -quit)" ]; then
 (cd "$src" && MDEVKIT_SANITIZE=1 npm exec --prefix "$root" -- node-gyp rebuild >"$out/build.log" 2>&1) ||
   { tail -n 30 "$out/build.log"; echo "test:asan: the sanitizer build failed (log: $out/build.log)" >&2; exit 1; }
 cp "$src/build/Release/mdevkit_native.node" "$out/mdevkit_native.node"
+fi
 
 asan="$(g++ -print-file-name=libasan.so)"
 ubsan="$(g++ -print-file-name=libubsan.so)"
 export LD_PRELOAD="$asan:$ubsan"
 export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:halt_on_error=1:detect_odr_violation=0"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
-export MDEVKIT_NATIVE="$PWD/$out/mdevkit_native.node"
+export MDEVKIT_NATIVE="$out/mdevkit_native.node"
 npx vitest run "$@"

@@ -291,6 +291,9 @@ describe.skipIf(!haveChromium)('live view in a real browser (Debian chromium, pl
     const context = await chromium.launchPersistentContext(profile, {
       executablePath: CHROMIUM,
       headless: true,
+      // The browser is not ours to sanitize: under npm run test:asan the preloaded ASan runtime
+      // would be loaded into chromium too.
+      env: Object.fromEntries(Object.entries(process.env).filter(([k, v]) => v !== undefined && !['LD_PRELOAD', 'ASAN_OPTIONS', 'UBSAN_OPTIONS'].includes(k))) as Record<string, string>,
       args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
     });
     cleanup.push(() => context.close());
