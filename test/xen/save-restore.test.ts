@@ -53,27 +53,47 @@ describe.each(['edu', 'vgpu', 'bochs-display'])('%s survives the domain\'s save 
     // The first domain: the guest's first half, then `xl save` (its RAM kept, the domain destroyed).
     const a = new SimHypervisor({ domid: 3, ramBytes: RAM });
     let guestRam: Uint8Array | null = null;
+    // The RAM BARs' pages (VRAM served as guest RAM) where the guest placed them: the domain's
+    // memory, which `xl save` saves with the rest of the p2m.
+    let ramBars: { gfn: bigint; bytes: Uint8Array }[] = [];
     await serveXen(device, options(new SimXenHost(a), {
       saveFile: stateFile,
-      onServing: async () => {
+      onServing: async (server) => {
         await runDriverOnSim(a, driver, { sbdf }, { entry: 'before' });
         guestRam = a.readGuest(DRIVER_RAM.base, DRIVER_RAM.size);
+        ramBars = server.ramBars().filter((rb) => rb.placed).map((rb) => ({ gfn: rb.gfn, bytes: a.readGuest(Number(rb.gfn) * 4096, rb.pages * 4096) }));
         a.close();
       },
     }));
     expect(existsSync(stateFile)).toBe(true);
-    // The restored domain: another domid, the guest's RAM back, the device from the file.
+    if (device !== 'edu') expect(ramBars.length).toBe(1);
+    // The restored domain: another domid, the guest's RAM back — with the RAM BARs' pages at the
+    // BARs' addresses, as `xl restore` populates them (its page limit raised to hold them) — and
+    // the device from the file. The new server populates its own pages and relocates them onto
+    // the BARs, which frees the restored ones: the domain ends up holding as many pages as before.
     const b = new SimHypervisor({ domid: 4, ramBytes: RAM });
     b.writeGuest(DRIVER_RAM.base, guestRam!);
+    const barPages = ramBars.reduce((n, rb) => n + rb.bytes.length / 4096, 0);
+    b.setMaxPages(b.domainPages().maxPages + barPages);
+    for (const rb of ramBars) {
+      const gfns = [...Array(rb.bytes.length / 4096).keys()].map((i) => rb.gfn + BigInt(i));
+      expect(b.populatePhysmap(gfns)).toBe(gfns.length);
+      b.writeGuest(Number(rb.gfn) * 4096, rb.bytes);
+    }
+    const restoredPages = b.domainPages().totPages;
     let after: DriverResult = {};
+    let servedPages = 0;
     await serveXen(device, options(new SimXenHost(b), {
       restoreFile: stateFile,
-      onServing: async () => {
+      onServing: async (server) => {
         after = (await runDriverOnSim(b, driver, { sbdf, placeBars: false }, { entry: 'after' })).result;
+        expect(server.ramBars().map((rb) => ({ gfn: rb.gfn, placed: rb.placed }))).toEqual(ramBars.map((rb) => ({ gfn: rb.gfn, placed: true })));
+        servedPages = b.domainPages().totPages;
         b.close();
       },
     }));
     expect(after).toEqual(expected);
+    expect(servedPages).toBe(restoredPages);
     if (device === 'vgpu') expect(after).toMatchObject({ ringHead: 128, ringTail: 192, fence: 2, fenceRam: 2, pba: 1, pendingDelivered: true, irq3: true, fenceAfter: 3, ringHeadAfter: 192, error: 0 });
     if (device === 'edu') expect(after).toMatchObject({ liveness: ~0x0badf00d >>> 0, factorial: 362880, msiPending: 1, pendingDelivered: true, bufferOk: true, ramOk: true });
     if (device === 'bochs-display') expect(after['mode']).toEqual([640, 480, 32, 0x41, 640]);
