@@ -13,7 +13,7 @@ src="$out/src"
 mkdir -p "$src"
 for f in binding.gyp native node_modules package.json; do ln -sfn "$root/$f" "$src/$f"; done
 # Rebuilt only when a native source or binding.gyp is newer than the last sanitizer build.
-if [ ! -f "$out/mdevkit_native.node" ] || [ -n "$(find "$root/native" "$root/binding.gyp" -newer "$out/mdevkit_native.node" -type f -print -quit)" ]; then
+if [ ! -f "$out/mdevkit_native.node" ] || [ -n "$(find "$root/native/src" "$root/native/compat" "$root/binding.gyp" -newer "$out/mdevkit_native.node" -type f -print -quit)" ]; then
 (cd "$src" && MDEVKIT_SANITIZE=1 npm exec --prefix "$root" -- node-gyp rebuild >"$out/build.log" 2>&1) ||
   { tail -n 30 "$out/build.log"; echo "test:asan: the sanitizer build failed (log: $out/build.log)" >&2; exit 1; }
 cp "$src/build/Release/mdevkit_native.node" "$out/mdevkit_native.node"
@@ -25,4 +25,7 @@ export LD_PRELOAD="$asan:$ubsan"
 export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:halt_on_error=1:detect_odr_violation=0"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
 export MDEVKIT_NATIVE="$out/mdevkit_native.node"
-npx vitest run "$@"
+# ASan and UBSan make native code several times slower and the tests spawn many processes: the
+# default 30 s per test is for the plain build (a test's own longer timeout still applies).
+export MDEVKIT_TEST_TIME_SCALE=5
+npx vitest run --testTimeout=$((30000 * MDEVKIT_TEST_TIME_SCALE)) "$@"

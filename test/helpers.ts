@@ -26,3 +26,10 @@ export function writeInt(acc: RegionAccessor, offset: number, size: number, valu
   }
   acc.write(offset, b);
 }
+
+/**
+ * How much slower than a plain run this one may be: npm run test:asan sets MDEVKIT_TEST_TIME_SCALE
+ * (sanitized native code, often on a loaded machine). Time limits that guard against hangs scale
+ * with it; what a test asserts does not.
+ */
+export const timeScale = Math.max(1, Number(process.env['MDEVKIT_TEST_TIME_SCALE'] ?? 1) || 1);

@@ -7,6 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { timeScale } from './helpers.js';
 import { init } from '../cli/init.js';
 import { packageRoot } from '../src/native/binding.js';
 
@@ -55,5 +56,5 @@ describe('mdevkit init', () => {
     const vitest = await run(process.execPath, [join(root, 'node_modules', 'vitest', 'vitest.mjs'), 'run'], { cwd: project, env: { ...process.env, NO_COLOR: '1', FORCE_COLOR: '0' } });
     expect(vitest.stdout).toMatch(/Tests\s+2 passed/);
     await run(process.execPath, [join(root, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', 'tsconfig.json'], { cwd: project });
-  }, 120_000);
+  }, 120_000 * timeScale);
 });

@@ -7,6 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { timeScale } from './helpers.js';
 import { packageRoot } from '../src/native/binding.js';
 
 const run = promisify(execFile);
@@ -85,5 +86,5 @@ describe('TypeScript device modules', () => {
     const r = JSON.parse(stdout) as { identical: boolean; paths: Record<string, { result: Record<string, unknown> }> };
     expect(r.identical).toBe(true);
     expect(r.paths['vfio-user']!.result).toEqual({ id: 0x0c0ffee0, counts: [1, 2, 3], isClass: true });
-  }, 60_000);
+  }, 60_000 * timeScale);
 });

@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { timeScale } from '../helpers.js';
 import { EduDevice, EDU } from '../../examples/edu/index.js';
 import { IoreqServer } from '../../adapters/xen/ioreq-server.js';
 import { IoreqBits, IoreqState, IoreqType, pciSbdf } from '../../adapters/xen/ioreq-abi.js';
@@ -517,7 +518,7 @@ describe('IOREQ server against a hostile Xen: the buffered ring written from ano
           status: status.buffer,
           n: N,
           rebase,
-          limitMs: 20_000,
+          limitMs: 20_000 * timeScale,
         },
       });
       const finished = new Promise<void>((resolve, reject) => {
@@ -525,7 +526,7 @@ describe('IOREQ server against a hostile Xen: the buffered ring written from ano
         worker.on('error', reject);
       });
       try {
-        await until(() => Atomics.load(status, 0) > 4 * 511 || Atomics.load(status, 1) === 1, 'the producer to get going', 20_000);
+        await until(() => Atomics.load(status, 0) > 4 * 511 || Atomics.load(status, 1) === 1, 'the producer to get going', 20_000 * timeScale);
         // The producer is at least a ring ahead of the server and stays so: synchronous ioreqs
         // must still be served while it runs, not after it stops.
         for (let i = 0; i < 3; i++) expect(await vcpu1.access({ space: 'mmio', addr: BAR + BigInt(EDU.ID), size: 4, dir: 'read' })).toBe(BigInt(EDU.ID_VALUE));
