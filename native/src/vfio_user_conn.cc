@@ -312,12 +312,12 @@ class VfioUserConnection : public Napi::ObjectWrap<VfioUserConnection> {
     // A handle scope now; a callback scope (promise jobs and nextTicks queued by JS handlers run
     // after this wakeup, as after any Node callback) only if the wakeup calls into JS.
     JsEntry::Scope scope(*self->js_);
-    if (status < 0) {
-      self->Shutdown("poll error", -status);
-      self->AfterWakeup();
-      return;
-    }
     try {
+      if (status < 0) {
+        self->Shutdown("poll error", -status);
+        self->AfterWakeup();
+        return;
+      }
       if (self->draining_) {
         self->DrainWakeup(events);
       } else {
@@ -330,8 +330,12 @@ class VfioUserConnection : public Napi::ObjectWrap<VfioUserConnection> {
     } catch (const Napi::Error& e) {
       // Nothing may unwind through libuv: a failure here is a bug in our JS handlers, reported
       // like any uncaught exception; the connection cannot continue in an unknown state.
-      self->Shutdown("internal error", EIO);
-      self->AfterWakeup();
+      try {
+        self->Shutdown("internal error", EIO);
+        self->AfterWakeup();
+      } catch (const Napi::Error&) {
+        // the first error is the one to report
+      }
       napi_fatal_exception(self->env_, e.Value());
     }
   }
@@ -478,16 +482,20 @@ class VfioUserConnection : public Napi::ObjectWrap<VfioUserConnection> {
       std::lock_guard<std::mutex> lk(self->mu_);
       if (self->thread_owns_) return;  // taken back and handed over again meanwhile
     }
-    if (self->blocking_) self->ResumeLoop();
     JsEntry::Scope scope(*self->js_);
     try {
+      if (self->blocking_) self->ResumeLoop();
       // What the thread left: the message that needs JS, and whatever follows it.
       self->ProcessMessages();
       if (!self->closed_) self->HandleReadable();
       self->AfterWakeup();
     } catch (const Napi::Error& e) {
-      self->Shutdown("internal error", EIO);
-      self->AfterWakeup();
+      try {
+        self->Shutdown("internal error", EIO);
+        self->AfterWakeup();
+      } catch (const Napi::Error&) {
+        // the first error is the one to report
+      }
       napi_fatal_exception(self->env_, e.Value());
     }
   }
@@ -650,6 +658,16 @@ class VfioUserConnection : public Napi::ObjectWrap<VfioUserConnection> {
       if (self->thread_owns_) return;
     }
     JsEntry::Scope scope(*self->js_);
+    try {
+      self->OnDeadline();
+    } catch (const Napi::Error& e) {
+      // No C++ exception may unwind into libuv: report it as Node does for any callback.
+      napi_fatal_exception(self->env_, e.Value());
+    }
+  }
+
+  void OnDeadline() {
+    VfioUserConnection* self = this;
     self->armed_deadline_ = Clock::time_point::max();
     Clock::time_point now = Clock::now();
     if (self->draining_) {
