@@ -41,6 +41,10 @@
       "defines": [
         "NAPI_VERSION=8",
         "NODE_ADDON_API_DISABLE_DEPRECATED",
+        # A native call that fails while its worker is being terminated (worker.terminate()
+        # during a blocking call) cannot throw into JS: without this, node-addon-api rethrows
+        # that failure as a C++ exception and the whole process ends in std::terminate.
+        "NODE_API_SWALLOW_UNTHROWABLE_EXCEPTIONS",
         "_GNU_SOURCE"
       ],
       "cflags!": ["-fno-exceptions"],
