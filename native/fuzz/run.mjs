@@ -14,7 +14,7 @@
 // target's corpus through a source-coverage build and prints the line and region coverage of the
 // native/src/core/ files it fuzzes (llvm-cov; Debian's llvm package).
 import { spawn, spawnSync } from 'node:child_process';
-import { appendFileSync, existsSync, mkdirSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { appendFileSync, existsSync, mkdirSync, readFileSync, readdirSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -112,11 +112,16 @@ function build(name) {
   const bin = join(opts.out, 'bin', name);
   if (existsSync(bin) && statSync(bin).mtimeMs > newestMtime([...sources, ...headers, fileURLToPath(import.meta.url)])) return bin;
   mkdirSync(dirname(bin), { recursive: true });
-  const r = spawnSync('clang++', [...CXXFLAGS, ...sources, '-o', bin], { encoding: 'utf8' });
+  // Built beside it and renamed over it: a run still executing the old binary keeps it, and an
+  // interrupted build leaves no half-written one.
+  const tmp = `${bin}.${process.pid}.tmp`;
+  const r = spawnSync('clang++', [...CXXFLAGS, ...sources, '-o', tmp], { encoding: 'utf8' });
   if (r.status !== 0) {
+    rmSync(tmp, { force: true });
     process.stderr.write(r.stderr);
     fail(`building ${name} failed`);
   }
+  renameSync(tmp, bin);
   return bin;
 }
 

@@ -12,6 +12,10 @@
 //                                                little endian, rows packed (width·4 bytes each)
 //   node frames.mjs sha256 <png>                 the frame hash of a PNG
 //   node frames.mjs expected-sha256 <w> <h>      the frame hash the test image must give
+//   node frames.mjs wait-same <want.png> <png> <seconds>
+//                                                polls <png> (every 250 ms) until it shows the
+//                                                frame of <want.png>; prints `same=yes|no frame=
+//                                                <hash> before=<hash> waited=<s>s [why=…]`, exit 0/1
 import { createHash } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
@@ -137,8 +141,23 @@ if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) 
     console.log(frameSha256(png.data));
   } else if (cmd === 'expected-sha256' && args.length === 2) {
     console.log(frameSha256(testImageRgba(Number(args[0]), Number(args[1]))));
+  } else if (cmd === 'wait-same' && args.length === 3) {
+    const want = readPng(args[0]);
+    const started = Date.now();
+    const deadline = started + Number(args[2]) * 1000;
+    let got = null;
+    let result = { equal: false, why: `${args[0]}: not a PNG` };
+    while (want) {
+      got = readPng(args[1]);
+      result = compareFrame(got, want.width, want.height, want.data);
+      if (result.equal || Date.now() >= deadline) break;
+      await new Promise((resolve) => setTimeout(resolve, 250));
+    }
+    const hash = (png) => (png ? frameSha256(png.data) : 'none');
+    console.log(`same=${result.equal ? 'yes' : 'no'} frame=${hash(got)} before=${hash(want)} waited=${((Date.now() - started) / 1000).toFixed(1)}s${result.equal ? '' : ` why=${result.why}`}`);
+    process.exitCode = result.equal ? 0 : 1;
   } else {
-    console.error('usage: frames.mjs raw <w> <h> <out> [variant] | sha256 <png> | expected-sha256 <w> <h>');
+    console.error('usage: frames.mjs raw <w> <h> <out> [variant] | sha256 <png> | expected-sha256 <w> <h> | wait-same <want.png> <png> <seconds>');
     process.exit(2);
   }
 }

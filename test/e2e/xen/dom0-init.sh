@@ -4,6 +4,8 @@
 # watcher (test/e2e/display/watch.mjs: it checks the PNG at each step of the guest's display phase
 # and answers the guest on its console), unpause, collect the guest's console, check the display
 # (display-check.mjs: also prints the matched frames for the host), print E2E-VERDICT, power off.
+# In between, when the guest asks for it (E2E-SAVE-READY): xl save, xl restore, new servers from
+# the saved device states (save_restore), and the restored display's frame (display_after_restore).
 /bin/busybox mkdir -p /usr/sbin /usr/bin /sbin
 /bin/busybox --install -s /bin
 export PATH=/bin:/sbin:/usr/bin:/usr/lib/xen-4.17/bin LD_LIBRARY_PATH=/lib/x86_64-linux-gnu
@@ -12,10 +14,10 @@ mkdir -p /dev/pts /var/run/xenstored /var/log/xen/console /var/lib/xen /run/xen;
 T0=$(cut -d' ' -f1 /proc/uptime)
 say() { echo "E2E-DOM0 [$(cut -d' ' -f1 /proc/uptime)] $*"; }
 verdict() { echo; echo "E2E-VERDICT $*"; echo; sync; sleep 1; reboot -f; sleep 10; }
-SERVERS="edu vgpu bochs"
+SERVERS="edu vgpu bochs" RESTORED=""
 DISP=/tmp/display
 show_logs() {
-  for n in $SERVERS; do echo "---- mdevkit $n server log ----"; tail -n 40 /tmp/server-$n.log 2>/dev/null; done
+  for n in $SERVERS $RESTORED; do echo "---- mdevkit $n server log ----"; tail -n 40 /tmp/server-$n.log 2>/dev/null; done
   echo "---- display watcher ----"; tail -n 20 $DISP/watch.out 2>/dev/null
   echo "---- guest console ----"; tail -n 80 /var/log/xen/console/guest-e2e.log 2>/dev/null
   echo "---- xl dmesg (tail) ----"; xl dmesg 2>/dev/null | tail -n 25
@@ -46,12 +48,15 @@ start_server() {
   done
   say "server up: $(grep -m1 serving /tmp/server-$name.log)"
 }
-# stop_server NAME: SIGTERM (a server whose domain is gone has ended by itself), reap, log tail
+# stop_server NAME: a server whose domain is gone ends by itself (it polls every 500 ms): wait for
+# that (SIGTERM while it is already exiting would kill it with the default action), else SIGTERM;
+# reap, log tail
 stop_server() {
-  name=$1 srv=$(eval echo \$srv_$1)
-  kill -TERM $srv 2>/dev/null
-  i=0; while kill -0 $srv 2>/dev/null && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
-  wait $srv; say "$name server exit status $? after SIGTERM ($(wc -l < /tmp/server-$name.log) log lines); last lines:"
+  name=$1 srv=$(eval echo \$srv_$1) how="by itself (domain gone)" i=0
+  if xl domid e2e >/dev/null 2>&1; then how="after SIGTERM"; kill -TERM $srv 2>/dev/null; fi
+  while kill -0 $srv 2>/dev/null && [ $i -lt 300 ]; do sleep 0.1; i=$((i + 1)); done
+  if kill -0 $srv 2>/dev/null; then how="after SIGTERM (still running 30 s on)"; kill -TERM $srv 2>/dev/null; fi
+  wait $srv; say "$name server exit status $? $how ($(wc -l < /tmp/server-$name.log) log lines); last lines:"
   tail -n 8 /tmp/server-$name.log | sed "s/^/E2E-SERVER-$name /"
 }
 # The display: the server raises the guest's page limit and populates 16 MiB of VRAM before it
@@ -66,16 +71,65 @@ start_display_watch() {
   watch_pid=$!
   say "display watcher up (guest console $pty)"
 }
-start_server edu edu 00:05.0 --config-latch
-start_server vgpu vgpu 00:06.0 ${VGPU_LATCH---config-latch}
-start_server bochs bochs-display 00:07.0 --config-latch --display-png $DISP/display.png --stats $DISP/stats-bochs.json
+# Each server saves its device's state when the domain is gone (xl save). The RAM BARs are parked
+# at 8 and 9 GiB while they do not decode rather than at the default 64 GiB + devfn GiB: Xen never
+# lowers a domain's highest frame, and xl save walks every frame up to it.
+PARK_vgpu=0x200000000 PARK_bochs=0x240000000
+start_server edu edu 00:05.0 --config-latch --save /tmp/state-edu.bin
+start_server vgpu vgpu 00:06.0 ${VGPU_LATCH---config-latch} --ram-bar-parking $PARK_vgpu --save /tmp/state-vgpu.bin
+start_server bochs bochs-display 00:07.0 --config-latch --display-png $DISP/display.png --stats $DISP/stats-bochs.json --ram-bar-parking $PARK_bochs --save /tmp/state-bochs.bin
 start_display_watch
 xl unpause e2e
 say "guest unpaused"
+# save_restore: the guest is waiting on its console (E2E-SAVE-READY). `xl save` suspends it and
+# destroys the domain; each server notices, saves its device state and exits. `xl restore -p` makes
+# a new, paused domain; new servers restore the device state (--restore) for it; unpause; "go" on
+# the new domain's console. The restored domain must hold the RAM BARs' pages too (xl save saved
+# them with the rest of the guest's memory): the restore config's memory counts them.
+save_restore() {
+  t=$(cut -d' ' -f1 /proc/uptime)
+  say "xl save (domain $domid)"
+  # a tmpfs of its own: dom0's rootfs (half its RAM, most of it the initramfs) has no room for it
+  mkdir -p /save && mount -t tmpfs -o size=400m tmpfs /save || verdict "FAIL cannot mount a tmpfs for the save file"
+  xl save e2e /save/e2e.save > /tmp/xl-save.log 2>&1 || { cat /tmp/xl-save.log; show_logs; verdict "FAIL xl save"; }
+  say "xl save done in $(awk -v a=$t -v b=$(cut -d' ' -f1 /proc/uptime) 'BEGIN{print b-a}') s: $(ls -l /save/e2e.save | awk '{print $5}') bytes"
+  for name in $SERVERS; do
+    srv=$(eval echo \$srv_$name) i=0
+    while kill -0 $srv 2>/dev/null && [ $i -lt 600 ]; do sleep 0.1; i=$((i + 1)); done
+    kill -0 $srv 2>/dev/null && { show_logs; verdict "FAIL $name server still running 60 s after xl save"; }
+    wait $srv; rc=$?
+    say "$name server exit status $rc after xl save: $(grep -m1 'device state saved' /tmp/server-$name.log)"
+    [ $rc = 0 ] && grep -q 'device state saved' /tmp/server-$name.log || { show_logs; verdict "FAIL $name server did not save its device state"; }
+  done
+  ram_bar_mib=$(( (16 << 20) / 1048576 + 1 ))
+  sed "s/^memory = .*/memory = $(( 128 + ram_bar_mib + 1 ))/" /guest/guest.cfg > /tmp/restore.cfg
+  t=$(cut -d' ' -f1 /proc/uptime)
+  xl restore -p /tmp/restore.cfg /save/e2e.save > /tmp/xl-restore.log 2>&1 || { cat /tmp/xl-restore.log; show_logs; verdict "FAIL xl restore"; }
+  old=$domid domid=$(xl domid e2e)
+  say "xl restore done in $(awk -v a=$t -v b=$(cut -d' ' -f1 /proc/uptime) 'BEGIN{print b-a}') s: domain $old is now domain $domid (paused)"
+  RESTORED="edu2 vgpu2 bochs2"
+  start_server edu2 edu 00:05.0 --config-latch --restore /tmp/state-edu.bin
+  start_server vgpu2 vgpu 00:06.0 ${VGPU_LATCH---config-latch} --ram-bar-parking $PARK_vgpu --restore /tmp/state-vgpu.bin
+  start_server bochs2 bochs-display 00:07.0 --config-latch --display-png $DISP/after.png --ram-bar-parking $PARK_bochs --restore /tmp/state-bochs.bin
+  xl unpause e2e
+  pty="" i=0
+  while [ -z "$pty" ] && [ $i -lt 100 ]; do pty=$(xenstore-read /local/domain/$domid/console/tty 2>/dev/null); [ -n "$pty" ] || sleep 0.1; i=$((i + 1)); done
+  [ -n "$pty" ] || { show_logs; verdict "FAIL no console pty for the restored guest"; }
+  printf 'go\n' > "$pty"
+  say "restored guest unpaused, told to go on $pty"
+}
+# display_after_restore: the restored guest wrote the test image to /dev/fb0 again; the restored
+# server's frame (after.png) must come to show it exactly as the first server showed it (the
+# watcher's frame of the image step); then the guest is told to go on.
+display_after_restore() {
+  save_display=$(node /mdevkit/test/e2e/display/frames.mjs wait-same $DISP/frame-image.png $DISP/after.png 90 2>&1 | tail -n 1)
+  say "E2E-SAVE-DISPLAY ${save_display:-no answer from frames.mjs}"
+  printf 'checked\n' > "$pty"
+}
 # Until the guest is done (at most GUEST_LIMIT s of dom0 time), its result lines are passed on
 # to dom0's console as they come (E2E-GUEST-LIVE), so a stuck run shows how far it got.
-GUEST_LIMIT=300
-t_unpause=$(cut -d. -f1 /proc/uptime) shown=0 i=0
+GUEST_LIMIT=480
+t_unpause=$(cut -d. -f1 /proc/uptime) shown=0 i=0 saved=0
 while :; do
   n=$(grep -a -c -E 'E2E-|QE disp' /var/log/xen/console/guest-e2e.log 2>/dev/null)
   if [ "${n:-0}" -gt $shown ]; then
@@ -83,6 +137,14 @@ while :; do
     shown=$n
   fi
   grep -q 'E2E-GUEST-DONE' /var/log/xen/console/guest-e2e.log 2>/dev/null && break
+  if [ $saved = 0 ] && grep -q 'E2E-SAVE-READY' /var/log/xen/console/guest-e2e.log 2>/dev/null; then
+    saved=1
+    save_restore
+    t_unpause=$(cut -d. -f1 /proc/uptime) # the restored guest's part gets a budget of its own
+  fi
+  if [ $saved = 1 ] && [ -z "${save_display:-}" ] && grep -q 'E2E-SAVE-DISPLAY-CHECK' /var/log/xen/console/guest-e2e.log 2>/dev/null; then
+    display_after_restore
+  fi
   # the guest is gone (checked twice: xl domid can fail transiently while dom0 is busy)
   xl domid e2e >/dev/null 2>&1 || { sleep 1; xl domid e2e >/dev/null 2>&1 || { say "guest domain gone"; xl list; break; }; }
   i=$(( $(cut -d. -f1 /proc/uptime) - t_unpause ))
@@ -96,7 +158,7 @@ i=0; while kill -0 $watch_pid 2>/dev/null && [ $i -lt 50 ]; do sleep 0.1; i=$((i
 kill -TERM $watch_pid 2>/dev/null; wait $watch_pid
 say "display watcher exit status $?; last lines:"
 tail -n 12 $DISP/watch.out | sed 's/^/E2E-WATCH /'
-for name in $SERVERS; do stop_server $name; done
+for name in ${RESTORED:-$SERVERS}; do stop_server $name; done
 say "display checks"
 node /mdevkit/test/e2e/xen/display-check.mjs $DISP > $DISP/check.out 2>&1
 cat $DISP/check.out
@@ -114,8 +176,22 @@ case "$vres" in
   *"id=0x55504756 fence_ram=0x00001234 fence_value=0x00001234 ring_head=64 error=0 "*) ;;
   *) show_logs; verdict "FAIL unexpected vgpu result: ${vres#E2E-VGPU-RESULT }";;
 esac
+sres=$(grep -a -m1 'E2E-SAVE-RESULT' /var/log/xen/console/guest-e2e.log | tr -d '\r')
+sbefore=$(grep -a -m1 'E2E-SAVE-BEFORE' /var/log/xen/console/guest-e2e.log | tr -d '\r')
+case "$sbefore" in
+  *"edu_liveness=0xf4520ff2 edu_factorial=5040 vgpu_ring_head=64 vgpu_fence=0x00001234 vgpu_error=0 vram0=0x00ff8000 vram252=0x00ff8000 vram256=0x00000000 fb0=1024,768x32"*) ;;
+  *) show_logs; verdict "FAIL unexpected state before the save: ${sbefore:-no E2E-SAVE-BEFORE}";;
+esac
+case "$sres" in
+  *"same=yes edu_factorial6=720 vgpu_fence_ram=0x00005678 vgpu_fence=0x00005678 vgpu_ring_head=96 vgpu_error=0"*) ;;
+  *) show_logs; grep -a -m1 'E2E-SAVE-AFTER' /var/log/xen/console/guest-e2e.log; verdict "FAIL after xl save / xl restore: ${sres:-no E2E-SAVE-RESULT}";;
+esac
+case "${save_display:-}" in
+  "same=yes "*) ;;
+  *) show_logs; verdict "FAIL the restored display does not show the test image: ${save_display:-no check}";;
+esac
 case "$dres" in
   *"ok=true "*) ;;
   *) show_logs; grep -a '^E2E-DISPLAY ' $DISP/check.out | grep 'ok=false'; verdict "FAIL display: ${dres:-no E2E-DISPLAY-RESULT}";;
 esac
-verdict "PASS ${res#E2E-RESULT } vgpu: ${vres#E2E-VGPU-RESULT } display: ${dres#E2E-DISPLAY-RESULT ok=true } ${rtt#E2E-RTT }"
+verdict "PASS ${res#E2E-RESULT } vgpu: ${vres#E2E-VGPU-RESULT } display: ${dres#E2E-DISPLAY-RESULT ok=true } save/restore: ${sres#E2E-SAVE-RESULT } display after restore: ${save_display%% frame=*} in ${save_display##*waited=} ${rtt#E2E-RTT }"

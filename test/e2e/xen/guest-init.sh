@@ -3,7 +3,9 @@
 # then drive the vGPU's command ring (DMA from/to reserved guest RAM), print E2E-VGPU-RESULT; then
 # the display phase on the bochs display at 00:07.0 (test/e2e/display/guest-display.sh, shared
 # with the QEMU e2e: Debian's DRM modules and bochs driver, fbcon, the test image on /dev/fb0 with
-# tty1 in KD_GRAPHICS, a line of console text), the harness answering on the console (hvc0).
+# tty1 in KD_GRAPHICS, a line of console text), the harness answering on the console (hvc0); then
+# the save/restore phase (save_part: state left in the devices, xl save and xl restore by dom0,
+# the state read back and the devices driven again on the restored domain).
 /bin/busybox --install -s /bin
 mount -t proc proc /proc; mount -t sysfs sysfs /sys; mount -t devtmpfs devtmpfs /dev
 echo "E2E-GUEST init up $(cut -d' ' -f1 /proc/uptime)s"
@@ -72,10 +74,63 @@ vgpu_part() {
   echo "E2E-VGPU-RESULT id=$vid fence_ram=$(printf 0x%08x $(( $(devmem $FENCE 32) ))) fence_value=$(vr 0x080) ring_head=$(( $(vr 0x034) )) error=$(( $(vr 0x088) )) bdf=$(basename "$g") bar0=$(printf 0x%x $vb)"
 }
 
+# ---- save and restore: the guest leaves state in each device and reports it (E2E-SAVE-BEFORE),
+# then waits on its console. dom0 runs `xl save` (Linux suspends: drivers frozen, then the domain
+# is saved and destroyed; our servers save the device state) and `xl restore` (a new domain, new
+# servers restoring that state), unpauses it and answers "go" on the new console. The guest reads
+# the same state back (E2E-SAVE-AFTER) and drives the devices again (E2E-SAVE-RESULT).
+save_state() {
+  # vGPU VRAM (BAR2, guest RAM on Xen): the FILL_RECT's first and last pixel, and the one after it
+  vram=$(( $(sed -n 3p "$g/resource" | cut -d' ' -f1) ))
+  vm() { printf 0x%08x $(( $(devmem $((vram + $1)) 32) )); }
+  echo "edu_liveness=$(rd 4) edu_factorial=$(( $(rd 8) )) vgpu_ring_head=$(( $(vr 0x034) )) vgpu_fence=$(vr 0x080) vgpu_error=$(( $(vr 0x088) )) vram0=$(vm 0) vram252=$(vm 252) vram256=$(vm 256) fb0=$(cat /sys/class/graphics/fb0/virtual_size 2>/dev/null)x$(cat /sys/class/graphics/fb0/bits_per_pixel 2>/dev/null)"
+}
+save_part() {
+  [ -n "$dev" ] && [ -n "$g" ] && [ "$bar" != 0 ] && [ "$vb" != 0 ] || { echo "E2E-SAVE-RESULT error=devices-missing"; return; }
+  devmem $((bar + 4)) 32 0x0badf00d
+  devmem $((bar + 8)) 32 7
+  before=$(save_state)
+  echo "E2E-SAVE-BEFORE $before"
+  exec 3</dev/hvc0
+  stty -F /dev/hvc0 raw -echo
+  echo "E2E-SAVE-READY up=$(cut -d' ' -f1 /proc/uptime)"
+  answer_is go 900
+  echo "E2E-SAVE-RESUMED answer=$answer up=$(cut -d' ' -f1 /proc/uptime)"
+  after=$(save_state)
+  echo "E2E-SAVE-AFTER $after"
+  # Linux's freeze of a device without a driver cleared its bus mastering: the vGPU needs it back
+  printf '\007' | dd of="$g/config" bs=1 seek=4 count=1 conv=notrunc 2>/dev/null
+  devmem $((bar + 8)) 32 6
+  # one more command: FENCE {op 3, value 0x5678, gpa FENCE} at ring offset 64, tail 96
+  RING=0x07800000 FENCE=0x07801000
+  devmem $FENCE 32 0
+  for o in 0 4 8 12 16 20 24 28; do devmem $((RING + 64 + o)) 32 0; done
+  devmem $((RING + 64)) 32 3; devmem $((RING + 68)) 32 0x5678; devmem $((RING + 72)) 32 $FENCE
+  vw 0x038 96; vw 0x020 1
+  echo "E2E-SAVE-RESULT same=$([ "$before" = "$after" ] && echo yes || echo no) edu_factorial6=$(( $(rd 8) )) vgpu_fence_ram=$(printf 0x%08x $(( $(devmem $FENCE 32) ))) vgpu_fence=$(vr 0x080) vgpu_ring_head=$(( $(vr 0x034) )) vgpu_error=$(( $(vr 0x088) ))"
+  # the display on the restored domain, its driver thawed (which redraws the console itself): the
+  # test image again, which dom0 requires in the new server's frame, pixel for pixel
+  exec 3</dev/hvc0
+  /mdk-display kd graphics
+  /mdk-display fbwrite test:0 1024 768
+  echo "E2E-SAVE-DISPLAY-CHECK up=$(cut -d' ' -f1 /proc/uptime)"
+  answer_is checked 120
+}
+# answer_is WORD SECONDS: reads console lines on fd 3 until WORD (a stale answer of the display
+# phase is skipped), then closes fd 3
+answer_is() {
+  while :; do
+    read -t "$2" -r answer <&3 || { answer=timeout; break; }
+    case "$answer" in "$1"*) break;; esac
+  done
+  exec 3<&-
+}
+
 edu_part
 vgpu_part
 # the display (no PNG before the driver loads, the test image, console text): the harness in dom0
 # answers "next" on the console when the server's PNG shows what each step should
 . /display.sh
 display_phase /sys/bus/pci/devices/0000:00:07.0 /dev/hvc0 "mdevkit bochs-display over Xen: Linux's bochs DRM driver and fbcon"
+save_part
 done_

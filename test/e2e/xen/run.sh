@@ -11,7 +11,12 @@
 # guest's VRAM writes through track_dirty_vram. dom0 checks every frame (test/e2e/display/watch.mjs
 # at each step, display-check.mjs after) and sends the matched frames to this script over the
 # serial console, which prints `DISPLAY-FRAME path=xen sha256=<frame hash> png=<file>` and requires
-# the hash frames.mjs defines for the test image (the vfio-user path's too).
+# the hash frames.mjs defines for the test image (the vfio-user path's too). Then save and restore:
+# the guest leaves state in each device and waits; dom0 runs `xl save` (the servers, started with
+# --save, notice the domain is gone and write their device state), `xl restore -p` (a new domid),
+# starts new servers with --restore, unpauses, and the guest reads back what it left (edu
+# registers, the vGPU's ring position, fence and VRAM, the display's mode) and drives the devices
+# again (edu, a vGPU fence, the test image in the restored display server's frame).
 # Exits 0 only on "E2E-VERDICT PASS" and that hash.
 #
 # Needs root (apt-get for host packages). Cache: ~/.cache/mdevkit/xen-e2e (MDEVKIT_CACHE overrides ~/.cache/mdevkit).
@@ -182,7 +187,7 @@ set +e
 # failed at random on a loaded host (corrupted FP/SSE values, heap checks, segfaults).
 (cd "$RUN" && timeout "$TIMEOUT" qemu-system-x86_64 -machine q35,accel=tcg -cpu max,-smap,-smep,-avx,-avx2,-xsave,-xsaveopt,-xsavec,-xsaves \
   -smp 2 -m 2048 -display none -monitor none -serial stdio -no-reboot -kernel xen \
-  -append "console=com1 com1=115200,8n1 loglvl=all guest_loglvl=all dom0_mem=768M,max:768M dom0_max_vcpus=1 bootscrub=0" \
+  -append "console=com1 com1=115200,8n1 loglvl=all guest_loglvl=all dom0_mem=1024M,max:1024M dom0_max_vcpus=1 bootscrub=0" \
   -initrd "vmlinuz console=hvc0 earlyprintk=xen loglevel=6 rdinit=/init,dom0-initrd.gz" </dev/null >"$OUT" 2>&1)
 qrc=$?
 set -e
