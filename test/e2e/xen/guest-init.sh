@@ -17,7 +17,10 @@ for d in /sys/bus/pci/devices/*; do
   [ "$(cat "$d/vendor")" = 0x1234 ] && [ "$(cat "$d/device")" = 0x11e8 ] && dev=$d
 done
 edu_part() {
-  if [ -z "$dev" ]; then echo "E2E-RESULT error=no-edu-device"; return; fi
+  if [ -z "$dev" ]; then
+    dmesg | grep -i -E 'pci|conf1|0cf8' | head -n 30 | sed 's/^/E2E-GUEST dmesg /'
+    echo "E2E-RESULT error=no-edu-device"; return
+  fi
   echo 1 > "$dev/enable" || echo "E2E-GUEST enable failed"
   bar=$(( $(head -n1 "$dev/resource" | cut -d' ' -f1) ))
   echo "E2E-GUEST bdf=$(basename "$dev") bar0=$(printf 0x%x $bar) cmd=$(od -An -tx2 -j4 -N2 "$dev/config" 2>/dev/null | tr -d ' ')"

@@ -20,7 +20,7 @@
 # Exits 0 only on "E2E-VERDICT PASS" and that hash.
 #
 # Needs root (apt-get for host packages). Cache: ~/.cache/mdevkit/xen-e2e (MDEVKIT_CACHE overrides ~/.cache/mdevkit).
-# Env: XEN_E2E_TIMEOUT (s, default 600), XEN_E2E_KEEP=1 keeps the run directory's logs.
+# Env: XEN_E2E_TIMEOUT (s per boot, default 900), XEN_E2E_KEEP=1 keeps the run directory's logs.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -28,7 +28,7 @@ ROOT=$(cd "$HERE/../../.." && pwd)
 # shellcheck source=../display/stage.sh
 . "$ROOT/test/e2e/display/stage.sh"
 CACHE="${MDEVKIT_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/mdevkit}/xen-e2e"
-TIMEOUT=${XEN_E2E_TIMEOUT:-600}
+TIMEOUT=${XEN_E2E_TIMEOUT:-900}
 KVER_PKG=""
 
 log() { printf 'xen-e2e: %s\n' "$*" >&2; }
@@ -181,22 +181,34 @@ log "dom0 initramfs: $(du -h "$RUN/dom0-initrd.gz" | cut -f1), guest initramfs: 
 cp "$VMLINUZ" "$RUN/vmlinuz"
 OUT="$RUN/serial.log"
 log "booting Xen under QEMU (TCG), limit ${TIMEOUT}s; serial log: $OUT"
-start=$(date +%s.%N)
-set +e
-# No XSAVE for Xen under TCG (Xen then saves FPU state with FXSAVE): with it, dom0 processes
-# failed at random on a loaded host (corrupted FP/SSE values, heap checks, segfaults).
-(cd "$RUN" && timeout "$TIMEOUT" qemu-system-x86_64 -machine q35,accel=tcg -cpu max,-smap,-smep,-avx,-avx2,-xsave,-xsaveopt,-xsavec,-xsaves \
-  -smp 2 -m 2048 -display none -monitor none -serial stdio -no-reboot -kernel xen \
-  -append "console=com1 com1=115200,8n1 loglvl=all guest_loglvl=all dom0_mem=1024M,max:1024M dom0_max_vcpus=1 bootscrub=0" \
-  -initrd "vmlinuz console=hvc0 earlyprintk=xen loglevel=6 rdinit=/init,dom0-initrd.gz" </dev/null >"$OUT" 2>&1)
-qrc=$?
-set -e
-end=$(date +%s.%N)
-elapsed=$(awk -v a="$start" -v b="$end" 'BEGIN{printf "%.1f", b-a}')
-tr -d '\r' < "$OUT" > "$OUT.txt"
-verdict=$(grep -a -m1 '^E2E-VERDICT' "$OUT.txt" || true)
-log "QEMU exit $qrc after ${elapsed}s"
-grep -a -E '^(E2E-|RTT-)' "$OUT.txt" | grep -v -E '^(E2E-VERDICT|E2E-DISPLAY-PNG)' >&2 || true
+# A guest that enumerates no PCI device at all (seen once in about ten loaded runs: the kernel's
+# conf1 probe found nothing, the servers logged no access; not understood yet) gets one more boot,
+# said loudly here; a second such boot fails.
+for attempt in 1 2; do
+  start=$(date +%s.%N)
+  set +e
+  # No XSAVE for Xen under TCG (Xen then saves FPU state with FXSAVE): with it, dom0 processes
+  # failed at random on a loaded host (corrupted FP/SSE values, heap checks, segfaults).
+  (cd "$RUN" && timeout "$TIMEOUT" qemu-system-x86_64 -machine q35,accel=tcg -cpu max,-smap,-smep,-avx,-avx2,-xsave,-xsaveopt,-xsavec,-xsaves \
+    -smp 2 -m 2048 -display none -monitor none -serial stdio -no-reboot -kernel xen \
+    -append "console=com1 com1=115200,8n1 loglvl=all guest_loglvl=all dom0_mem=1024M,max:1024M dom0_max_vcpus=1 bootscrub=0" \
+    -initrd "vmlinuz console=hvc0 earlyprintk=xen loglevel=6 rdinit=/init,dom0-initrd.gz" </dev/null >"$OUT" 2>&1)
+  qrc=$?
+  set -e
+  end=$(date +%s.%N)
+  elapsed=$(awk -v a="$start" -v b="$end" 'BEGIN{printf "%.1f", b-a}')
+  tr -d '\r' < "$OUT" > "$OUT.txt"
+  verdict=$(grep -a -m1 '^E2E-VERDICT' "$OUT.txt" || true)
+  log "QEMU exit $qrc after ${elapsed}s"
+  grep -a -E '^(E2E-|RTT-)' "$OUT.txt" | grep -v -E '^(E2E-VERDICT|E2E-DISPLAY-PNG)' >&2 || true
+  if [ $attempt = 1 ] && grep -a -q 'E2E-RESULT error=no-edu-device' "$OUT.txt" && ! grep -a -q '^E2E-GUEST pci ' "$OUT.txt"; then
+    log "RETRY: the guest enumerated no PCI devices; its kernel said:"
+    grep -a '^E2E-GUEST dmesg ' "$OUT.txt" >&2 || true
+    cp "$OUT.txt" "$RUN/serial-attempt1.log.txt"
+    continue
+  fi
+  break
+done
 
 # extract_png NAME OUT: the frame dom0 sent between E2E-DISPLAY-PNG-BEGIN/END (numbered base64
 # lines; Xen's own messages may come in between), checked against the size and hash dom0 announced.
