@@ -34,6 +34,9 @@ export type Plane = (typeof Plane)[keyof typeof Plane];
 /** Number of planes in a masked storage. */
 export const PLANE_COUNT = 6;
 
+/** Accesses up to this many bytes are served in JS (see {@link MaskedStorage.read}). */
+const SMALL_ACCESS = 8;
+
 /** Per-byte flags in the flags plane. */
 export const ByteFlag = {
   /** The byte belongs to a register. */
@@ -80,11 +83,38 @@ export class MaskedStorage {
 
   /** Guest-visible read of `out.length` bytes at `offset` (clears read-clear bits). */
   read(offset: number, out: Uint8Array): void {
+    const len = out.length;
+    // Register-sized accesses in JS: a call into the native core costs more than the bytes. The
+    // rules are the native ones (core/masked_storage.cc), checked against them by a property test.
+    if (len <= SMALL_ACCESS && offset >= 0 && offset <= this.size - len && Number.isInteger(offset)) {
+      const p = this.planes;
+      const rc = Plane.ReadClear * this.size + offset;
+      for (let i = 0; i < len; i++) {
+        const v = p[offset + i]!;
+        out[i] = v;
+        p[offset + i] = v & ~p[rc + i]!;
+      }
+      return;
+    }
     native.maskedRead(this.planes, this.size, offset, out);
   }
 
   /** Guest-visible write of `data` at `offset` (masks applied). */
   write(offset: number, data: Uint8Array): void {
+    const len = data.length;
+    if (len <= SMALL_ACCESS && offset >= 0 && offset <= this.size - len && Number.isInteger(offset)) {
+      const p = this.planes;
+      const n = this.size;
+      for (let i = 0; i < len; i++) {
+        const d = data[i]!;
+        const rw = p[Plane.Writable * n + offset + i]!;
+        let v = (p[offset + i]! & ~rw) | (d & rw);
+        v &= ~(d & p[Plane.W1c * n + offset + i]!);
+        v |= d & p[Plane.W1s * n + offset + i]!;
+        p[offset + i] = v;
+      }
+      return;
+    }
     native.maskedWrite(this.planes, this.size, offset, data);
   }
 

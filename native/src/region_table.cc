@@ -143,8 +143,10 @@ int RegionTable::CallJs(Napi::Env env, uint32_t region, uint64_t offset, uint8_t
   JsEntry::EnterCurrent();
   int result = EIO;
   try {
-    Napi::Value r = js_access_.Call({Napi::Number::New(env, region), Napi::Number::New(env, static_cast<double>(offset)),
-                                     Napi::Number::New(env, count), Napi::Boolean::New(env, write)});
+    // Through the function itself, not FunctionReference::Call: that opens (allocates) an escapable
+    // handle scope per call, and every caller already runs inside a handle scope of its own.
+    Napi::Value r = js_access_.Value().Call({Napi::Number::New(env, region), Napi::Number::New(env, static_cast<double>(offset)),
+                                             Napi::Number::New(env, count), Napi::Boolean::New(env, write)});
     if (r.IsNumber()) {
       double d = r.As<Napi::Number>().DoubleValue();
       result = (d >= 0 && d < 4096) ? static_cast<int>(d) : EIO;

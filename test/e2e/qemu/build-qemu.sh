@@ -88,7 +88,7 @@ log "configuring (${CONFIGURE_FLAGS[*]})"
 ../configure --python=/usr/bin/python3 --prefix="$PREFIX" "${CONFIGURE_FLAGS[@]}" >"$work/configure.log" 2>&1 ||
   { tail -n 40 "$work/configure.log" >&2; die "configure failed (log: $work/configure.log)"; }
 jobs=${QEMU_BUILD_JOBS:-$(nproc)}
-log "building with ninja -j$jobs (about 18 min on 2 vCPUs)"
+log "building with ninja -j$jobs (3 to 18 min on 2 vCPUs, by host)"
 start=$(date +%s)
 ninja -j"$jobs" >"$work/build.log" 2>&1 || { tail -n 40 "$work/build.log" >&2; die "build failed (log: $work/build.log)"; }
 ninja install >"$work/install.log" 2>&1 || { tail -n 40 "$work/install.log" >&2; die "install failed"; }
