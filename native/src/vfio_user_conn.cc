@@ -422,10 +422,11 @@ class VfioUserConnection : public Napi::ObjectWrap<VfioUserConnection> {
     if (poll_ != nullptr) uv_poll_stop(poll_);
     poll_events_ = 0;
     SetBlocking(true);
-    // The thread's patience: a blocking receive or send that times out hands the connection back
-    // to the loop, whose limits then apply (so a slow client is dropped within twice the limit).
+    // The thread's patience: a blocking send that times out hands the connection back to the
+    // loop, whose limits then apply (so a slow client is dropped within twice the limit). The
+    // receive timeout is armed only while part of a message waits (ServeOnThread): a blocking
+    // receive with a timeout arms a kernel timer on every wait, one without does not.
     if (!socket_timeouts_set_) {
-      SetSocketTimeout(SO_RCVTIMEO, message_timeout_ms_);
       SetSocketTimeout(SO_SNDTIMEO, reply_timeout_ms_);
       socket_timeouts_set_ = true;
     }
@@ -454,10 +455,18 @@ class VfioUserConnection : public Napi::ObjectWrap<VfioUserConnection> {
     ResumeLoop();
   }
 
+  // ms == 0: no timeout.
   void SetSocketTimeout(int option, uint32_t ms) {
-    if (ms == 0) return;
     timeval tv{static_cast<time_t>(ms / 1000), static_cast<suseconds_t>((ms % 1000) * 1000)};
     ::setsockopt(fd_, SOL_SOCKET, option, &tv, sizeof tv);
+  }
+
+  // The thread's receive timeout: the message limit while part of a message is buffered (a timeout
+  // then hands the connection to the loop, which drops the slow client), none otherwise.
+  void ArmReceiveTimeout(bool partial) {
+    if (partial == receive_timeout_armed_ || message_timeout_ms_ == 0) return;
+    SetSocketTimeout(SO_RCVTIMEO, partial ? message_timeout_ms_ : 0);
+    receive_timeout_armed_ = partial;
   }
 
   void SetBlocking(bool blocking) {
@@ -549,6 +558,7 @@ class VfioUserConnection : public Napi::ObjectWrap<VfioUserConnection> {
       iovec iov;
       // A message larger than the buffer's free space: the loop copes.
       if (!input_->Room(false, &iov)) return;
+      ArmReceiveTimeout(input_->HasPartial());
       int fds[kMaxFdsPerMessage];
       int nfds = 0;
       bool truncated = false;
@@ -1114,6 +1124,7 @@ class VfioUserConnection : public Napi::ObjectWrap<VfioUserConnection> {
   std::atomic<bool> yield_{false};
   bool blocking_ = false;
   bool socket_timeouts_set_ = false;
+  bool receive_timeout_armed_ = false;
   uint32_t native_streak_ = 0;
   int poll_events_ = 0;
   uint32_t message_timeout_ms_ = 0;

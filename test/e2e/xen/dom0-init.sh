@@ -75,9 +75,15 @@ start_display_watch() {
 # at 8 and 9 GiB while they do not decode rather than at the default 64 GiB + devfn GiB: Xen never
 # lowers a domain's highest frame, and xl save walks every frame up to it.
 PARK_vgpu=0x200000000 PARK_bochs=0x240000000
-start_server edu edu 00:05.0 --config-latch --save /tmp/state-edu.bin
-start_server vgpu vgpu 00:06.0 ${VGPU_LATCH---config-latch} --ram-bar-parking $PARK_vgpu --save /tmp/state-vgpu.bin
-start_server bochs bochs-display 00:07.0 --config-latch --display-png $DISP/display.png --stats $DISP/stats-bochs.json --ram-bar-parking $PARK_bochs --save /tmp/state-bochs.bin
+# start_servers SUFFIX --save|--restore PNG [bochs args]: the three servers (names edu, vgpu and
+# bochs + SUFFIX), saving their device states when the domain goes or restoring them.
+start_servers() {
+  suffix=$1 mode=$2 png=$3; shift 3
+  start_server edu$suffix edu 00:05.0 --config-latch $mode /tmp/state-edu.bin
+  start_server vgpu$suffix vgpu 00:06.0 ${VGPU_LATCH---config-latch} --ram-bar-parking $PARK_vgpu $mode /tmp/state-vgpu.bin
+  start_server bochs$suffix bochs-display 00:07.0 --config-latch --display-png $DISP/$png --ram-bar-parking $PARK_bochs $mode /tmp/state-bochs.bin "$@"
+}
+start_servers "" --save display.png --stats $DISP/stats-bochs.json
 start_display_watch
 xl unpause e2e
 say "guest unpaused"
@@ -86,13 +92,16 @@ say "guest unpaused"
 # a new, paused domain; new servers restore the device state (--restore) for it; unpause; "go" on
 # the new domain's console. The restored domain must hold the RAM BARs' pages too (xl save saved
 # them with the rest of the guest's memory): the restore config's memory counts them.
+# The RAM BARs' MiB: the display's 16 MiB of VRAM and the vGPU's 1 MiB.
+RAM_BAR_MIB=17
+seconds_since() { awk -v a=$1 -v b=$(cut -d' ' -f1 /proc/uptime) 'BEGIN{print b-a}'; }
 save_restore() {
   t=$(cut -d' ' -f1 /proc/uptime)
   say "xl save (domain $domid)"
   # a tmpfs of its own: dom0's rootfs (half its RAM, most of it the initramfs) has no room for it
   mkdir -p /save && mount -t tmpfs -o size=400m tmpfs /save || verdict "FAIL cannot mount a tmpfs for the save file"
   xl save e2e /save/e2e.save > /tmp/xl-save.log 2>&1 || { cat /tmp/xl-save.log; show_logs; verdict "FAIL xl save"; }
-  say "xl save done in $(awk -v a=$t -v b=$(cut -d' ' -f1 /proc/uptime) 'BEGIN{print b-a}') s: $(ls -l /save/e2e.save | awk '{print $5}') bytes"
+  say "xl save done in $(seconds_since $t) s: $(ls -l /save/e2e.save | awk '{print $5}') bytes"
   for name in $SERVERS; do
     srv=$(eval echo \$srv_$name) i=0
     while kill -0 $srv 2>/dev/null && [ $i -lt 600 ]; do sleep 0.1; i=$((i + 1)); done
@@ -101,16 +110,15 @@ save_restore() {
     say "$name server exit status $rc after xl save: $(grep -m1 'device state saved' /tmp/server-$name.log)"
     [ $rc = 0 ] && grep -q 'device state saved' /tmp/server-$name.log || { show_logs; verdict "FAIL $name server did not save its device state"; }
   done
-  ram_bar_mib=$(( (16 << 20) / 1048576 + 1 ))
-  sed "s/^memory = .*/memory = $(( 128 + ram_bar_mib + 1 ))/" /guest/guest.cfg > /tmp/restore.cfg
+  # libxl caps a restored domain at its configured memory + 1 MiB.
+  guest_mib=$(sed -n 's/^memory = //p' /guest/guest.cfg)
+  sed "s/^memory = .*/memory = $(( guest_mib + RAM_BAR_MIB + 1 ))/" /guest/guest.cfg > /tmp/restore.cfg
   t=$(cut -d' ' -f1 /proc/uptime)
   xl restore -p /tmp/restore.cfg /save/e2e.save > /tmp/xl-restore.log 2>&1 || { cat /tmp/xl-restore.log; show_logs; verdict "FAIL xl restore"; }
   old=$domid domid=$(xl domid e2e)
-  say "xl restore done in $(awk -v a=$t -v b=$(cut -d' ' -f1 /proc/uptime) 'BEGIN{print b-a}') s: domain $old is now domain $domid (paused)"
+  say "xl restore done in $(seconds_since $t) s: domain $old is now domain $domid (paused)"
   RESTORED="edu2 vgpu2 bochs2"
-  start_server edu2 edu 00:05.0 --config-latch --restore /tmp/state-edu.bin
-  start_server vgpu2 vgpu 00:06.0 ${VGPU_LATCH---config-latch} --ram-bar-parking $PARK_vgpu --restore /tmp/state-vgpu.bin
-  start_server bochs2 bochs-display 00:07.0 --config-latch --display-png $DISP/after.png --ram-bar-parking $PARK_bochs --restore /tmp/state-bochs.bin
+  start_servers 2 --restore after.png
   xl unpause e2e
   pty="" i=0
   while [ -z "$pty" ] && [ $i -lt 100 ]; do pty=$(xenstore-read /local/domain/$domid/console/tty 2>/dev/null); [ -n "$pty" ] || sleep 0.1; i=$((i + 1)); done
