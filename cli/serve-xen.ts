@@ -46,6 +46,8 @@ export interface ServeXenOptions {
   ramBars?: 'ram' | 'trap';
   /** Guest-physical address of the RAM BARs' parking range (`IoreqServerOptions.ramBarParking`). */
   ramBarParking?: bigint;
+  /** Serve native ioreqs on the engine's I/O thread (`IoreqServerOptions.ioThread`, default true). */
+  ioThread?: boolean;
   /**
    * Keep a PNG of the device's frame at `path` (a display device): written when the picture
    * changed, at most every `intervalMs` (default 100), on SIGUSR1 and at exit. Without `path`
@@ -165,6 +167,7 @@ export async function startServeXen(spec: string, options: ServeXenOptions): Pro
     bufioreq: options.bufioreq,
     ...(options.ramBars ? { ramBars: options.ramBars } : {}),
     ...(options.ramBarParking !== undefined ? { ramBarParking: options.ramBarParking } : {}),
+    ...(options.ioThread !== undefined ? { ioThread: options.ioThread } : {}),
     ...(log ? { log } : {}),
   });
   try {

@@ -70,6 +70,13 @@ export interface IoreqServerOptions {
    * privcmd then refuses raw hypercalls and other domains, as a deprivileged device model should.
    */
   restrict?: boolean;
+  /**
+   * Serve ioreqs that need no JS on an I/O thread of the engine's own (default true): it blocks in
+   * poll() on the event channels and serves native registers and shared RAM, handing the engine
+   * back to the event loop at the first ioreq that needs JS. Device code that changes register
+   * state outside access handlers must then run inside {@link PciDevice.exclusive}.
+   */
+  ioThread?: boolean;
   /** Log lines (default: none). */
   log?: (line: string) => void;
 }
@@ -145,6 +152,7 @@ const IoreqEngineClass = binding['IoreqEngine'] as new (options: {
   regionTable: NativeRegionTable;
   onIoreq: (req: SlowIoreq) => bigint | number | undefined;
   onBadIoreq: (what: string, errno: number) => void;
+  ioThread: boolean;
 }) => NativeEngine;
 
 const CONFIG_LATCH_PORT = 0xcf8n;
@@ -303,10 +311,14 @@ export class IoreqServer implements IrqSink {
       ramBars,
       ramBarParking: parking,
       restrict: options.restrict ?? true,
+      ioThread: options.ioThread ?? true,
       log: options.log ?? (() => {}),
     };
     device.realize();
     this.regionTable = createRegionTable(device, { maxAccess: 4096, onError: (e) => this.log(`device error: ${(e as Error).stack ?? String(e)}`) });
+    // The engine's I/O thread serves register accesses under the table's lock; device code outside
+    // handlers takes it through PciDevice.exclusive.
+    if (this.options.ioThread) device.useAccessLock(this.regionTable);
     this.memory = new XenGuestMemory(host);
     this.writeWatch = new TrappedWriteWatch(this);
   }
@@ -364,6 +376,7 @@ export class IoreqServer implements IrqSink {
         regionTable: this.regionTable,
         onIoreq: (req) => this.slowPath(req),
         onBadIoreq: (what, errno) => this.log(`bad ioreq: ${what} (errno ${errno})`),
+        ioThread: this.options.ioThread,
       });
       if (pci) this.engine.setPciDevice(pciSbdf(pci.segment, pci.bus, pci.device, pci.fn), this.device.config.size);
       this.syncEngineRanges();

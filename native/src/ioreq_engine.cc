@@ -7,6 +7,8 @@
 // the response data is stored before the IORESP_READY store (release), and the vCPU is notified
 // after that. The page is untrusted: a bad ioreq completes with all-ones on reads and is counted,
 // never crashes the server or stalls other vCPUs.
+#include <poll.h>
+#include <pthread.h>
 #include <sys/ioctl.h>
 #include <unistd.h>
 #include <uv.h>
@@ -17,13 +19,19 @@ typedef uint16_t domid_t;
 #include <xen/evtchn.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
+#include <chrono>
+#include <condition_variable>
 #include <cstring>
 #include <memory>
+#include <mutex>
+#include <thread>
 #include <vector>
 
 #include "core/ioreq.h"
 #include "errors.h"
+#include "io_thread.h"
 #include "js_entry.h"
 #include "modules.h"
 #include "owned_ref.h"
@@ -36,16 +44,23 @@ namespace {
 constexpr napi_type_tag kEngineTag = {0x41c5e09d7b2f6a13ULL, 0x2d8e71f4c0b95a67ULL};
 constexpr uint32_t kMaxVcpus = 4096;
 
+// Written by the loop or the I/O thread (one at a time), read by JS at any time.
 struct EngineStats {
-  uint64_t ioreqs = 0;
-  uint64_t native = 0;
-  uint64_t js = 0;
-  uint64_t buffered = 0;
-  uint64_t bad = 0;
-  uint64_t spurious = 0;
-  uint64_t unclaimed = 0;
-  uint64_t notifications = 0;
+  Counter ioreqs;
+  Counter native;
+  Counter js;
+  Counter buffered;
+  Counter bad;
+  Counter spurious;
+  Counter unclaimed;
+  Counter notifications;
+  Counter thread_ioreqs;
+  Counter to_thread;
+  Counter to_loop;
 };
+
+// After this many synchronous ioreqs in a row served without JS, the I/O thread takes over.
+constexpr uint32_t kNativeStreakForThread = 64;
 
 class IoreqEngine;
 
@@ -67,7 +82,7 @@ class IoreqEngine : public Napi::ObjectWrap<IoreqEngine> {
                         InstanceMethod<&IoreqEngine::Stats>("stats")});
   }
 
-  // new IoreqEngine({ sync, nrVcpus, buffered?, atomicBuffered, events, regionTable, onIoreq, onBadIoreq })
+  // new IoreqEngine({ sync, nrVcpus, buffered?, atomicBuffered, events, regionTable, onIoreq, onBadIoreq, ioThread? })
   explicit IoreqEngine(const Napi::CallbackInfo& info) : Napi::ObjectWrap<IoreqEngine>(info), env_(info.Env()) {
     Napi::Env env = info.Env();
     if (!info.IsConstructCall()) ThrowTypeError(env, "IoreqEngine", "called with new");
@@ -95,12 +110,14 @@ class IoreqEngine : public Napi::ObjectWrap<IoreqEngine> {
     on_ioreq_ = OwnedFunction(self, "mdevkit.IoreqEngine.onIoreq", o.Get("onIoreq").As<Napi::Function>());
     on_bad_ = OwnedFunction(self, "mdevkit.IoreqEngine.onBadIoreq", o.Get("onBadIoreq").As<Napi::Function>());
     ParseEvents(env, o.Get("events"));
+    io_thread_ = o.Get("ioThread").ToBoolean();
     js_ = std::make_unique<JsEntry>(env, "mdevkit.IoreqEngine");
     info.This().As<Napi::Object>().TypeTag(&kEngineTag);
   }
 
   ~IoreqEngine() override {
     // Sources are closed in Stop(); fds belong to the host binding, not to us.
+    StopThread();
   }
 
  private:
@@ -160,6 +177,7 @@ class IoreqEngine : public Napi::ObjectWrap<IoreqEngine> {
       if (a.end < a.start) ThrowInvalid(env, f + ".end", "is below start");
       ranges.push_back(a);
     }
+    TakeBack();  // the I/O thread routes with router_
     router_.SetRanges(std::move(ranges));
     return env.Undefined();
   }
@@ -167,6 +185,7 @@ class IoreqEngine : public Napi::ObjectWrap<IoreqEngine> {
   // setPciDevice(sbdf | -1, configSize)
   Napi::Value SetPciDevice(const Napi::CallbackInfo& info) {
     Napi::Value v = info.Length() > 0 ? info[0] : info.Env().Undefined();
+    TakeBack();
     router_.SetPciDevice(v.IsNumber() ? v.As<Napi::Number>().Int64Value() : -1,
                          info.Length() > 1 && info[1].IsNumber() ? info[1].As<Napi::Number>().Uint32Value() : 256);
     return info.Env().Undefined();
@@ -183,6 +202,14 @@ class IoreqEngine : public Napi::ObjectWrap<IoreqEngine> {
       for (uint32_t i = 0; i < nr_vcpus_; i++) AddSource(env, loop, guest_to_server_[i], static_cast<int>(i));
       if (buf_fd_ >= 0) AddSource(env, loop, buf_fd_, -1);
     }
+    if (io_thread_) {
+      InstallWakeSignal();
+      async_ = new uv_async_t;
+      uv_async_init(loop, async_, &IoreqEngine::OnThreadYield);
+      async_->data = this;
+      thread_ = std::thread([this] { ThreadMain(); });
+    }
+    loop_polling_ = true;
     started_ = true;
     Ref();
     // Requests may already be waiting (queued before we started): take them now.
@@ -212,6 +239,12 @@ class IoreqEngine : public Napi::ObjectWrap<IoreqEngine> {
   }
 
   void StopSources() {
+    TakeBack();
+    StopThread();
+    if (async_ != nullptr) {
+      uv_close(reinterpret_cast<uv_handle_t*>(async_), [](uv_handle_t* h) { delete reinterpret_cast<uv_async_t*>(h); });
+      async_ = nullptr;
+    }
     StopIdle();
     for (auto& s : sources_) {
       if (s->poll != nullptr) {
@@ -234,6 +267,7 @@ class IoreqEngine : public Napi::ObjectWrap<IoreqEngine> {
   Napi::Value SetBusyPoll(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     bool on = ArgBool(info, 0, "on", true);
+    TakeBack();  // busy polling is the loop's: the thread does not take over while it is on
     if (on && idle_ == nullptr) {
       if (!started_) ThrowInvalid(env, "on", "start the engine first", EBUSY);
       uv_loop_t* loop = nullptr;
@@ -267,6 +301,7 @@ class IoreqEngine : public Napi::ObjectWrap<IoreqEngine> {
 
   // poll(): processes whatever is pending now (tests, and a final drain before teardown).
   Napi::Value Poll(const Napi::CallbackInfo& info) {
+    TakeBack();
     DrainAll();
     return info.Env().Undefined();
   }
@@ -274,7 +309,7 @@ class IoreqEngine : public Napi::ObjectWrap<IoreqEngine> {
   Napi::Value Stats(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     Napi::Object o = Napi::Object::New(env);
-    auto set = [&](const char* k, uint64_t v) { o.Set(k, Napi::Number::New(env, static_cast<double>(v))); };
+    auto set = [&](const char* k, const Counter& v) { o.Set(k, Napi::Number::New(env, static_cast<double>(v.get()))); };
     set("ioreqs", stats_.ioreqs);
     set("native", stats_.native);
     set("js", stats_.js);
@@ -283,6 +318,9 @@ class IoreqEngine : public Napi::ObjectWrap<IoreqEngine> {
     set("spurious", stats_.spurious);
     set("unclaimed", stats_.unclaimed);
     set("notifications", stats_.notifications);
+    set("threadIoreqs", stats_.thread_ioreqs);
+    set("toThread", stats_.to_thread);
+    set("toLoop", stats_.to_loop);
     return o;
   }
 
@@ -308,6 +346,7 @@ class IoreqEngine : public Napi::ObjectWrap<IoreqEngine> {
         if (s->vcpu == -1) self->DrainBuffered();
         else self->ServeSlot(static_cast<uint32_t>(s->vcpu));
       }
+      self->MaybeHandToThread();
     } catch (const Napi::Error& e) {
       napi_fatal_exception(self->env_, e.Value());
     }
@@ -365,8 +404,10 @@ class IoreqEngine : public Napi::ObjectWrap<IoreqEngine> {
       return;
     }
     stats_.ioreqs++;
+    served_native_ = false;
     CompleteIoreq(slot, req, Execute(vcpu, req));
     Notify(vcpu);
+    native_streak_ = served_native_ ? native_streak_ + 1 : 0;
   }
 
   // Serves one access; returns the data for reads (all-ones when the access fails).
@@ -391,6 +432,7 @@ class IoreqEngine : public Napi::ObjectWrap<IoreqEngine> {
     int err = table_->Access(env_, region, offset, buf, size, !read, &via_js);
     if (via_js) stats_.js++;
     else stats_.native++;
+    served_native_ = !via_js && err == 0;
     if (err != 0) return Bad("region access failed", err, read, size);
     if (!read) return data;
     uint64_t out = 0;
@@ -458,6 +500,207 @@ class IoreqEngine : public Napi::ObjectWrap<IoreqEngine> {
     IoreqEngine* engine;
   };
 
+  // ---- the I/O thread ---------------------------------------------------------------------------
+  //
+  // With ioThread, an engine whose ioreqs need no JS is served by a thread of its own: it blocks
+  // in poll() on the event sources, takes each READY slot, serves it through the region table's
+  // native segments (under the table's lock) and notifies the vCPU — the eventfd floor's three
+  // system calls, none of the event loop's (whose wakeups cost an extra epoll each: Node's
+  // idle-time metrics start every blocking poll with a zero-timeout one). The engine belongs to one
+  // side at a time. The thread hands it back to the loop (uv_async) at the first ioreq it cannot
+  // serve natively — one that needs JS, a bad one, or one behind buffered writes, which must be
+  // served first and are the loop's — passing that already-taken ioreq along, and at a
+  // notification of the buffered ring. The loop hands the engine over again after
+  // kNativeStreakForThread synchronous ioreqs in a row served natively. JS takes it back on demand
+  // (ranges, busy polling, stop) by waking the thread with a signal.
+
+  void MaybeHandToThread() {
+    if (!io_thread_ || !started_ || idle_ != nullptr || native_streak_ < kNativeStreakForThread || !loop_polling_) return;
+    native_streak_ = 0;
+    for (auto& s : sources_) uv_poll_stop(s->poll);
+    loop_polling_ = false;
+    stats_.to_thread++;
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      thread_owns_ = true;
+      yield_.store(false, std::memory_order_relaxed);
+    }
+    cv_.notify_all();
+  }
+
+  // The JS thread needs the engine now: wake the thread, wait until it has let go, serve what it
+  // left. Called from JS methods (a JS call is on the stack) and before the engine stops.
+  void TakeBack() {
+    if (!thread_.joinable()) return;
+    {
+      std::unique_lock<std::mutex> lk(mu_);
+      if (thread_owns_) {
+        yield_.store(true, std::memory_order_relaxed);
+        while (thread_owns_) {
+          // The signal may land just before the thread blocks; it is sent again until it lets go.
+          pthread_kill(thread_.native_handle(), WakeSignal());
+          cv_.wait_for(lk, std::chrono::milliseconds(5));
+        }
+      }
+    }
+    ResumeLoop();
+  }
+
+  // The loop owns the engine again: sources watched; the ioreq the thread took but could not
+  // serve is served (after the buffered writes ahead of it), then every slot left READY (the
+  // thread may have consumed their notifications).
+  void ResumeLoop() {
+    if (loop_polling_ || !started_) return;
+    loop_polling_ = true;
+    stats_.to_loop++;
+    for (auto& s : sources_) uv_poll_start(s->poll, UV_READABLE, &IoreqEngine::OnPoll);
+    if (handoff_) {
+      handoff_ = false;
+      DrainBuffered();
+      stats_.ioreqs++;
+      CompleteIoreq(&sync_[handoff_vcpu_], handoff_req_, Execute(handoff_vcpu_, handoff_req_));
+      Notify(handoff_vcpu_);
+    }
+    DrainAll();
+  }
+
+  static void OnThreadYield(uv_async_t* handle) {
+    auto* self = static_cast<IoreqEngine*>(handle->data);
+    if (self == nullptr || !self->started_) return;
+    {
+      std::lock_guard<std::mutex> lk(self->mu_);
+      if (self->thread_owns_) return;  // taken back and handed over again meanwhile
+    }
+    JsEntry::Scope scope(*self->js_);
+    try {
+      self->ResumeLoop();
+      self->MaybeHandToThread();
+    } catch (const Napi::Error& e) {
+      napi_fatal_exception(self->env_, e.Value());
+    }
+  }
+
+  void ThreadMain() {
+    std::unique_lock<std::mutex> lk(mu_);
+    for (;;) {
+      cv_.wait(lk, [this] { return stop_thread_ || thread_owns_; });
+      if (stop_thread_) return;
+      lk.unlock();
+      ServeOnThread();
+      lk.lock();
+      thread_owns_ = false;
+      cv_.notify_all();
+      if (!stop_thread_) uv_async_send(async_);
+    }
+  }
+
+  // The thread's loop; returns when the engine must go back to the JS thread.
+  void ServeOnThread() {
+    std::vector<pollfd> fds;
+    for (auto& s : sources_) fds.push_back(pollfd{s->fd, POLLIN, 0});
+    for (;;) {
+      if (yield_.load(std::memory_order_relaxed)) return;
+      int n = ::poll(fds.data(), fds.size(), -1);
+      if (n < 0) {
+        if (errno == EINTR) continue;  // asked to yield (checked above), or another signal
+        return;
+      }
+      for (size_t i = 0; i < fds.size(); i++) {
+        if (fds[i].revents == 0) continue;
+        if (fds[i].revents & (POLLERR | POLLNVAL)) return;  // the loop reports it
+        const Source& src = *sources_[i];
+        if (src.vcpu == -1) return;  // buffered writes: the loop drains the ring
+        if (src.vcpu == -2) {
+          if (!ThreadEvtchn()) return;
+          continue;
+        }
+        uint64_t counter;
+        ssize_t r = ::read(src.fd, &counter, sizeof counter);
+        (void)r;
+        if (!ThreadServeSlot(static_cast<uint32_t>(src.vcpu))) return;
+      }
+    }
+  }
+
+  // The evtchn device on the thread: pending ports read, served, unmasked. False: back to the loop
+  // (whose DrainAll then serves every slot still READY and the buffered ring).
+  bool ThreadEvtchn() {
+    uint32_t ports[64];
+    ssize_t n = ::read(evtchn_fd_, ports, sizeof ports);
+    if (n <= 0) return true;
+    size_t count = static_cast<size_t>(n) / sizeof(uint32_t);
+    bool stay = true;
+    for (size_t i = 0; i < count && stay; i++) {
+      if (buf_port_ >= 0 && ports[i] == static_cast<uint32_t>(buf_port_)) {
+        stay = false;
+        continue;
+      }
+      auto it = std::find(vcpu_ports_.begin(), vcpu_ports_.end(), ports[i]);
+      if (it != vcpu_ports_.end()) stay = ThreadServeSlot(static_cast<uint32_t>(it - vcpu_ports_.begin()));
+    }
+    ssize_t w = ::write(evtchn_fd_, ports, count * sizeof(uint32_t));
+    (void)w;
+    return stay;
+  }
+
+  // One synchronous ioreq on the thread. False: the loop must take over (the ioreq, if taken, is
+  // left in handoff_).
+  bool ThreadServeSlot(uint32_t vcpu) {
+    XenIoreq* slot = &sync_[vcpu];
+    XenIoreq req;
+    if (!TakeIoreq(slot, &req)) {
+      stats_.spurious++;
+      return true;
+    }
+    // Buffered writes published before this ioreq (visible since its READY was acquired) go first.
+    bool behind_buffered = buf_ != nullptr && BufferedRingPending(buf_);
+    IoreqRoute route = router_.Route(req);
+    if (!behind_buffered && route.kind == IoreqRoute::kRegion) {
+      bool read = (req.bits & kIoreqDirRead) != 0;
+      uint8_t buf[8];
+      std::memcpy(buf, &req.data, sizeof buf);
+      if (table_->AccessNative(route.region, route.offset, buf, req.size, !read) == 0) {
+        uint64_t data = req.data;
+        if (read) {
+          data = 0;
+          std::memcpy(&data, buf, req.size);
+        }
+        stats_.ioreqs++;
+        stats_.native++;
+        stats_.thread_ioreqs++;
+        CompleteIoreq(slot, req, data);
+        Notify(vcpu);
+        return true;
+      }
+    }
+    // JS, an error to report, or buffered writes ahead: the loop serves it (an access that failed
+    // natively changed nothing and fails the same way there).
+    handoff_ = true;
+    handoff_vcpu_ = vcpu;
+    handoff_req_ = req;
+    return false;
+  }
+
+  void StopThread() {
+    if (!thread_.joinable()) return;
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      stop_thread_ = true;
+      yield_.store(true, std::memory_order_relaxed);
+    }
+    cv_.notify_all();
+    for (;;) {
+      {
+        std::lock_guard<std::mutex> lk(mu_);
+        if (!thread_owns_) break;
+      }
+      pthread_kill(thread_.native_handle(), WakeSignal());
+      std::unique_lock<std::mutex> lk(mu_);
+      cv_.wait_for(lk, std::chrono::milliseconds(5), [this] { return !thread_owns_; });
+    }
+    thread_.join();
+  }
+
   void DrainBuffered() {
     if (buf_ == nullptr) return;
     BufferedSink sink(this);
@@ -486,6 +729,22 @@ class IoreqEngine : public Napi::ObjectWrap<IoreqEngine> {
   uv_idle_t* idle_ = nullptr;
   bool started_ = false;
   EngineStats stats_;
+  // The I/O thread (ioThread) and the hand-over between it and the loop.
+  bool io_thread_ = false;
+  std::thread thread_;
+  uv_async_t* async_ = nullptr;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool thread_owns_ = false;  // under mu_
+  bool stop_thread_ = false;  // under mu_
+  std::atomic<bool> yield_{false};
+  bool loop_polling_ = false;  // the loop watches the sources (JS thread only)
+  uint32_t native_streak_ = 0;
+  bool served_native_ = false;
+  // An ioreq the thread took but could not serve: the loop serves it first when it resumes.
+  bool handoff_ = false;
+  uint32_t handoff_vcpu_ = 0;
+  XenIoreq handoff_req_{};
 };
 
 }  // namespace

@@ -34,6 +34,7 @@
 #include "core/vfio_user_stream.h"
 #include "errors.h"
 #include "fd_util.h"
+#include "io_thread.h"
 #include "js_entry.h"
 #include "modules.h"
 #include "owned_ref.h"
@@ -49,20 +50,6 @@ constexpr int kMaxReadsPerWakeup = 64;  // fairness between connections sharing 
 constexpr uint32_t kDefaultDrainMs = 2000;
 // In loop mode, after this many messages in a row served without JS, the I/O thread takes over.
 constexpr uint32_t kNativeStreakForThread = 64;
-
-// A signal that only interrupts: it wakes a connection's I/O thread out of a blocking recvmsg or
-// sendmsg when the JS thread wants the connection back. Installed once, without SA_RESTART.
-int WakeSignal() { return SIGRTMAX - 2; }
-void InstallWakeSignal() {
-  static std::once_flag once;
-  std::call_once(once, [] {
-    struct sigaction sa {};
-    sa.sa_handler = [](int) {};
-    sigemptyset(&sa.sa_mask);
-    sa.sa_flags = 0;
-    sigaction(WakeSignal(), &sa, nullptr);
-  });
-}
 
 using Clock = std::chrono::steady_clock;
 
@@ -86,21 +73,6 @@ void CloseAll(std::vector<int>& fds) {
   for (int fd : fds) ::close(fd);
   fds.clear();
 }
-
-// A counter written by one side at a time (the loop or the I/O thread) and read by JS at any
-// time: relaxed atomic loads and stores, no locked read-modify-write.
-struct Counter {
-  std::atomic<uint64_t> v{0};
-  Counter& operator++(int) {
-    v.store(v.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
-    return *this;
-  }
-  Counter& operator+=(uint64_t n) {
-    v.store(v.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
-    return *this;
-  }
-  uint64_t get() const { return v.load(std::memory_order_relaxed); }
-};
 
 struct ConnStats {
   Counter messages;

@@ -58,6 +58,11 @@ void AdvanceRead(uint32_t* rp_ptr, uint32_t n, bool atomic) {
 
 }  // namespace
 
+bool BufferedRingPending(const uint8_t* page) {
+  uint64_t both = __atomic_load_n(reinterpret_cast<const uint64_t*>(page), __ATOMIC_ACQUIRE);
+  return static_cast<uint32_t>(both) != static_cast<uint32_t>(both >> 32);
+}
+
 uint32_t DrainBufferedRing(uint8_t* page, bool atomic, BufferedIoreqSink& sink) {
   auto* rp_ptr = reinterpret_cast<uint32_t*>(page);
   auto* pointers = reinterpret_cast<uint64_t*>(page);  // page-aligned: an aligned 8-byte word

@@ -84,5 +84,7 @@ class BufferedIoreqSink {
 // (the second's data is the high half) and waits until both are published. Pointers more than a
 // ring apart are resynchronised (read = write) and reported. Returns the slots consumed.
 uint32_t DrainBufferedRing(uint8_t* page, bool atomic, BufferedIoreqSink& sink);
+// Whether the ring holds entries not yet drained (both pointers read in one acquire load).
+bool BufferedRingPending(const uint8_t* page);
 
 }  // namespace mdevkit
