@@ -10,9 +10,10 @@
  * hit all three alike. `--cost N` then runs N more requests per path and takes the server side's
  * CPU per request (every thread of the process but the vCPU's, from the kernel's per-thread
  * schedstat run time, in ns); `--syscalls N` runs N more under `strace -f` and counts the server
- * side's system calls per request (futex excluded, as in the vfio-user figures). With `--split` the main thread is
- * pinned to CPU 0 and the vCPU thread to CPU 1 (taskset -p per thread); without it the runner has
- * already pinned the whole process (or left it unpinned).
+ * side's system calls per request (futex excluded, as in the vfio-user figures). With `--split`
+ * every thread but the vCPU's (the main thread, the engine's I/O thread) is pinned to CPU 0 and
+ * the vCPU thread to CPU 1 (taskset -p per thread); without it the runner has already pinned the
+ * whole process (or left it unpinned).
  * @module
  */
 import { spawn, spawnSync } from 'node:child_process';
@@ -122,8 +123,10 @@ try {
   const next = (): Promise<Record<string, unknown>> => Promise.race([new Promise<Record<string, unknown>>((resolve) => w.once('message', resolve)), failed]);
   const ready = await next();
   if (split) {
-    pinThread(process.pid, 0);
-    pinThread(ready['tid'] as number, 1);
+    // The serving side is every thread but the vCPU's: the main thread, the engine's I/O thread.
+    const vcpuTid = ready['tid'] as number;
+    for (const tid of readdirSync('/proc/self/task').map(Number)) if (tid !== vcpuTid) pinThread(tid, 0);
+    pinThread(vcpuTid, 1);
   }
   const run = async (phase: XenPhase, serveFloor: boolean): Promise<Float64Array> => {
     const reply = next();
