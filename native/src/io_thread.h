@@ -3,11 +3,17 @@
 // that wakes such a thread out of a blocking system call.
 #pragma once
 
+#include <pthread.h>
 #include <signal.h>
+#include <uv.h>
 
 #include <atomic>
+#include <chrono>
+#include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <mutex>
+#include <thread>
 
 namespace mdevkit {
 
@@ -39,5 +45,100 @@ inline void InstallWakeSignal() {
     sigaction(WakeSignal(), &sa, nullptr);
   });
 }
+
+// The hand-over of an event source's work between the JS thread (its libuv loop) and an I/O
+// thread of the source's own. The work belongs to one side at a time: the loop hands it over
+// (HandOver); the thread runs `serve` until that returns, then lets go and wakes the loop through
+// `async`; the JS thread can take it back at any time (TakeBack), waking the thread out of a
+// blocking call with WakeSignal. `serve` checks YieldRequested() between blocking calls.
+class IoThread {
+ public:
+  IoThread() = default;
+  IoThread(const IoThread&) = delete;
+  IoThread& operator=(const IoThread&) = delete;
+  ~IoThread() { Stop(); }
+
+  void Start(std::function<void()> serve, uv_async_t* async) {
+    InstallWakeSignal();
+    serve_ = std::move(serve);
+    async_ = async;
+    thread_ = std::thread([this] { Main(); });
+  }
+  bool Running() const { return thread_.joinable(); }
+
+  // The loop gives the work to the thread.
+  void HandOver() {
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      owns_ = true;
+      yield_.store(false, std::memory_order_relaxed);
+    }
+    cv_.notify_all();
+  }
+
+  // Whether the thread holds the work now (the loop must leave it alone).
+  bool Owns() {
+    std::lock_guard<std::mutex> lk(mu_);
+    return owns_;
+  }
+
+  bool YieldRequested() const { return yield_.load(std::memory_order_relaxed); }
+
+  // Takes the work back, waiting until the thread has let go; false if it did not hold it.
+  bool TakeBack() {
+    if (!Running()) return false;
+    std::unique_lock<std::mutex> lk(mu_);
+    if (!owns_) return false;
+    yield_.store(true, std::memory_order_relaxed);
+    while (owns_) {
+      // The signal may land just before the thread blocks; it is sent again until it lets go.
+      pthread_kill(thread_.native_handle(), WakeSignal());
+      cv_.wait_for(lk, std::chrono::milliseconds(5));
+    }
+    return true;
+  }
+
+  // Ends the thread (it lets go of the work first) and joins it. Idempotent.
+  void Stop() {
+    if (!Running()) return;
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      stop_ = true;
+      yield_.store(true, std::memory_order_relaxed);
+    }
+    cv_.notify_all();
+    for (;;) {
+      std::unique_lock<std::mutex> lk(mu_);
+      if (!owns_) break;
+      pthread_kill(thread_.native_handle(), WakeSignal());
+      cv_.wait_for(lk, std::chrono::milliseconds(5), [this] { return !owns_; });
+    }
+    thread_.join();
+  }
+
+ private:
+  void Main() {
+    std::unique_lock<std::mutex> lk(mu_);
+    for (;;) {
+      cv_.wait(lk, [this] { return stop_ || owns_; });
+      if (stop_) return;
+      lk.unlock();
+      serve_();
+      lk.lock();
+      owns_ = false;
+      cv_.notify_all();
+      if (!stop_) uv_async_send(async_);
+    }
+  }
+
+  std::function<void()> serve_;
+  uv_async_t* async_ = nullptr;
+  std::thread thread_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool owns_ = false;  // under mu_
+  bool stop_ = false;  // under mu_
+  std::atomic<bool> yield_{false};
+};
 
 }  // namespace mdevkit

@@ -8,7 +8,6 @@
 // after that. The page is untrusted: a bad ioreq completes with all-ones on reads and is counted,
 // never crashes the server or stalls other vCPUs.
 #include <poll.h>
-#include <pthread.h>
 #include <sys/ioctl.h>
 #include <unistd.h>
 #include <uv.h>
@@ -19,14 +18,9 @@ typedef uint16_t domid_t;
 #include <xen/evtchn.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cerrno>
-#include <chrono>
-#include <condition_variable>
 #include <cstring>
 #include <memory>
-#include <mutex>
-#include <thread>
 #include <vector>
 
 #include "core/ioreq.h"
@@ -117,7 +111,7 @@ class IoreqEngine : public Napi::ObjectWrap<IoreqEngine> {
 
   ~IoreqEngine() override {
     // Sources are closed in Stop(); fds belong to the host binding, not to us.
-    StopThread();
+    io_.Stop();
   }
 
  private:
@@ -203,11 +197,10 @@ class IoreqEngine : public Napi::ObjectWrap<IoreqEngine> {
       if (buf_fd_ >= 0) AddSource(env, loop, buf_fd_, -1);
     }
     if (io_thread_) {
-      InstallWakeSignal();
       async_ = new uv_async_t;
       uv_async_init(loop, async_, &IoreqEngine::OnThreadYield);
       async_->data = this;
-      thread_ = std::thread([this] { ThreadMain(); });
+      io_.Start([this] { ServeOnThread(); }, async_);
     }
     loop_polling_ = true;
     started_ = true;
@@ -240,7 +233,7 @@ class IoreqEngine : public Napi::ObjectWrap<IoreqEngine> {
 
   void StopSources() {
     TakeBack();
-    StopThread();
+    io_.Stop();
     if (async_ != nullptr) {
       uv_close(reinterpret_cast<uv_handle_t*>(async_), [](uv_handle_t* h) { delete reinterpret_cast<uv_async_t*>(h); });
       async_ = nullptr;
@@ -520,30 +513,15 @@ class IoreqEngine : public Napi::ObjectWrap<IoreqEngine> {
     for (auto& s : sources_) uv_poll_stop(s->poll);
     loop_polling_ = false;
     stats_.to_thread++;
-    {
-      std::lock_guard<std::mutex> lk(mu_);
-      thread_owns_ = true;
-      yield_.store(false, std::memory_order_relaxed);
-    }
-    cv_.notify_all();
+    io_.HandOver();
   }
 
   // The JS thread needs the engine now: wake the thread, wait until it has let go, serve what it
   // left. Called from JS methods (a JS call is on the stack) and before the engine stops.
   void TakeBack() {
-    if (!thread_.joinable()) return;
-    {
-      std::unique_lock<std::mutex> lk(mu_);
-      if (thread_owns_) {
-        yield_.store(true, std::memory_order_relaxed);
-        while (thread_owns_) {
-          // The signal may land just before the thread blocks; it is sent again until it lets go.
-          pthread_kill(thread_.native_handle(), WakeSignal());
-          cv_.wait_for(lk, std::chrono::milliseconds(5));
-        }
-      }
-    }
-    ResumeLoop();
+    if (!io_.Running()) return;
+    io_.TakeBack();
+    ResumeLoop();  // also after the thread let go by itself, before its uv_async arrived
   }
 
   // The loop owns the engine again: sources watched; the ioreq the thread took but could not
@@ -567,10 +545,7 @@ class IoreqEngine : public Napi::ObjectWrap<IoreqEngine> {
   static void OnThreadYield(uv_async_t* handle) {
     auto* self = static_cast<IoreqEngine*>(handle->data);
     if (self == nullptr || !self->started_) return;
-    {
-      std::lock_guard<std::mutex> lk(self->mu_);
-      if (self->thread_owns_) return;  // taken back and handed over again meanwhile
-    }
+    if (self->io_.Owns()) return;  // taken back and handed over again meanwhile
     JsEntry::Scope scope(*self->js_);
     try {
       self->ResumeLoop();
@@ -580,26 +555,12 @@ class IoreqEngine : public Napi::ObjectWrap<IoreqEngine> {
     }
   }
 
-  void ThreadMain() {
-    std::unique_lock<std::mutex> lk(mu_);
-    for (;;) {
-      cv_.wait(lk, [this] { return stop_thread_ || thread_owns_; });
-      if (stop_thread_) return;
-      lk.unlock();
-      ServeOnThread();
-      lk.lock();
-      thread_owns_ = false;
-      cv_.notify_all();
-      if (!stop_thread_) uv_async_send(async_);
-    }
-  }
-
   // The thread's loop; returns when the engine must go back to the JS thread.
   void ServeOnThread() {
     std::vector<pollfd> fds;
     for (auto& s : sources_) fds.push_back(pollfd{s->fd, POLLIN, 0});
     for (;;) {
-      if (yield_.load(std::memory_order_relaxed)) return;
+      if (io_.YieldRequested()) return;
       int n = ::poll(fds.data(), fds.size(), -1);
       if (n < 0) {
         if (errno == EINTR) continue;  // asked to yield (checked above), or another signal
@@ -681,26 +642,6 @@ class IoreqEngine : public Napi::ObjectWrap<IoreqEngine> {
     return false;
   }
 
-  void StopThread() {
-    if (!thread_.joinable()) return;
-    {
-      std::lock_guard<std::mutex> lk(mu_);
-      stop_thread_ = true;
-      yield_.store(true, std::memory_order_relaxed);
-    }
-    cv_.notify_all();
-    for (;;) {
-      {
-        std::lock_guard<std::mutex> lk(mu_);
-        if (!thread_owns_) break;
-      }
-      pthread_kill(thread_.native_handle(), WakeSignal());
-      std::unique_lock<std::mutex> lk(mu_);
-      cv_.wait_for(lk, std::chrono::milliseconds(5), [this] { return !thread_owns_; });
-    }
-    thread_.join();
-  }
-
   void DrainBuffered() {
     if (buf_ == nullptr) return;
     BufferedSink sink(this);
@@ -731,13 +672,8 @@ class IoreqEngine : public Napi::ObjectWrap<IoreqEngine> {
   EngineStats stats_;
   // The I/O thread (ioThread) and the hand-over between it and the loop.
   bool io_thread_ = false;
-  std::thread thread_;
   uv_async_t* async_ = nullptr;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool thread_owns_ = false;  // under mu_
-  bool stop_thread_ = false;  // under mu_
-  std::atomic<bool> yield_{false};
+  IoThread io_;
   bool loop_polling_ = false;  // the loop watches the sources (JS thread only)
   uint32_t native_streak_ = 0;
   bool served_native_ = false;

@@ -12,17 +12,12 @@
 // belong to the last message that *starts* in the bytes it returned.
 #include <fcntl.h>
 #include <poll.h>
-#include <pthread.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <unistd.h>
 #include <uv.h>
 
 #include <algorithm>
-#include <atomic>
-#include <condition_variable>
-#include <mutex>
-#include <thread>
 #include <cerrno>
 #include <chrono>
 #include <cstring>
@@ -157,7 +152,7 @@ class VfioUserConnection : public Napi::ObjectWrap<VfioUserConnection> {
   }
 
   ~VfioUserConnection() override {
-    StopThread();
+    io_.Stop();
     ReleaseFds();
     // The uv handle is closed in Shutdown(); an object that was never started owns none.
   }
@@ -183,11 +178,10 @@ class VfioUserConnection : public Napi::ObjectWrap<VfioUserConnection> {
     uv_timer_init(loop, timer_);
     timer_->data = this;
     if (io_thread_) {
-      InstallWakeSignal();
       async_ = new uv_async_t;
       uv_async_init(loop, async_, &VfioUserConnection::OnThreadYield);
       async_->data = this;
-      thread_ = std::thread([this] { ThreadMain(); });
+      io_.Start([this] { ServeOnThread(); }, async_);
     }
     started_ = true;
     Ref();  // an active connection keeps its JS object alive until it closes
@@ -380,7 +374,7 @@ class VfioUserConnection : public Napi::ObjectWrap<VfioUserConnection> {
   // With ioThread, a connection whose traffic needs no JS is served by a thread of its own: one
   // blocking recvmsg and one sendmsg per request, none of the event loop's costs. The connection's
   // state belongs to one side at a time: the loop (uv_poll on the socket, everything as above) or
-  // the thread (thread_owns_). The thread serves REGION_READ/WRITE that the region table serves
+  // the thread (io_, an IoThread). The thread serves REGION_READ/WRITE that the region table serves
   // natively, under the table's lock; at the first message that needs JS (a hooked register,
   // config space, any other command, fds), a partial message that waits too long, or EOF, it stops
   // and hands the connection back to the loop (uv_async), leaving that message in the buffer. The
@@ -403,28 +397,13 @@ class VfioUserConnection : public Napi::ObjectWrap<VfioUserConnection> {
       socket_timeouts_set_ = true;
     }
     stats_.to_thread++;
-    {
-      std::lock_guard<std::mutex> lk(mu_);
-      thread_owns_ = true;
-      yield_.store(false, std::memory_order_relaxed);
-    }
-    cv_.notify_all();
+    io_.HandOver();
   }
 
   // The JS thread needs the connection now (a request to send, an end): wake the thread and wait
   // until it has let go.
   void TakeBack() {
-    if (!io_thread_ || !thread_.joinable()) return;
-    std::unique_lock<std::mutex> lk(mu_);
-    if (!thread_owns_) return;
-    yield_.store(true, std::memory_order_relaxed);
-    while (thread_owns_) {
-      // The signal may land just before the thread blocks; it is sent again until it lets go.
-      pthread_kill(thread_.native_handle(), WakeSignal());
-      cv_.wait_for(lk, std::chrono::milliseconds(5));
-    }
-    lk.unlock();
-    ResumeLoop();
+    if (io_.TakeBack()) ResumeLoop();
   }
 
   // ms == 0: no timeout.
@@ -459,10 +438,7 @@ class VfioUserConnection : public Napi::ObjectWrap<VfioUserConnection> {
   static void OnThreadYield(uv_async_t* handle) {
     auto* self = static_cast<VfioUserConnection*>(handle->data);
     if (self == nullptr || self->closed_) return;
-    {
-      std::lock_guard<std::mutex> lk(self->mu_);
-      if (self->thread_owns_) return;  // taken back and handed over again meanwhile
-    }
+    if (self->io_.Owns()) return;  // taken back and handed over again meanwhile
     JsEntry::Scope scope(*self->js_);
     try {
       if (self->blocking_) self->ResumeLoop();
@@ -481,24 +457,10 @@ class VfioUserConnection : public Napi::ObjectWrap<VfioUserConnection> {
     }
   }
 
-  void ThreadMain() {
-    std::unique_lock<std::mutex> lk(mu_);
-    for (;;) {
-      cv_.wait(lk, [this] { return stop_thread_ || thread_owns_; });
-      if (stop_thread_) return;
-      lk.unlock();
-      ServeOnThread();
-      lk.lock();
-      thread_owns_ = false;
-      cv_.notify_all();
-      if (!stop_thread_) uv_async_send(async_);
-    }
-  }
-
   // The thread's loop; returns when the connection must go back to the JS thread.
   void ServeOnThread() {
     for (;;) {
-      if (yield_.load(std::memory_order_relaxed)) return;
+      if (io_.YieldRequested()) return;
       // Serve every complete message that needs no JS.
       for (;;) {
         VfioUserHeader h;
@@ -526,7 +488,7 @@ class VfioUserConnection : public Napi::ObjectWrap<VfioUserConnection> {
         stats_.bytes_out += static_cast<uint64_t>(r);
         out_.Consumed(static_cast<size_t>(r));
       }
-      if (yield_.load(std::memory_order_relaxed)) return;
+      if (io_.YieldRequested()) return;
       iovec iov;
       // A message larger than the buffer's free space: the loop copes.
       if (!input_->Room(false, &iov)) return;
@@ -574,26 +536,6 @@ class VfioUserConnection : public Napi::ObjectWrap<VfioUserConnection> {
     return 0;
   }
 
-  void StopThread() {
-    if (!thread_.joinable()) return;
-    {
-      std::lock_guard<std::mutex> lk(mu_);
-      stop_thread_ = true;
-      yield_.store(true, std::memory_order_relaxed);
-    }
-    cv_.notify_all();
-    for (;;) {
-      {
-        std::lock_guard<std::mutex> lk(mu_);
-        if (!thread_owns_) break;
-      }
-      pthread_kill(thread_.native_handle(), WakeSignal());
-      std::unique_lock<std::mutex> lk(mu_);
-      cv_.wait_for(lk, std::chrono::milliseconds(5), [this] { return !thread_owns_; });
-    }
-    thread_.join();
-  }
-
   void UpdateTimer() {
     if (closed_ || timer_ == nullptr) return;
     Clock::time_point deadline = Clock::time_point::max();
@@ -634,11 +576,8 @@ class VfioUserConnection : public Napi::ObjectWrap<VfioUserConnection> {
   static void OnTimer(uv_timer_t* handle) {
     auto* self = static_cast<VfioUserConnection*>(handle->data);
     if (self == nullptr || self->closed_) return;
-    {
-      // The I/O thread's patience is the socket timeouts; the loop judges once it owns it again.
-      std::lock_guard<std::mutex> lk(self->mu_);
-      if (self->thread_owns_) return;
-    }
+    // The I/O thread's patience is the socket timeouts; the loop judges once it owns it again.
+    if (self->io_.Owns()) return;
     JsEntry::Scope scope(*self->js_);
     try {
       self->OnDeadline();
@@ -1034,7 +973,7 @@ class VfioUserConnection : public Napi::ObjectWrap<VfioUserConnection> {
 
   void Shutdown(const char* reason, int err) {
     if (closed_) return;
-    StopThread();
+    io_.Stop();
     closed_ = true;
     close_reason_ = reason;
     close_errno_ = err;
@@ -1088,12 +1027,7 @@ class VfioUserConnection : public Napi::ObjectWrap<VfioUserConnection> {
   uv_timer_t* timer_ = nullptr;
   uv_async_t* async_ = nullptr;
   bool io_thread_ = false;
-  std::thread thread_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool thread_owns_ = false;   // guarded by mu_
-  bool stop_thread_ = false;   // guarded by mu_
-  std::atomic<bool> yield_{false};
+  IoThread io_;
   bool blocking_ = false;
   bool socket_timeouts_set_ = false;
   bool receive_timeout_armed_ = false;
