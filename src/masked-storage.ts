@@ -34,7 +34,7 @@ export type Plane = (typeof Plane)[keyof typeof Plane];
 /** Number of planes in a masked storage. */
 export const PLANE_COUNT = 6;
 
-/** Accesses up to this many bytes are served in JS (see {@link MaskedStorage.read}). */
+/** Accesses up to this many bytes are served in JS rather than by the native core. */
 const SMALL_ACCESS = 8;
 
 /** Per-byte flags in the flags plane. */
@@ -84,9 +84,7 @@ export class MaskedStorage {
   /** Guest-visible read of `out.length` bytes at `offset` (clears read-clear bits). */
   read(offset: number, out: Uint8Array): void {
     const len = out.length;
-    // Register-sized accesses in JS: a call into the native core costs more than the bytes. The
-    // rules are the native ones (core/masked_storage.cc), checked against them by a property test.
-    if (len <= SMALL_ACCESS && offset >= 0 && offset <= this.size - len && Number.isInteger(offset)) {
+    if (this.servedInJs(offset, len)) {
       const p = this.planes;
       const rc = Plane.ReadClear * this.size + offset;
       for (let i = 0; i < len; i++) {
@@ -102,7 +100,7 @@ export class MaskedStorage {
   /** Guest-visible write of `data` at `offset` (masks applied). */
   write(offset: number, data: Uint8Array): void {
     const len = data.length;
-    if (len <= SMALL_ACCESS && offset >= 0 && offset <= this.size - len && Number.isInteger(offset)) {
+    if (this.servedInJs(offset, len)) {
       const p = this.planes;
       const n = this.size;
       for (let i = 0; i < len; i++) {
@@ -116,6 +114,13 @@ export class MaskedStorage {
       return;
     }
     native.maskedWrite(this.planes, this.size, offset, data);
+  }
+
+  // Register-sized accesses inside the storage run in JS: a call into the native core costs more
+  // than the bytes. The rules are the native ones (core/masked_storage.cc), checked against them
+  // by a property test; anything else goes to the core, which also reports bad offsets.
+  private servedInJs(offset: number, len: number): boolean {
+    return len <= SMALL_ACCESS && offset >= 0 && offset <= this.size - len && Number.isInteger(offset);
   }
 
   /** Sets `width` bytes of plane `p` at `offset` to `value` (little-endian), bypassing masks. */

@@ -396,41 +396,59 @@ class IoreqEngine : public Napi::ObjectWrap<IoreqEngine> {
       stats_.spurious++;  // a notification with nothing READY: never act on a slot twice
       return;
     }
-    stats_.ioreqs++;
-    served_native_ = false;
-    CompleteIoreq(slot, req, Execute(vcpu, req));
-    Notify(vcpu);
-    native_streak_ = served_native_ ? native_streak_ + 1 : 0;
+    ServeTaken(vcpu, req);
   }
 
-  // Serves one access; returns the data for reads (all-ones when the access fails).
-  uint64_t Execute(uint32_t vcpu, const XenIoreq& req) {
+  // A synchronous ioreq already taken (INPROCESS), the buffered writes ahead of it served.
+  void ServeTaken(uint32_t vcpu, const XenIoreq& req) {
+    stats_.ioreqs++;
+    bool native = false;
+    CompleteIoreq(&sync_[vcpu], req, Execute(vcpu, req, &native));
+    Notify(vcpu);
+    native_streak_ = native ? native_streak_ + 1 : 0;
+  }
+
+  // Serves one access; returns the data for reads (all-ones when the access fails). *native: it was
+  // served by the region table without JS.
+  uint64_t Execute(uint32_t vcpu, const XenIoreq& req, bool* native = nullptr) {
     bool read = (req.bits & kIoreqDirRead) != 0;
     IoreqRoute route = router_.Route(req);
     switch (route.kind) {
       case IoreqRoute::kBadSize:
         return Bad("bad ioreq size", EINVAL, read, 8);
       case IoreqRoute::kRegion:
-        return Access(route.region, route.offset, req.data, req.size, read);
+        return Access(route.region, route.offset, req.data, req.size, read, native);
       case IoreqRoute::kSlow:
         break;
     }
     return CallJs(vcpu, req);
   }
 
-  uint64_t Access(uint32_t region, uint64_t offset, uint64_t data, uint32_t size, bool read) {
-    uint8_t buf[8];
-    std::memcpy(buf, &data, sizeof buf);  // little-endian host (x86_64, arm64)
+  uint64_t Access(uint32_t region, uint64_t offset, uint64_t data, uint32_t size, bool read, bool* native) {
     bool via_js = false;
-    int err = table_->Access(env_, region, offset, buf, size, !read, &via_js);
+    uint64_t value = 0;
+    int err = TableAccess(region, offset, data, size, read, false, &via_js, &value);
     if (via_js) stats_.js++;
     else stats_.native++;
-    served_native_ = !via_js && err == 0;
+    if (native != nullptr) *native = !via_js && err == 0;
     if (err != 0) return Bad("region access failed", err, read, size);
-    if (!read) return data;
-    uint64_t out = 0;
-    std::memcpy(&out, buf, size);
-    return out;
+    return value;
+  }
+
+  // One access of `size` bytes through the region table: natively only (the I/O thread: then
+  // RegionTable::kNeedsJs, changing nothing, where JS would be needed) or calling JS where needed.
+  // Returns 0 or an errno; *value is what a read returns, or the data written.
+  int TableAccess(uint32_t region, uint64_t offset, uint64_t data, uint32_t size, bool read, bool native_only, bool* via_js,
+                  uint64_t* value) {
+    uint8_t buf[8];
+    std::memcpy(buf, &data, sizeof buf);  // little-endian host (x86_64, arm64)
+    int err = native_only ? table_->AccessNative(region, offset, buf, size, !read) : table_->Access(env_, region, offset, buf, size, !read, via_js);
+    *value = data;
+    if (err == 0 && read) {
+      *value = 0;
+      std::memcpy(value, buf, size);
+    }
+    return err;
   }
 
   // The slow path: rep/data_is_ptr copies, unmapped addresses, config latches, INVALIDATE, ...
@@ -535,9 +553,7 @@ class IoreqEngine : public Napi::ObjectWrap<IoreqEngine> {
     if (handoff_) {
       handoff_ = false;
       DrainBuffered();
-      stats_.ioreqs++;
-      CompleteIoreq(&sync_[handoff_vcpu_], handoff_req_, Execute(handoff_vcpu_, handoff_req_));
-      Notify(handoff_vcpu_);
+      ServeTaken(handoff_vcpu_, handoff_req_);
     }
     DrainAll();
   }
@@ -616,23 +632,15 @@ class IoreqEngine : public Napi::ObjectWrap<IoreqEngine> {
     // Buffered writes published before this ioreq (visible since its READY was acquired) go first.
     bool behind_buffered = buf_ != nullptr && BufferedRingPending(buf_);
     IoreqRoute route = router_.Route(req);
-    if (!behind_buffered && route.kind == IoreqRoute::kRegion) {
-      bool read = (req.bits & kIoreqDirRead) != 0;
-      uint8_t buf[8];
-      std::memcpy(buf, &req.data, sizeof buf);
-      if (table_->AccessNative(route.region, route.offset, buf, req.size, !read) == 0) {
-        uint64_t data = req.data;
-        if (read) {
-          data = 0;
-          std::memcpy(&data, buf, req.size);
-        }
-        stats_.ioreqs++;
-        stats_.native++;
-        stats_.thread_ioreqs++;
-        CompleteIoreq(slot, req, data);
-        Notify(vcpu);
-        return true;
-      }
+    uint64_t data = 0;
+    if (!behind_buffered && route.kind == IoreqRoute::kRegion &&
+        TableAccess(route.region, route.offset, req.data, req.size, (req.bits & kIoreqDirRead) != 0, true, nullptr, &data) == 0) {
+      stats_.ioreqs++;
+      stats_.native++;
+      stats_.thread_ioreqs++;
+      CompleteIoreq(slot, req, data);
+      Notify(vcpu);
+      return true;
     }
     // JS, an error to report, or buffered writes ahead: the loop serves it (an access that failed
     // natively changed nothing and fails the same way there).
@@ -676,7 +684,6 @@ class IoreqEngine : public Napi::ObjectWrap<IoreqEngine> {
   IoThread io_;
   bool loop_polling_ = false;  // the loop watches the sources (JS thread only)
   uint32_t native_streak_ = 0;
-  bool served_native_ = false;
   // An ioreq the thread took but could not serve: the loop serves it first when it resumes.
   bool handoff_ = false;
   uint32_t handoff_vcpu_ = 0;
