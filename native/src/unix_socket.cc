@@ -21,7 +21,7 @@
 
 namespace mdevkit {
 
-ssize_t SendWithFds(int fd, const iovec* iov, int iovcnt, const int* fds, int nfds, bool retryEintr) {
+ssize_t SendWithFds(int fd, const iovec* iov, int iovcnt, const int* fds, int nfds, bool retryEintr, int flags) {
   if (nfds < 0 || nfds > kMaxFdsPerMessage || iovcnt < 0 || iovcnt > kMaxIovecs) return -EINVAL;
   if (nfds > 0) {
     size_t total = 0;
@@ -43,11 +43,12 @@ ssize_t SendWithFds(int fd, const iovec* iov, int iovcnt, const int* fds, int nf
     cmsg->cmsg_len = CMSG_LEN(payload);
     std::memcpy(CMSG_DATA(cmsg), fds, payload);
   }
-  ssize_t n = retryEintr ? RetryEintr([&] { return ::sendmsg(fd, &msg, MSG_NOSIGNAL); }) : ::sendmsg(fd, &msg, MSG_NOSIGNAL);
+  flags |= MSG_NOSIGNAL;
+  ssize_t n = retryEintr ? RetryEintr([&] { return ::sendmsg(fd, &msg, flags); }) : ::sendmsg(fd, &msg, flags);
   return n < 0 ? -errno : n;
 }
 
-ssize_t RecvWithFds(int fd, const iovec* iov, int iovcnt, int* fds, int maxFds, int* nfds, bool* fdsTruncated, bool retryEintr) {
+ssize_t RecvWithFds(int fd, const iovec* iov, int iovcnt, int* fds, int maxFds, int* nfds, bool* fdsTruncated, bool retryEintr, int flags) {
   *nfds = 0;
   *fdsTruncated = false;
   if (maxFds < 0 || maxFds > kMaxFdsPerMessage || iovcnt < 0 || iovcnt > kMaxIovecs) return -EINVAL;
@@ -61,7 +62,8 @@ ssize_t RecvWithFds(int fd, const iovec* iov, int iovcnt, int* fds, int maxFds, 
     // alignment padding in CMSG_SPACE could admit one more than the caller asked for.
     msg.msg_controllen = CMSG_LEN(sizeof(int) * static_cast<size_t>(maxFds));
   }
-  ssize_t n = retryEintr ? RetryEintr([&] { return ::recvmsg(fd, &msg, MSG_CMSG_CLOEXEC); }) : ::recvmsg(fd, &msg, MSG_CMSG_CLOEXEC);
+  flags |= MSG_CMSG_CLOEXEC;
+  ssize_t n = retryEintr ? RetryEintr([&] { return ::recvmsg(fd, &msg, flags); }) : ::recvmsg(fd, &msg, flags);
   if (n < 0) return -errno;
   *fdsTruncated = (msg.msg_flags & MSG_CTRUNC) != 0;
   if (msg.msg_controllen == 0) return n;

@@ -20,7 +20,8 @@ constexpr int kMaxIovecs = 1024;
 // Returns the bytes sent or -errno (-EAGAIN when a non-blocking socket is full; -EINVAL for
 // nfds outside [0, kMaxFdsPerMessage], iovcnt outside [0, kMaxIovecs], or fds with no bytes to
 // carry them). Retries EINTR unless retryEintr is false (then -EINTR: a signal woke the caller).
-ssize_t SendWithFds(int fd, const iovec* iov, int iovcnt, const int* fds, int nfds, bool retryEintr = true);
+// `flags` adds MSG_* flags (MSG_DONTWAIT: never block, whatever the socket's O_NONBLOCK).
+ssize_t SendWithFds(int fd, const iovec* iov, int iovcnt, const int* fds, int nfds, bool retryEintr = true, int flags = 0);
 
 // Receives into iov[0..iovcnt) and up to maxFds (<= kMaxFdsPerMessage) passed fds, which arrive
 // close-on-exec and are stored in fds[0..*nfds); the caller owns them. *fdsTruncated is set when
@@ -28,6 +29,8 @@ ssize_t SendWithFds(int fd, const iovec* iov, int iovcnt, const int* fds, int nf
 // delivered beyond maxFds, so the message is incomplete and usually a protocol error.
 // Returns the bytes received (0 = orderly EOF) or -errno (-EAGAIN when nothing is queued on a
 // non-blocking socket). On error no fds are returned. Retries EINTR unless retryEintr is false.
-ssize_t RecvWithFds(int fd, const iovec* iov, int iovcnt, int* fds, int maxFds, int* nfds, bool* fdsTruncated, bool retryEintr = true);
+// `flags` adds MSG_* flags, as for SendWithFds.
+ssize_t RecvWithFds(int fd, const iovec* iov, int iovcnt, int* fds, int maxFds, int* nfds, bool* fdsTruncated, bool retryEintr = true,
+                    int flags = 0);
 
 }  // namespace mdevkit

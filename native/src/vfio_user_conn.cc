@@ -31,6 +31,7 @@
 #include "fd_util.h"
 #include "io_thread.h"
 #include "js_entry.h"
+#include "loop_sentinel.h"
 #include "modules.h"
 #include "owned_ref.h"
 #include "region_table.h"
@@ -45,6 +46,13 @@ constexpr int kMaxReadsPerWakeup = 64;  // fairness between connections sharing 
 constexpr uint32_t kDefaultDrainMs = 2000;
 // In loop mode, after this many messages in a row served without JS, the I/O thread takes over.
 constexpr uint32_t kNativeStreakForThread = 64;
+// Blocking serve begins after this many messages in a row served on the loop (each wakeup leaving
+// the connection idle); a session the loop cut short doubles it, up to the maximum.
+constexpr uint32_t kLoopStreakForBlocking = 16;
+constexpr uint32_t kMaxLoopStreakForBlocking = 4096;
+// Loop-path socket calls never block, even while the socket is blocking for the I/O thread or a
+// blocking serve.
+constexpr int kNoWait = MSG_DONTWAIT;
 
 using Clock = std::chrono::steady_clock;
 
@@ -87,6 +95,8 @@ struct ConnStats {
   Counter thread_messages;
   Counter to_thread;
   Counter to_loop;
+  Counter blocking_messages;
+  Counter blocking_sessions;
 };
 
 class VfioUserConnection : public Napi::ObjectWrap<VfioUserConnection> {
@@ -129,6 +139,7 @@ class VfioUserConnection : public Napi::ObjectWrap<VfioUserConnection> {
     reply_timeout_ms_ = OptionalMs(env, o, "replyTimeoutMs");
     drain_ms_ = OptionalMs(env, o, "drainMs");
     io_thread_ = o.Get("ioThread").ToBoolean();
+    blocking_serve_ = o.Get("blockingServe").ToBoolean();
     struct stat st;
     if (::fstat(fd, &st) < 0) ThrowErrno(env, "fstat", errno);
     if (!S_ISSOCK(st.st_mode)) ThrowInvalid(env, "fd", "is not a socket");
@@ -267,6 +278,8 @@ class VfioUserConnection : public Napi::ObjectWrap<VfioUserConnection> {
     set("threadMessages", stats_.thread_messages.get());
     set("toThread", stats_.to_thread.get());
     set("toLoop", stats_.to_loop.get());
+    set("blockingMessages", stats_.blocking_messages.get());
+    set("blockingSessions", stats_.blocking_sessions.get());
     return o;
   }
 
@@ -275,35 +288,53 @@ class VfioUserConnection : public Napi::ObjectWrap<VfioUserConnection> {
   static void OnPoll(uv_poll_t* handle, int status, int events) {
     auto* self = static_cast<VfioUserConnection*>(handle->data);
     if (self == nullptr || self->closed_) return;
+    if (!self->ServeWakeup(status, events)) return;
+    // Outside the wakeup's callback scope: its promise jobs and nextTicks have run.
+    self->MaybeServeBlocking();
+  }
+
+  // One wakeup of the socket on the loop; false if the connection ended.
+  bool ServeWakeup(int status, int events) {
+    VfioUserConnection* self = this;
     // A handle scope now; a callback scope (promise jobs and nextTicks queued by JS handlers run
     // after this wakeup, as after any Node callback) only if the wakeup calls into JS.
     JsEntry::Scope scope(*self->js_);
+    uint64_t messages_before = stats_.messages.get();
     try {
       if (status < 0) {
         self->Shutdown("poll error", -status);
         self->AfterWakeup();
-        return;
+        return false;
       }
       if (self->draining_) {
         self->DrainWakeup(events);
       } else {
         if (events & UV_WRITABLE) {
-          if (!self->Flush()) return;
+          if (!self->Flush()) return false;
         }
         if ((events & UV_READABLE) && self->out_.empty()) self->HandleReadable();
       }
       self->AfterWakeup();
+      uint64_t served = stats_.messages.get() - messages_before;
+      bool idle = !closed_ && !draining_ && out_.empty() && pending_.empty();
+      loop_streak_ = idle && served > 0 ? loop_streak_ + static_cast<uint32_t>(served) : 0;
+      return !closed_;
     } catch (const Napi::Error& e) {
-      // Nothing may unwind through libuv: a failure here is a bug in our JS handlers, reported
-      // like any uncaught exception; the connection cannot continue in an unknown state.
-      try {
-        self->Shutdown("internal error", EIO);
-        self->AfterWakeup();
-      } catch (const Napi::Error&) {
-        // the first error is the one to report
-      }
-      napi_fatal_exception(self->env_, e.Value());
+      ReportInternalError(e);
+      return false;
     }
+  }
+
+  // Nothing may unwind through libuv: a failure here is a bug in our JS handlers, reported like
+  // any uncaught exception; the connection cannot continue in an unknown state.
+  void ReportInternalError(const Napi::Error& e) {
+    try {
+      Shutdown("internal error", EIO);
+      AfterWakeup();
+    } catch (const Napi::Error&) {
+      // the first error is the one to report
+    }
+    napi_fatal_exception(env_, e.Value());
   }
 
   void UpdatePoll() {
@@ -313,7 +344,7 @@ class VfioUserConnection : public Napi::ObjectWrap<VfioUserConnection> {
     int events = out_.empty() ? UV_READABLE : UV_WRITABLE;
     if (draining_) events = UV_READABLE | (out_.empty() ? 0 : UV_WRITABLE);
     // Re-arming with unchanged events is not free: libuv drops the fd from epoll and adds it back.
-    if (events == poll_events_) return;
+    if (events == poll_events_ || blocking_session_) return;
     poll_events_ = events;
     uv_poll_start(poll_, events, &VfioUserConnection::OnPoll);
   }
@@ -349,7 +380,7 @@ class VfioUserConnection : public Napi::ObjectWrap<VfioUserConnection> {
       int fds[kMaxFdsPerMessage];
       int nfds = 0;
       bool truncated = false;
-      ssize_t n = RecvWithFds(fd_, &iov, 1, fds, kMaxFdsPerMessage, &nfds, &truncated);
+      ssize_t n = RecvWithFds(fd_, &iov, 1, fds, kMaxFdsPerMessage, &nfds, &truncated, true, kNoWait);
       stats_.recv_calls++;
       for (int k = 0; k < nfds; k++) ::close(fds[k]);
       if (n == -EAGAIN) return;
@@ -447,13 +478,7 @@ class VfioUserConnection : public Napi::ObjectWrap<VfioUserConnection> {
       if (!self->closed_) self->HandleReadable();
       self->AfterWakeup();
     } catch (const Napi::Error& e) {
-      try {
-        self->Shutdown("internal error", EIO);
-        self->AfterWakeup();
-      } catch (const Napi::Error&) {
-        // the first error is the one to report
-      }
-      napi_fatal_exception(self->env_, e.Value());
+      self->ReportInternalError(e);
     }
   }
 
@@ -510,6 +535,104 @@ class VfioUserConnection : public Napi::ObjectWrap<VfioUserConnection> {
       // that belong to no message are closed: the loop will find the stream broken.
       if (input_->Received(static_cast<size_t>(n), fds, nfds, truncated) != 0) return;
     }
+  }
+
+  // ---- blocking serve ----------------------------------------------------------------------
+  //
+  // With blockingServe, a connection that keeps the loop busy with messages that need JS (and the
+  // I/O thread cannot take) is served by the JS thread itself in a blocking receive loop while the
+  // loop has nothing else to do: recvmsg and sendmsg per request, none of epoll's or the loop's
+  // turn. Each message batch is still one Node callback (its promise jobs and nextTicks run before
+  // the next receive). A LoopSentinel interrupts the receive as soon as the loop has an event or a
+  // timer due; so does anything that leaves work for the loop (queued replies the client does not
+  // read, a setImmediate, an end, a run of native-only messages the I/O thread should take).
+
+  void MaybeServeBlocking() {
+    if (!blocking_serve_ || closed_ || draining_ || !negotiated_ || poll_ == nullptr) return;
+    if (loop_streak_ < loop_streak_for_blocking_ || nesting_ > 0 || !out_.empty() || !pending_.empty()) return;
+    if (io_.Owns()) return;
+    LoopSentinel* sentinel = LoopSentinel::ForThisThread(poll_->loop);
+    if (sentinel == nullptr) return;
+    loop_streak_ = 0;
+    int timeout_ms = -1;
+    // A loop with other work, or a session the loop cut short: not worth it now; wait longer
+    // before trying again.
+    bool worth = sentinel->LoopIdle(fd_, &timeout_ms) && ServeBlocking(*sentinel, timeout_ms) >= kLoopStreakForBlocking;
+    loop_streak_for_blocking_ = worth ? kLoopStreakForBlocking : std::min(loop_streak_for_blocking_ * 2, kMaxLoopStreakForBlocking);
+  }
+
+  // Returns the messages served. The connection belongs to the loop again when it returns (unless
+  // it ended).
+  uint64_t ServeBlocking(LoopSentinel& sentinel, int timeout_ms) {
+    uint64_t first = stats_.messages.get();
+    uv_poll_stop(poll_);  // also takes the fd out of the loop's epoll set: the sentinel watches the rest
+    poll_events_ = 0;
+    blocking_session_ = true;
+    SetBlocking(true);
+    stats_.blocking_sessions++;
+    sentinel.Arm(timeout_ms);
+    try {
+      while (BlockingServeOnce(sentinel)) {
+        // The batch's callback scope has closed: JS may have left work for the loop.
+        if (closed_ || !sentinel.Recheck()) break;
+      }
+    } catch (const Napi::Error& e) {
+      sentinel.Disarm();
+      blocking_session_ = false;
+      JsEntry::Scope scope(*js_);
+      ReportInternalError(e);
+      return stats_.messages.get() - first;
+    }
+    sentinel.Disarm();
+    blocking_session_ = false;
+    uint64_t served = stats_.messages.get() - first;
+    stats_.blocking_messages += served;
+    if (closed_) {
+      JsEntry::Scope scope(*js_);
+      FinishDispatchClose();
+      return served;
+    }
+    SetBlocking(false);
+    JsEntry::Scope scope(*js_);
+    try {
+      UpdatePoll();
+      AfterWakeup();
+    } catch (const Napi::Error& e) {
+      ReportInternalError(e);
+    }
+    return served;
+  }
+
+  // One blocking receive and the messages it completes, as one Node callback. False when the loop
+  // must have the connection back.
+  bool BlockingServeOnce(LoopSentinel& sentinel) {
+    JsEntry::Scope scope(*js_);
+    iovec iov;
+    if (!input_->Room(true, &iov)) return false;
+    // A started message that is not completed in time: the loop's patience applies.
+    ArmReceiveTimeout(input_->HasPartial());
+    if (!sentinel.EnterBlockingCall()) return false;
+    int fds[kMaxFdsPerMessage];
+    int nfds = 0;
+    bool truncated = false;
+    ssize_t n = RecvWithFds(fd_, &iov, 1, fds, std::max(max_fds_, 1), &nfds, &truncated, false);
+    sentinel.LeaveBlockingCall();
+    stats_.recv_calls++;
+    // EINTR: the loop wants its thread. EOF and errors: the loop reads them again and ends the
+    // connection. EAGAIN: the receive timeout with part of a message buffered.
+    if (n <= 0) return false;
+    stats_.bytes_in += static_cast<uint64_t>(n);
+    int bad = input_->Received(static_cast<size_t>(n), fds, nfds, truncated);
+    if (bad != 0) {
+      Shutdown("receive failed", bad);
+      return false;
+    }
+    ProcessMessages();
+    if (closed_) return false;
+    Flush();
+    if (closed_ || draining_ || !out_.empty() || !pending_.empty()) return false;
+    // Native-only traffic is the I/O thread's.
+    return !(io_thread_ && native_streak_ >= kNativeStreakForThread);
   }
 
   // A REGION_READ/WRITE on the I/O thread: served if the table needs no JS for it, else kNeedsJs.
@@ -628,7 +751,7 @@ class VfioUserConnection : public Napi::ObjectWrap<VfioUserConnection> {
     int fds[kMaxFdsPerMessage];
     int nfds = 0;
     bool truncated = false;
-    ssize_t n = RecvWithFds(fd, &iov, 1, fds, std::max(max_fds_, 1), &nfds, &truncated);
+    ssize_t n = RecvWithFds(fd, &iov, 1, fds, std::max(max_fds_, 1), &nfds, &truncated, true, kNoWait);
     stats_.recv_calls++;
     if (n == -EAGAIN) return EAGAIN;
     if (n < 0) return static_cast<int>(-n);
@@ -810,7 +933,7 @@ class VfioUserConnection : public Napi::ObjectWrap<VfioUserConnection> {
       iovec iov;
       const std::vector<int>* fds = nullptr;
       out_.Next(&iov, &fds);
-      ssize_t r = SendWithFds(fd_, &iov, 1, fds ? fds->data() : nullptr, fds ? static_cast<int>(fds->size()) : 0);
+      ssize_t r = SendWithFds(fd_, &iov, 1, fds ? fds->data() : nullptr, fds ? static_cast<int>(fds->size()) : 0, true, kNoWait);
       stats_.send_calls++;
       if (r == -EAGAIN) break;
       if (r < 0) {
@@ -831,7 +954,7 @@ class VfioUserConnection : public Napi::ObjectWrap<VfioUserConnection> {
     size_t done = 0;
     while (done < len) {
       iovec iov{const_cast<uint8_t*>(data) + done, len - done};
-      ssize_t r = SendWithFds(fd, &iov, 1, nullptr, 0);
+      ssize_t r = SendWithFds(fd, &iov, 1, nullptr, 0, true, kNoWait);
       stats_.send_calls++;
       if (r == -EAGAIN) {
         int w = WaitFd(fd, POLLOUT, deadline);
@@ -948,7 +1071,7 @@ class VfioUserConnection : public Napi::ObjectWrap<VfioUserConnection> {
       int fds[4];
       int nfds = 0;
       bool truncated = false;
-      ssize_t n = RecvWithFds(twin_fd_, &iov, 1, fds, 4, &nfds, &truncated);
+      ssize_t n = RecvWithFds(twin_fd_, &iov, 1, fds, 4, &nfds, &truncated, true, kNoWait);
       stats_.recv_calls++;
       for (int i = 0; i < nfds; i++) ::close(fds[i]);  // no reply on the twin socket carries fds
       if (n == -EAGAIN) continue;
@@ -1028,6 +1151,10 @@ class VfioUserConnection : public Napi::ObjectWrap<VfioUserConnection> {
   uv_async_t* async_ = nullptr;
   bool io_thread_ = false;
   IoThread io_;
+  bool blocking_serve_ = false;
+  bool blocking_session_ = false;
+  uint32_t loop_streak_ = 0;
+  uint32_t loop_streak_for_blocking_ = kLoopStreakForBlocking;
   bool blocking_ = false;
   bool socket_timeouts_set_ = false;
   bool receive_timeout_armed_ = false;

@@ -116,6 +116,11 @@ export class RawConnection {
     for (const f of w) f();
   }
 
+  /** Stops reading what the server sends (it stays queued in the socket). */
+  stopReading(): void {
+    this.watcher.stop();
+  }
+
   /** Sends bytes; returns false if the server has already closed the connection. */
   send(bytes: Uint8Array, fds?: number[]): boolean {
     let off = 0;

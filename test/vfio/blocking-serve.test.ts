@@ -1,0 +1,196 @@
+// Blocking serve: a connection whose accesses need JS is served by blocking receives on the JS
+// thread while the event loop has nothing else to do. Everything else the loop runs must still
+// run — the device's timers, the promise jobs its handlers queue, setImmediate, other connections —
+// and the connection must move between the loop and the blocking receive without losing a message.
+import { spawn } from 'node:child_process';
+import { mkdtempSync, readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { VfioUserClient } from '../../adapters/vfio/client.js';
+import { Command, HeaderFlag } from '../../adapters/vfio/protocol.js';
+import { PCI, PCI_COMMAND } from '../../src/pci/constants.js';
+import { packageRoot } from '../../src/native/binding.js';
+import { sendMsg } from '../../src/native/socket.js';
+import { RawConnection, message, startServer, versionMessage, type ServerProcess } from './harness.js';
+
+const WITNESS = join(packageRoot(), 'test', 'fixtures', 'loop-witness-device.mjs');
+const REG = { TICKS: 0x00, QUEUE: 0x04, JOBS: 0x08, IMMEDIATE: 0x0c, IMMEDIATES: 0x10, ANNOUNCE: 0x14 };
+const CONFIG_REGION = 7;
+const WITNESS_ID = 0xbeef1234; // config dword 0: device and vendor ID
+// Loops below stop when what they wait for happened; the bound turns a starved loop into a failure.
+const MAX_READS = 1_000_000;
+
+function statsPath(): string {
+  return join(mkdtempSync(join(tmpdir(), 'mdevkit-blocking-')), 'stats.json');
+}
+
+type ConnStats = Record<string, number>;
+
+async function stopWithStats(server: ServerProcess, file: string): Promise<ConnStats[]> {
+  expect(await server.stop()).toBe(0);
+  return (JSON.parse(readFileSync(file, 'utf8')) as { devices: { connections: ConnStats }[] }).devices.map((d) => d.connections);
+}
+
+function configRead(id: number): Uint8Array {
+  const p = new Uint8Array(16);
+  const v = new DataView(p.buffer);
+  v.setBigUint64(0, 0n, true);
+  v.setUint32(8, CONFIG_REGION, true);
+  v.setUint32(12, 4, true);
+  return message({ command: Command.REGION_READ, msgId: id }, p);
+}
+
+describe('blocking serve', () => {
+  it('a busy connection that needs JS is served by blocking receives; the device\'s timer, promise jobs and setImmediate still run', async () => {
+    const stats = statsPath();
+    const server = await startServer({ device: WITNESS, args: ['--stats', stats] });
+    const c = VfioUserClient.connect(server.paths[0]!, { emulate: 'qemu' });
+    let messages = 0;
+    try {
+      c.cfgWrite(PCI.COMMAND, 2, PCI_COMMAND.MEMORY);
+      // The promise job a read queues has run before the next message is served.
+      for (let i = 0; i < 3000; i++) {
+        const n = c.mmioRead(0, REG.QUEUE, 4);
+        expect(c.mmioRead(0, REG.JOBS, 4)).toBe(n);
+      }
+      messages += 6000;
+      // The device's timer fires while the client keeps the connection busy.
+      const t0 = c.mmioRead(0, REG.TICKS, 4);
+      let ticks = t0;
+      for (let i = 0; i < MAX_READS && ticks < t0 + 3; i++, messages++) ticks = c.mmioRead(0, REG.TICKS, 4);
+      expect(ticks).toBeGreaterThanOrEqual(t0 + 3);
+      // So does a setImmediate a handler scheduled.
+      c.mmioWrite(0, REG.IMMEDIATE, 4, 1);
+      let immediates = 0;
+      for (let i = 0; i < MAX_READS && immediates === 0; i++, messages++) immediates = c.mmioRead(0, REG.IMMEDIATES, 4);
+      expect(immediates).toBe(1);
+    } finally {
+      c.close();
+    }
+    const [conn] = await stopWithStats(server, stats);
+    // The timer ended sessions; they began again. (How many messages they served depends on how
+    // fast the client is against the 10 ms timer: client and server may share a CPU or not.)
+    expect(conn!['blockingSessions']).toBeGreaterThanOrEqual(2);
+    expect(conn!['blockingMessages']).toBeGreaterThan(messages / 10);
+    expect(conn!['jsMessages']).toBeLessThan(50); // control messages only: every access went through the region table
+  });
+
+  it('a timer set by a handler fires on time while the connection, in a blocking receive, sends nothing', async () => {
+    const stats = statsPath();
+    const server = await startServer({ device: WITNESS, args: ['--stats', stats] });
+    const c = VfioUserClient.connect(server.paths[0]!, { emulate: 'qemu' });
+    try {
+      c.cfgWrite(PCI.COMMAND, 2, PCI_COMMAND.MEMORY);
+      for (let i = 0; i < 2000; i++) c.mmioRead(0, REG.QUEUE, 4);
+      // The handler's setTimeout is due sooner than anything the loop had: the sentinel must wake
+      // the JS thread out of its receive for it, with no message arriving.
+      c.mmioWrite(0, REG.ANNOUNCE, 4, 20);
+      await new Promise<void>((resolve) => {
+        const fired = (): void => {
+          if (server.stdout().includes('witness: timeout of 20 ms fired')) resolve();
+        };
+        server.proc.stdout!.on('data', fired);
+        fired();
+      });
+      expect(c.mmioRead(0, REG.QUEUE, 4)).toBe(2001);
+    } finally {
+      c.close();
+    }
+    const [conn] = await stopWithStats(server, stats);
+    expect(conn!['blockingSessions']).toBeGreaterThanOrEqual(1);
+  });
+
+  it('another connection is served while one is in a blocking serve; the busy one loses nothing', async () => {
+    const stats = statsPath();
+    const server = await startServer({ device: WITNESS, sockets: 2, args: ['--stats', stats] });
+    // A C client keeps device 0 busy with config-space reads (JS) from a process of its own.
+    const busy = spawn(join(packageRoot(), 'build', 'Release', 'mdevkit-rtt-client'), [
+      '--socket', server.paths[0]!, '--vfio-user', '--region', String(CONFIG_REGION), '--offset', '0', '--iters', '200000', '--warmup', '1000',
+      '--out', join(server.dir, 'rtt.json'),
+    ], { stdio: ['ignore', 'ignore', 'pipe'] });
+    let busyErr = '';
+    busy.stderr!.on('data', (d: Buffer) => (busyErr += d.toString()));
+    let busyDone = false;
+    const busyExit = new Promise<number | null>((resolve) => busy.once('exit', (code) => {
+      busyDone = true;
+      resolve(code);
+    }));
+    // Meanwhile device 1 answers every request of a client in this process, until the busy client is done.
+    const c = new RawConnection(server.paths[1]!);
+    c.send(versionMessage());
+    await c.next();
+    let reads = 0;
+    let readsWhileBusy = 0;
+    while (!busyDone || reads < 100) {
+      c.send(configRead(reads & 0xffff));
+      const r = await c.next();
+      expect(r?.header).toMatchObject({ msgId: reads & 0xffff, flags: HeaderFlag.TYPE_REPLY });
+      expect(r!.payload.readUInt32LE(16)).toBe(WITNESS_ID);
+      reads++;
+      if (!busyDone) readsWhileBusy++;
+    }
+    expect(await busyExit, busyErr).toBe(0);
+    // Neither device runs a timer here: only the sentinel's watch of the loop gets these served
+    // while device 0's connection is in a blocking receive.
+    expect(readsWhileBusy).toBeGreaterThan(50);
+    c.close();
+    const [busyConn, otherConn] = await stopWithStats(server, stats);
+    // Every request of the busy client was answered (rtt-client checks each reply's id and size).
+    expect(busyConn!['regionAccesses']).toBe(201_000);
+    expect(busyConn!['blockingSessions']).toBeGreaterThanOrEqual(2);
+    expect(busyConn!['blockingMessages']).toBeGreaterThan(0);
+    expect(otherConn!['regionAccesses']).toBe(reads);
+  }, 60_000);
+
+  it('a client that stops reading its replies during a blocking serve is dropped after --reply-timeout', async () => {
+    const stats = statsPath();
+    const server = await startServer({ device: WITNESS, args: ['--stats', stats, '--reply-timeout', '300'] });
+    const c = new RawConnection(server.paths[0]!);
+    c.send(versionMessage());
+    await c.next();
+    for (let i = 0; i < 500; i++) {
+      c.send(configRead(i));
+      expect((await c.next())?.payload.readUInt32LE(16)).toBe(WITNESS_ID);
+    }
+    // Deaf from now on, with far more requests than the socket buffers hold replies for: the
+    // server must stop reading, leave the blocking receive and let the loop judge the client.
+    c.stopReading();
+    const burst = new Uint8Array(256 * 32);
+    for (let i = 0; i < 256; i++) burst.set(configRead(i), i * 32);
+    for (let sent = 0; sent < 100_000; sent++) {
+      let n: number | null = null;
+      try {
+        n = sendMsg(c.fd, burst);
+      } catch {
+        break; // the server closed the connection
+      }
+      if (n === null) break; // the server stopped reading
+    }
+    await new Promise<void>((resolve) => {
+      const dropped = (): void => {
+        if (/slow client: replies sat unread for 300 ms/.test(server.stderr())) resolve();
+      };
+      server.proc.stderr!.on('data', dropped);
+      dropped();
+    });
+    c.close();
+    expect(await server.stop()).toBe(0);
+    const conn = (JSON.parse(readFileSync(stats, 'utf8')) as { devices: { connections: ConnStats }[] }).devices[0]!.connections;
+    expect(conn['blockingSessions']).toBeGreaterThanOrEqual(1);
+  });
+
+  it('with --no-blocking-serve every access goes through the event loop', async () => {
+    const stats = statsPath();
+    const server = await startServer({ device: WITNESS, args: ['--stats', stats, '--no-blocking-serve'] });
+    const c = VfioUserClient.connect(server.paths[0]!, { emulate: 'qemu' });
+    try {
+      for (let i = 0; i < 2000; i++) expect(Buffer.from(c.regionRead(CONFIG_REGION, 0, 4)).readUInt32LE(0)).toBe(WITNESS_ID);
+    } finally {
+      c.close();
+    }
+    const [conn] = await stopWithStats(server, stats);
+    expect(conn!['blockingSessions']).toBe(0);
+    expect(conn!['regionAccesses']).toBe(2000);
+  });
+});
