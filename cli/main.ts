@@ -52,7 +52,7 @@ program
   .option('--reply-timeout <ms>', 'vfio-user: drop a client that leaves replies unread for <ms> (0: never)', parseIntOption, 10000)
   .option('--drain-timeout <ms>', 'vfio-user: ending a connection, wait at most <ms> for the client\'s end of stream', parseIntOption, 2000)
   .option('--no-io-thread', 'serve every access on the event loop (no I/O thread — per vfio-user connection, or the Xen engine\'s — for accesses that need no JS)')
-  .option('--no-blocking-serve', 'vfio-user: always serve accesses that need JS through the event loop (no blocking receive loop on the JS thread while the loop is otherwise idle)')
+  .option('--no-blocking-serve', 'always serve accesses that need JS through the event loop (no blocking receive — vfio-user — or poll — Xen — on the JS thread while the loop is otherwise idle)')
   .option('--max-waiting <n>', 'vfio-user: clients that may queue for a busy device; more are refused with EBUSY', parseIntOption, 16)
   .option('--migration <states>', 'vfio-user: VFIO migration v2 offered: stop-copy[,p2p][,pre-copy], or off', 'stop-copy,p2p,pre-copy')
   .option('--xen <domid>', 'serve as a Xen IOREQ server for domain <domid> (needs dom0: /dev/xen/privcmd)', parseIntOption)
@@ -111,6 +111,7 @@ program.commands.at(-1)!.action(async (spec: string, opts: ServeOpts) => {
       ...(opts.save ? { saveFile: opts.save } : {}),
       ramBars: opts.ramBars,
       ioThread: opts.ioThread,
+      blockingServe: opts.blockingServe,
       ...(opts.ramBarParking !== undefined ? { ramBarParking: opts.ramBarParking } : {}),
       ...(opts.stats ? { statsFile: opts.stats } : {}),
       ...(opts.displayPng ? { display: { path: opts.displayPng, intervalMs: opts.displayInterval } } : {}),

@@ -48,6 +48,8 @@ export interface ServeXenOptions {
   ramBarParking?: bigint;
   /** Serve native ioreqs on the engine's I/O thread (`IoreqServerOptions.ioThread`, default true). */
   ioThread?: boolean;
+  /** Serve JS-handled ioreqs in a blocking poll on the JS thread while the loop is idle (`IoreqServerOptions.blockingServe`, default true). */
+  blockingServe?: boolean;
   /**
    * Keep a PNG of the device's frame at `path` (a display device): written when the picture
    * changed, at most every `intervalMs` (default 100), on SIGUSR1 and at exit. Without `path`
@@ -168,6 +170,7 @@ export async function startServeXen(spec: string, options: ServeXenOptions): Pro
     ...(options.ramBars ? { ramBars: options.ramBars } : {}),
     ...(options.ramBarParking !== undefined ? { ramBarParking: options.ramBarParking } : {}),
     ...(options.ioThread !== undefined ? { ioThread: options.ioThread } : {}),
+    ...(options.blockingServe !== undefined ? { blockingServe: options.blockingServe } : {}),
     ...(log ? { log } : {}),
   });
   try {

@@ -77,6 +77,13 @@ export interface IoreqServerOptions {
    * state outside access handlers must then run inside {@link PciDevice.exclusive}.
    */
   ioThread?: boolean;
+  /**
+   * While ioreqs that need JS keep the event loop busy and the loop has nothing else to do, serve
+   * them in a blocking poll() on the event channels on the JS thread (the floor's three system
+   * calls per ioreq instead of the loop's four). A sentinel thread hands the JS thread back to the
+   * loop as soon as any other handle has an event or a timer is due (default true).
+   */
+  blockingServe?: boolean;
   /** Log lines (default: none). */
   log?: (line: string) => void;
 }
@@ -153,6 +160,7 @@ const IoreqEngineClass = binding['IoreqEngine'] as new (options: {
   onIoreq: (req: SlowIoreq) => bigint | number | undefined;
   onBadIoreq: (what: string, errno: number) => void;
   ioThread: boolean;
+  blockingServe: boolean;
 }) => NativeEngine;
 
 const CONFIG_LATCH_PORT = 0xcf8n;
@@ -312,6 +320,7 @@ export class IoreqServer implements IrqSink {
       ramBarParking: parking,
       restrict: options.restrict ?? true,
       ioThread: options.ioThread ?? true,
+      blockingServe: options.blockingServe ?? true,
       log: options.log ?? (() => {}),
     };
     device.realize();
@@ -377,6 +386,7 @@ export class IoreqServer implements IrqSink {
         onIoreq: (req) => this.slowPath(req),
         onBadIoreq: (what, errno) => this.log(`bad ioreq: ${what} (errno ${errno})`),
         ioThread: this.options.ioThread,
+        blockingServe: this.options.blockingServe,
       });
       if (pci) this.engine.setPciDevice(pciSbdf(pci.segment, pci.bus, pci.device, pci.fn), this.device.config.size);
       this.syncEngineRanges();

@@ -27,6 +27,7 @@ typedef uint16_t domid_t;
 #include "errors.h"
 #include "io_thread.h"
 #include "js_entry.h"
+#include "loop_sentinel.h"
 #include "modules.h"
 #include "owned_ref.h"
 #include "region_table.h"
@@ -51,6 +52,8 @@ struct EngineStats {
   Counter thread_ioreqs;
   Counter to_thread;
   Counter to_loop;
+  Counter blocking_ioreqs;
+  Counter blocking_sessions;
 };
 
 // After this many synchronous ioreqs in a row served without JS, the I/O thread takes over.
@@ -105,6 +108,7 @@ class IoreqEngine : public Napi::ObjectWrap<IoreqEngine> {
     on_bad_ = OwnedFunction(self, "mdevkit.IoreqEngine.onBadIoreq", o.Get("onBadIoreq").As<Napi::Function>());
     ParseEvents(env, o.Get("events"));
     io_thread_ = o.Get("ioThread").ToBoolean();
+    blocking_serve_ = o.Get("blockingServe").ToBoolean();
     js_ = std::make_unique<JsEntry>(env, "mdevkit.IoreqEngine");
     info.This().As<Napi::Object>().TypeTag(&kEngineTag);
   }
@@ -234,6 +238,7 @@ class IoreqEngine : public Napi::ObjectWrap<IoreqEngine> {
   void StopSources() {
     TakeBack();
     io_.Stop();
+    sources_epoch_++;  // a blocking serve in progress (this is JS it called) must let go of them
     if (async_ != nullptr) {
       uv_close(reinterpret_cast<uv_handle_t*>(async_), [](uv_handle_t* h) { delete reinterpret_cast<uv_async_t*>(h); });
       async_ = nullptr;
@@ -314,6 +319,8 @@ class IoreqEngine : public Napi::ObjectWrap<IoreqEngine> {
     set("threadIoreqs", stats_.thread_ioreqs);
     set("toThread", stats_.to_thread);
     set("toLoop", stats_.to_loop);
+    set("blockingIoreqs", stats_.blocking_ioreqs);
+    set("blockingSessions", stats_.blocking_sessions);
     return o;
   }
 
@@ -322,27 +329,41 @@ class IoreqEngine : public Napi::ObjectWrap<IoreqEngine> {
   static void OnPoll(uv_poll_t* handle, int status, int events) {
     auto* s = static_cast<Source*>(handle->data);
     IoreqEngine* self = s->engine;
-    JsEntry::Scope scope(*self->js_);
-    try {
-      if (status < 0) {
-        self->Bad("event source error", errno);
+    {
+      JsEntry::Scope scope(*self->js_);
+      try {
+        if (status < 0) {
+          self->Bad("event source error", errno);
+          return;
+        }
+        uint64_t before = self->Served();
+        self->ServeSource(*s);
+        self->blocking_streak_.LoopWakeup(self->Served() - before, true);
+        self->MaybeHandToThread();
+      } catch (const Napi::Error& e) {
+        napi_fatal_exception(self->env_, e.Value());
         return;
       }
-      if (s->vcpu == -2) {
-        self->HandleEvtchn();
-      } else {
-        uint64_t counter;
-        // Reset the eventfd first (one read takes the whole count; EAGAIN when it was already
-        // zero): a signal that arrives while we work makes it readable again.
-        ssize_t r = ::read(s->fd, &counter, sizeof counter);
-        (void)r;
-        if (s->vcpu == -1) self->DrainBuffered();
-        else self->ServeSlot(static_cast<uint32_t>(s->vcpu));
-      }
-      self->MaybeHandToThread();
-    } catch (const Napi::Error& e) {
-      napi_fatal_exception(self->env_, e.Value());
     }
+    // Outside the wakeup's callback scope: its promise jobs and nextTicks have run.
+    self->MaybeServeBlocking();
+  }
+
+  uint64_t Served() const { return stats_.ioreqs.get() + stats_.buffered.get(); }
+
+  // A notification on one source, on the loop or in a blocking serve.
+  void ServeSource(const Source& s) {
+    if (s.vcpu == -2) {
+      HandleEvtchn();
+      return;
+    }
+    uint64_t counter;
+    // Reset the eventfd first (one read takes the whole count; EAGAIN when it was already zero): a
+    // signal that arrives while we work makes it readable again.
+    ssize_t r = ::read(s.fd, &counter, sizeof counter);
+    (void)r;
+    if (s.vcpu == -1) DrainBuffered();
+    else ServeSlot(static_cast<uint32_t>(s.vcpu));
   }
 
   void HandleEvtchn() {
@@ -537,7 +558,7 @@ class IoreqEngine : public Napi::ObjectWrap<IoreqEngine> {
   // The JS thread needs the engine now: wake the thread, wait until it has let go, serve what it
   // left. Called from JS methods (a JS call is on the stack) and before the engine stops.
   void TakeBack() {
-    if (!io_.Running()) return;
+    if (!io_.Running() || blocking_session_) return;  // in a blocking serve the JS thread has it
     io_.TakeBack();
     ResumeLoop();  // also after the thread let go by itself, before its uv_async arrived
   }
@@ -650,6 +671,88 @@ class IoreqEngine : public Napi::ObjectWrap<IoreqEngine> {
     return false;
   }
 
+  // ---- blocking serve -------------------------------------------------------------------------
+  //
+  // With blockingServe, an engine whose ioreqs keep needing JS (and so stay on the loop) is served
+  // by the JS thread itself while the loop has nothing else to do: it blocks in poll() on the event
+  // sources — the floor's three system calls per ioreq instead of the loop's four — and serves
+  // each notification as the loop would, each one a Node callback. The loop's sentinel interrupts
+  // the poll when any other handle has an event or a timer is due (as for vfio-user connections,
+  // loop_sentinel.h); JS that leaves work for the loop, busy polling, a stop, or a run of native
+  // ioreqs the I/O thread should take end the session too.
+
+  void MaybeServeBlocking() {
+    if (!blocking_serve_ || !started_ || !loop_polling_ || idle_ != nullptr || sources_.empty()) return;
+    if (!blocking_streak_.Due()) return;
+    LoopSentinel* sentinel = LoopSentinel::ForThisThread(sources_.front()->poll->loop);
+    if (sentinel == nullptr) return;
+    std::vector<int> own;
+    for (auto& s : sources_) own.push_back(s->fd);
+    int timeout_ms = -1;
+    blocking_streak_.SessionEnded(sentinel->LoopIdle(own, &timeout_ms) ? ServeBlocking(*sentinel, timeout_ms) : 0);
+  }
+
+  // Returns the ioreqs served. The loop watches the sources again when it returns (unless the
+  // engine stopped meanwhile).
+  uint64_t ServeBlocking(LoopSentinel& sentinel, int timeout_ms) {
+    uint64_t first = Served();
+    uint64_t epoch = sources_epoch_;
+    std::vector<pollfd> fds;
+    for (auto& s : sources_) {
+      fds.push_back(pollfd{s->fd, POLLIN, 0});
+      uv_poll_stop(s->poll);  // also out of the loop's epoll set: the sentinel watches the rest
+    }
+    loop_polling_ = false;
+    blocking_session_ = true;
+    stats_.blocking_sessions++;
+    sentinel.Arm(timeout_ms);
+    try {
+      while (BlockingServeOnce(sentinel, fds, epoch)) {
+        // The callback scope has closed: JS may have left work for the loop.
+        if (!sentinel.Recheck()) break;
+      }
+    } catch (const Napi::Error& e) {
+      sentinel.Disarm();
+      blocking_session_ = false;
+      napi_fatal_exception(env_, e.Value());
+      return Served() - first;
+    }
+    sentinel.Disarm();
+    blocking_session_ = false;
+    uint64_t served = Served() - first;
+    stats_.blocking_ioreqs += served;
+    if (!started_ || epoch != sources_epoch_) return served;
+    loop_polling_ = true;
+    for (auto& s : sources_) uv_poll_start(s->poll, UV_READABLE, &IoreqEngine::OnPoll);
+    JsEntry::Scope scope(*js_);
+    try {
+      DrainAll();  // what arrived between the last poll and the loop's watch
+      MaybeHandToThread();
+    } catch (const Napi::Error& e) {
+      napi_fatal_exception(env_, e.Value());
+    }
+    return served;
+  }
+
+  // One blocking poll and the notifications it found, as one Node callback. False when the loop
+  // must have the engine back.
+  bool BlockingServeOnce(LoopSentinel& sentinel, std::vector<pollfd>& fds, uint64_t epoch) {
+    JsEntry::Scope scope(*js_);
+    if (!sentinel.EnterBlockingCall()) return false;
+    int n = ::poll(fds.data(), fds.size(), -1);
+    sentinel.LeaveBlockingCall();
+    if (n < 0) return false;  // EINTR: the loop wants its thread
+    for (size_t i = 0; i < fds.size(); i++) {
+      if (fds[i].revents == 0) continue;
+      if (fds[i].revents & (POLLERR | POLLNVAL)) return false;  // the loop reports it
+      ServeSource(*sources_[i]);
+      // JS run by that ioreq may have stopped the engine or turned busy polling on.
+      if (!started_ || epoch != sources_epoch_ || idle_ != nullptr) return false;
+    }
+    // Native-only traffic is the I/O thread's.
+    return !(io_thread_ && native_streak_ >= kNativeStreakForThread);
+  }
+
   void DrainBuffered() {
     if (buf_ == nullptr) return;
     BufferedSink sink(this);
@@ -683,6 +786,11 @@ class IoreqEngine : public Napi::ObjectWrap<IoreqEngine> {
   uv_async_t* async_ = nullptr;
   IoThread io_;
   bool loop_polling_ = false;  // the loop watches the sources (JS thread only)
+  // Blocking serve (blockingServe) on the JS thread.
+  bool blocking_serve_ = false;
+  bool blocking_session_ = false;
+  BlockingServeStreak blocking_streak_;
+  uint64_t sources_epoch_ = 0;  // changes when the sources are closed
   uint32_t native_streak_ = 0;
   // An ioreq the thread took but could not serve: the loop serves it first when it resumes.
   bool handoff_ = false;

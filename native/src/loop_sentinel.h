@@ -22,6 +22,7 @@
 #include <unistd.h>
 #include <uv.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -29,6 +30,7 @@
 #include <memory>
 #include <mutex>
 #include <thread>
+#include <vector>
 
 #include "io_thread.h"
 
@@ -62,19 +64,19 @@ class LoopSentinel {
   LoopSentinel(const LoopSentinel&) = delete;
   LoopSentinel& operator=(const LoopSentinel&) = delete;
 
-  // Whether the loop has nothing to do now but `own_fd` (the caller's socket, still watched): no
-  // other event pending, no timer due. Then blocking serve may begin; *timeout_ms is the time
-  // until the loop's next timer (-1: none). libuv's epoll set is level-triggered, so looking at
-  // its ready events takes none away from the loop.
-  bool LoopIdle(int own_fd, int* timeout_ms) {
+  // Whether the loop has nothing to do now but the caller's own fds (still watched): no other
+  // event pending, no timer due. Then blocking serve may begin; *timeout_ms is the time until the
+  // loop's next timer (-1: none). libuv's epoll set is level-triggered, so looking at its ready
+  // events takes none away from the loop.
+  bool LoopIdle(const std::vector<int>& own_fds, int* timeout_ms) {
     uv_update_time(loop_);
     int t = uv_backend_timeout(loop_);
     if (t == 0) return false;
-    epoll_event ready[4];
-    int n = ::epoll_wait(uv_backend_fd(loop_), ready, 4, 0);
+    epoll_event ready[8];
+    int n = ::epoll_wait(uv_backend_fd(loop_), ready, 8, 0);
     if (n < 0) return false;
     for (int i = 0; i < n; i++) {
-      if (ready[i].data.fd != own_fd) return false;
+      if (std::find(own_fds.begin(), own_fds.end(), ready[i].data.fd) == own_fds.end()) return false;
     }
     *timeout_ms = t;
     return true;
@@ -217,6 +219,28 @@ class LoopSentinel {
   Clock::time_point deadline_ = Clock::time_point::max();  // under mu_
   std::atomic<bool> yield_{false};
   std::atomic<bool> in_call_{false};
+};
+
+// When an event source begins a blocking serve: after kStart units of work in a row served on
+// the loop, each wakeup leaving the source idle. A session that was not worth its set-up (the
+// loop was busy, or cut it short) doubles the run needed before the next, up to kMax.
+class BlockingServeStreak {
+ public:
+  static constexpr uint32_t kStart = 16;
+  static constexpr uint32_t kMax = 4096;
+
+  // A loop wakeup served `served` units; `idle`: nothing of the source's is left waiting.
+  void LoopWakeup(uint64_t served, bool idle) { run_ = idle && served > 0 ? run_ + static_cast<uint32_t>(std::min<uint64_t>(served, kMax)) : 0; }
+  bool Due() const { return run_ >= needed_; }
+  // A session was tried (begun or refused by a busy loop); `served` units in it.
+  void SessionEnded(uint64_t served) {
+    run_ = 0;
+    needed_ = served >= kStart ? kStart : std::min(needed_ * 2, kMax);
+  }
+
+ private:
+  uint32_t run_ = 0;
+  uint32_t needed_ = kStart;
 };
 
 }  // namespace mdevkit

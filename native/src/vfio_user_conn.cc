@@ -46,10 +46,6 @@ constexpr int kMaxReadsPerWakeup = 64;  // fairness between connections sharing 
 constexpr uint32_t kDefaultDrainMs = 2000;
 // In loop mode, after this many messages in a row served without JS, the I/O thread takes over.
 constexpr uint32_t kNativeStreakForThread = 64;
-// Blocking serve begins after this many messages in a row served on the loop (each wakeup leaving
-// the connection idle); a session the loop cut short doubles it, up to the maximum.
-constexpr uint32_t kLoopStreakForBlocking = 16;
-constexpr uint32_t kMaxLoopStreakForBlocking = 4096;
 // Loop-path socket calls never block, even while the socket is blocking for the I/O thread or a
 // blocking serve.
 constexpr int kNoWait = MSG_DONTWAIT;
@@ -315,9 +311,7 @@ class VfioUserConnection : public Napi::ObjectWrap<VfioUserConnection> {
         if ((events & UV_READABLE) && self->out_.empty()) self->HandleReadable();
       }
       self->AfterWakeup();
-      uint64_t served = stats_.messages.get() - messages_before;
-      bool idle = !closed_ && !draining_ && out_.empty() && pending_.empty();
-      loop_streak_ = idle && served > 0 ? loop_streak_ + static_cast<uint32_t>(served) : 0;
+      blocking_streak_.LoopWakeup(stats_.messages.get() - messages_before, !closed_ && !draining_ && out_.empty() && pending_.empty());
       return !closed_;
     } catch (const Napi::Error& e) {
       ReportInternalError(e);
@@ -549,16 +543,12 @@ class VfioUserConnection : public Napi::ObjectWrap<VfioUserConnection> {
 
   void MaybeServeBlocking() {
     if (!blocking_serve_ || closed_ || draining_ || !negotiated_ || poll_ == nullptr) return;
-    if (loop_streak_ < loop_streak_for_blocking_ || nesting_ > 0 || !out_.empty() || !pending_.empty()) return;
+    if (!blocking_streak_.Due() || nesting_ > 0 || !out_.empty() || !pending_.empty()) return;
     if (io_.Owns()) return;
     LoopSentinel* sentinel = LoopSentinel::ForThisThread(poll_->loop);
     if (sentinel == nullptr) return;
-    loop_streak_ = 0;
     int timeout_ms = -1;
-    // A loop with other work, or a session the loop cut short: not worth it now; wait longer
-    // before trying again.
-    bool worth = sentinel->LoopIdle(fd_, &timeout_ms) && ServeBlocking(*sentinel, timeout_ms) >= kLoopStreakForBlocking;
-    loop_streak_for_blocking_ = worth ? kLoopStreakForBlocking : std::min(loop_streak_for_blocking_ * 2, kMaxLoopStreakForBlocking);
+    blocking_streak_.SessionEnded(sentinel->LoopIdle({fd_}, &timeout_ms) ? ServeBlocking(*sentinel, timeout_ms) : 0);
   }
 
   // Returns the messages served. The connection belongs to the loop again when it returns (unless
@@ -1153,8 +1143,7 @@ class VfioUserConnection : public Napi::ObjectWrap<VfioUserConnection> {
   IoThread io_;
   bool blocking_serve_ = false;
   bool blocking_session_ = false;
-  uint32_t loop_streak_ = 0;
-  uint32_t loop_streak_for_blocking_ = kLoopStreakForBlocking;
+  BlockingServeStreak blocking_streak_;
   bool blocking_ = false;
   bool socket_timeouts_set_ = false;
   bool receive_timeout_armed_ = false;

@@ -86,13 +86,17 @@ describe('blocking serve', () => {
       // The handler's setTimeout is due sooner than anything the loop had: the sentinel must wake
       // the JS thread out of its receive for it, with no message arriving.
       c.mmioWrite(0, REG.ANNOUNCE, 4, 20);
-      await new Promise<void>((resolve) => {
+      const after = await new Promise<number>((resolve) => {
         const fired = (): void => {
-          if (server.stdout().includes('witness: timeout of 20 ms fired')) resolve();
+          const m = /witness: timeout of 20 ms fired after (\d+) ms/.exec(server.stdout());
+          if (m) resolve(Number(m[1]));
         };
         server.proc.stdout!.on('data', fired);
         fired();
       });
+      // On time, give or take scheduling: not whenever something else next wakes the loop (V8's
+      // memory reducer, seconds later). The bound is 50 times the timeout: a liveness check.
+      expect(after).toBeLessThan(1000);
       expect(c.mmioRead(0, REG.QUEUE, 4)).toBe(2001);
     } finally {
       c.close();
