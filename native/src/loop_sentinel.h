@@ -102,14 +102,13 @@ class LoopSentinel {
     int t = uv_backend_timeout(loop_);
     if (t == 0) return false;
     Clock::time_point deadline = t < 0 ? Clock::time_point::max() : Clock::now() + std::chrono::milliseconds(t);
-    bool sooner = false;
+    bool sooner;
     {
       std::lock_guard<std::mutex> lk(mu_);
-      // (Whole milliseconds: the same timer, recomputed later, can look up to 1 ms sooner.)
-      if (deadline + std::chrono::milliseconds(1) < deadline_) {
-        deadline_ = deadline;
-        sooner = true;
-      }
+      // Whole milliseconds: the same timer, recomputed later, can look up to 1 ms sooner. (A later
+      // deadline needs no wakeup: at the old one the sentinel finds it and sleeps on.)
+      sooner = deadline < deadline_ - std::chrono::milliseconds(1);
+      deadline_ = deadline;
     }
     if (sooner) Kick();  // the sentinel sleeps until the old deadline: wake it to take the new one
     return true;
