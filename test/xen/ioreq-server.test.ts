@@ -244,13 +244,15 @@ describe('IOREQ server over the simulator', () => {
 const threadStats = () =>
   server!.engineStats() as Record<'ioreqs' | 'native' | 'js' | 'bad' | 'threadIoreqs' | 'toThread' | 'toLoop' | 'blockingIoreqs' | 'blockingSessions', number>;
 
-async function eduServer(ioThread?: boolean): Promise<EduDevice> {
-  const device = new EduDevice();
-  server = new IoreqServer(device, host, { pci: { segment: 0, bus: 0, device: 5, fn: 0 }, fixedBars: { 0: BAR }, ...(ioThread === undefined ? {} : { ioThread }) });
+/** Serves `device` at 00:05.0 with BAR0 at BAR, memory decoding on. */
+async function serveAtBar<D extends PciDevice>(device: D, options: { ioThread?: boolean; blockingServe?: boolean } = {}): Promise<D> {
+  server = new IoreqServer(device, host, { pci: { segment: 0, bus: 0, device: 5, fn: 0 }, fixedBars: { 0: BAR }, ...options });
   server.start();
   await cfg(PCI.COMMAND, 2, PCI_COMMAND.MEMORY);
   return device;
 }
+
+const eduServer = (ioThread?: boolean): Promise<EduDevice> => serveAtBar(new EduDevice(), ioThread === undefined ? {} : { ioThread });
 
 async function readIds(n: number): Promise<void> {
   for (let i = 0; i < n; i++) expect(await mmio(BAR + BigInt(EDU.ID), 4)).toBe(BigInt(EDU.ID_VALUE));
@@ -385,14 +387,8 @@ class LoopWitness extends PciDevice {
 
 describe('ioreq engine blocking serve (simulator)', () => {
   const read = (offset: number): SimVcpuOp => ['access', { space: 'mmio', addr: BAR + BigInt(offset), size: 4, dir: 'read' }];
-
-  async function witnessServer(blockingServe?: boolean): Promise<LoopWitness> {
-    const device = new LoopWitness();
-    server = new IoreqServer(device, host, { pci: { segment: 0, bus: 0, device: 5, fn: 0 }, fixedBars: { 0: BAR }, ...(blockingServe === undefined ? {} : { blockingServe }) });
-    server.start();
-    await cfg(PCI.COMMAND, 2, PCI_COMMAND.MEMORY);
-    return device;
-  }
+  const witnessServer = (blockingServe?: boolean): Promise<LoopWitness> =>
+    serveAtBar(new LoopWitness(), blockingServe === undefined ? {} : { blockingServe });
 
   it('serves JS-handled ioreqs in a blocking poll on the JS thread; promise jobs, timers and setImmediate still run meanwhile', async () => {
     const device = await witnessServer();
