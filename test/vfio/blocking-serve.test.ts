@@ -184,6 +184,29 @@ describe('blocking serve', () => {
     expect(conn['blockingSessions']).toBeGreaterThanOrEqual(1);
   });
 
+  it('a half message during a blocking serve: the client is dropped within twice --message-timeout, the next one is served', async () => {
+    const stats = statsPath();
+    const server = await startServer({ device: WITNESS, args: ['--stats', stats, '--message-timeout', '200'] });
+    const c = new RawConnection(server.paths[0]!);
+    c.send(versionMessage());
+    await c.next();
+    for (let i = 0; i < 500; i++) {
+      c.send(configRead(i));
+      expect((await c.next())?.payload.readUInt32LE(16)).toBe(WITNESS_ID);
+    }
+    c.send(configRead(999).subarray(0, 20));
+    expect(await c.next()).toBeNull();
+    expect(c.reset).toBe(false);
+    c.close();
+    const next = new RawConnection(server.paths[0]!);
+    next.send(versionMessage(undefined, 7));
+    expect((await next.next())?.header).toMatchObject({ msgId: 7, flags: HeaderFlag.TYPE_REPLY });
+    next.close();
+    const [conn] = await stopWithStats(server, stats);
+    expect(server.stderr()).toMatch(/slow client: a started message was not completed within 200 ms/);
+    expect(conn!['blockingSessions']).toBeGreaterThanOrEqual(1);
+  });
+
   it('with --no-blocking-serve every access goes through the event loop', async () => {
     const stats = statsPath();
     const server = await startServer({ device: WITNESS, args: ['--stats', stats, '--no-blocking-serve'] });
