@@ -69,6 +69,7 @@ class LoopSentinel {
   // loop's next timer (-1: none). libuv's epoll set is level-triggered, so looking at its ready
   // events takes none away from the loop.
   bool LoopIdle(const std::vector<int>& own_fds, int* timeout_ms) {
+    if (WatchersPending()) return false;
     uv_update_time(loop_);
     int t = uv_backend_timeout(loop_);
     if (t == 0) return false;
@@ -90,14 +91,15 @@ class LoopSentinel {
       SetDeadline(timeout_ms);
       yield_.store(false, std::memory_order_seq_cst);
       armed_ = true;
+      session_++;
     }
     cv_.notify_all();
   }
 
   // After JS ran: its timers may be due sooner (a setTimeout), or it left work for the loop (a
-  // setImmediate, a closing handle). Returns false if the loop must run now.
+  // setImmediate, a closing handle, a new fd to watch). Returns false if the loop must run now.
   bool Recheck() {
-    if (yield_.load(std::memory_order_relaxed)) return false;
+    if (yield_.load(std::memory_order_relaxed) || WatchersPending()) return false;
     uv_update_time(loop_);
     int t = uv_backend_timeout(loop_);
     if (t == 0) return false;
@@ -158,6 +160,10 @@ class LoopSentinel {
     return true;
   }
 
+  // Handles started since the loop's last turn (a socket JS opened): libuv adds their fds to its
+  // epoll set only at its next turn, so until then the sentinel could not see their events.
+  bool WatchersPending() const { return loop_->watcher_queue.next != &loop_->watcher_queue; }
+
   void SetDeadline(int timeout_ms) {
     deadline_ = timeout_ms < 0 ? Clock::time_point::max() : Clock::now() + std::chrono::milliseconds(timeout_ms);
   }
@@ -174,6 +180,7 @@ class LoopSentinel {
       cv_.wait(lk, [this] { return stop_ || armed_; });
       if (stop_) return;
       // Armed: watch the loop until an event, the deadline, or a disarm.
+      uint64_t session = session_;
       watching_ = true;
       Clock::time_point deadline = deadline_;
       lk.unlock();
@@ -192,14 +199,14 @@ class LoopSentinel {
       lk.lock();
       watching_ = false;
       if (stop_) return;
-      if (!armed_) continue;
+      if (!armed_ || session != session_) continue;  // that session ended meanwhile
       bool due = deadline_ != Clock::time_point::max() && Clock::now() >= deadline_;
       bool loop_event = r > 0 && (p[0].revents & (POLLIN | POLLERR | POLLHUP));
       if (!loop_event && !due) continue;  // kicked for a new deadline (or EINTR): watch again
       // The loop needs its thread: ask, and interrupt the blocking call until the JS thread
       // disarms. (A signal sent just before the call blocks is lost, hence the repeat.)
       yield_.store(true, std::memory_order_seq_cst);
-      while (armed_ && !stop_) {
+      while (armed_ && session == session_ && !stop_) {
         if (in_call_.load(std::memory_order_seq_cst)) pthread_kill(target_, WakeSignal());
         cv_.wait_for(lk, std::chrono::milliseconds(2));
       }
@@ -214,6 +221,7 @@ class LoopSentinel {
   bool armed_ = false;     // under mu_
   bool watching_ = false;  // under mu_
   bool stop_ = false;      // under mu_
+  uint64_t session_ = 0;   // under mu_: which Arm() the sentinel acts for
   pthread_t target_{};     // under mu_
   Clock::time_point deadline_ = Clock::time_point::max();  // under mu_
   std::atomic<bool> yield_{false};

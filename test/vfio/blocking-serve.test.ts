@@ -15,7 +15,7 @@ import { sendMsg } from '../../src/native/socket.js';
 import { RawConnection, message, startServer, versionMessage, type ServerProcess } from './harness.js';
 
 const WITNESS = join(packageRoot(), 'test', 'fixtures', 'loop-witness-device.mjs');
-const REG = { TICKS: 0x00, QUEUE: 0x04, JOBS: 0x08, IMMEDIATE: 0x0c, IMMEDIATES: 0x10, ANNOUNCE: 0x14 };
+const REG = { TICKS: 0x00, QUEUE: 0x04, JOBS: 0x08, IMMEDIATE: 0x0c, IMMEDIATES: 0x10, ANNOUNCE: 0x14, WATCH: 0x18, WATCHED: 0x1c };
 const CONFIG_REGION = 7;
 const WITNESS_ID = 0xbeef1234; // config dword 0: device and vendor ID
 // Loops below stop when what they wait for happened; the bound turns a starved loop into a failure.
@@ -101,6 +101,28 @@ describe('blocking serve', () => {
     } finally {
       c.close();
     }
+    const [conn] = await stopWithStats(server, stats);
+    expect(conn!['blockingSessions']).toBeGreaterThanOrEqual(1);
+  });
+
+  it('an fd a handler starts watching is served while the connection stays busy', async () => {
+    const stats = statsPath();
+    const server = await startServer({ device: WITNESS, args: ['--stats', stats] });
+    const c = VfioUserClient.connect(server.paths[0]!, { emulate: 'qemu' });
+    let watchedAfter = 0;
+    try {
+      c.cfgWrite(PCI.COMMAND, 2, PCI_COMMAND.MEMORY);
+      for (let i = 0; i < 2000; i++) c.mmioRead(0, REG.QUEUE, 4);
+      // A new fd reaches libuv's epoll set only at the loop's next turn: the session must give the
+      // loop that turn, or its events wait for whatever next wakes the loop.
+      c.mmioWrite(0, REG.WATCH, 4, 1);
+      for (let i = 0; i < MAX_READS && watchedAfter === 0; i++) watchedAfter = c.mmioRead(0, REG.WATCHED, 4);
+    } finally {
+      c.close();
+    }
+    expect(watchedAfter).toBeGreaterThan(0);
+    // A liveness bound: the eventfd was readable from the start.
+    expect(watchedAfter).toBeLessThan(1000);
     const [conn] = await stopWithStats(server, stats);
     expect(conn!['blockingSessions']).toBeGreaterThanOrEqual(1);
   });
