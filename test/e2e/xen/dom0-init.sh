@@ -111,10 +111,12 @@ save_restore() {
     [ $rc = 0 ] && grep -q 'device state saved' /tmp/server-$name.log || { show_logs; verdict "FAIL $name server did not save its device state"; }
   done
   # The guest's 200 reads of edu's ID in a row (E2E-RTT) are native: the engine's I/O thread
-  # serves them through the event channel device once it has taken over.
+  # serves them through the event channel device once it has taken over. Its 200 config-space
+  # reads that follow need JS: the engine serves them in a blocking poll on the JS thread.
   edu_engine=$(grep -o '"engine":{[^}]*}' /tmp/stats-edu.json)
   say "edu engine after xl save: $edu_engine"
   case "$edu_engine" in *'"threadIoreqs":0,'*|'') show_logs; verdict "FAIL the edu server's I/O thread served no ioreq" ;; esac
+  case "$edu_engine" in *'"blockingIoreqs":0,'*|'') show_logs; verdict "FAIL the edu server served none of the guest's config-space run in a blocking serve" ;; esac
   # libxl caps a restored domain at its configured memory + 1 MiB.
   guest_mib=$(sed -n 's/^memory = //p' /guest/guest.cfg)
   sed "s/^memory = .*/memory = $(( guest_mib + RAM_BAR_MIB + 1 ))/" /guest/guest.cfg > /tmp/restore.cfg

@@ -44,6 +44,10 @@ edu_part() {
   a=$(t); i=0; while [ $i -lt $N ]; do devmem $bar 32 >/dev/null; i=$((i + 1)); done; b=$(t)
   i=0; while [ $i -lt $N ]; do devmem 0xfed00000 32 >/dev/null; i=$((i + 1)); done; c=$(t)
   echo "E2E-RTT n=$N served_total_ms=$(( (b - a) * 10 )) unserved_total_ms=$(( (c - b) * 10 )) per_access_delta_us=$(( ((b - a) - (c - b)) * 10000 / N ))"
+  # N reads of the device's config space in a row: JS-handled on the server's side, which serves
+  # such a run in a blocking poll on its JS thread (dom0 checks the engine's counters).
+  i=0; while [ $i -lt $N ]; do od -An -tx4 -N4 "$dev/config" >/dev/null; i=$((i + 1)); done
+  echo "E2E-CONFIG-RUN n=$N"
 }
 
 # ---- vGPU: a command ring in RAM the kernel does not use (mem=120M of memory=128), fetched and
