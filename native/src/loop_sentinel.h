@@ -237,7 +237,9 @@ class BlockingServeStreak {
   static constexpr uint32_t kMax = 4096;
 
   // A loop wakeup served `served` units; `idle`: nothing of the source's is left waiting.
-  void LoopWakeup(uint64_t served, bool idle) { run_ = idle && served > 0 ? run_ + static_cast<uint32_t>(std::min<uint64_t>(served, kMax)) : 0; }
+  void LoopWakeup(uint64_t served, bool idle) {
+    run_ = idle && served > 0 ? static_cast<uint32_t>(std::min<uint64_t>(uint64_t{run_} + served, kMax)) : 0;
+  }
   bool Due() const { return run_ >= needed_; }
   // A session was tried (begun or refused by a busy loop); `served` units in it.
   void SessionEnded(uint64_t served) {
