@@ -226,6 +226,22 @@ describe('blocking serve', () => {
     expect(conn!['blockingSessions']).toBeGreaterThanOrEqual(1);
   });
 
+  it('SIGTERM while an idle client\'s connection is in a blocking receive: EOF to the client (no reset), exit 0', async () => {
+    const { server, c, stats } = await busyRawClient([]);
+    // The client sends nothing more: the JS thread sits in the session's recvmsg until the
+    // signal's wakeup of the loop ends it.
+    const killed = performance.now();
+    server.proc.kill('SIGTERM');
+    expect(await c.next()).toBeNull();
+    // A liveness bound: the end does not wait for whatever else next wakes the loop (V8's memory
+    // reducer, ~8 s after start).
+    expect(performance.now() - killed).toBeLessThan(2000);
+    expect(c.reset).toBe(false);
+    c.close();
+    const [conn] = await stopWithStats(server, stats);
+    expect(conn!['blockingSessions']).toBeGreaterThanOrEqual(1);
+  });
+
   it('with --no-blocking-serve every access goes through the event loop', async () => {
     const { server, c, stats } = await witnessClient(['--no-blocking-serve']);
     try {
