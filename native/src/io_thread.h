@@ -48,9 +48,10 @@ inline void InstallWakeSignal() {
 
 // The hand-over of an event source's work between the JS thread (its libuv loop) and an I/O
 // thread of the source's own. The work belongs to one side at a time: the loop hands it over
-// (HandOver); the thread runs `serve` until that returns, then lets go and wakes the loop through
-// `async`; the JS thread can take it back at any time (TakeBack), waking the thread out of a
-// blocking call with WakeSignal. `serve` checks YieldRequested() between blocking calls.
+// (HandOver); the thread runs `serve` until that returns, then lets go and wakes the loop (a
+// uv_async calling `on_yield` with `data` as the handle's data); the JS thread can take it back at
+// any time (TakeBack), waking the thread out of a blocking call with WakeSignal. `serve` checks
+// YieldRequested() between blocking calls.
 class IoThread {
  public:
   IoThread() = default;
@@ -58,10 +59,13 @@ class IoThread {
   IoThread& operator=(const IoThread&) = delete;
   ~IoThread() { Stop(); }
 
-  void Start(std::function<void()> serve, uv_async_t* async) {
+  void Start(uv_loop_t* loop, std::function<void()> serve, uv_async_cb on_yield, void* data) {
     InstallWakeSignal();
     serve_ = std::move(serve);
-    async_ = async;
+    async_ = new uv_async_t;
+    uv_async_init(loop, async_, on_yield);
+    async_->data = data;
+    stop_ = false;
     thread_ = std::thread([this] { Main(); });
   }
   bool Running() const { return thread_.joinable(); }
@@ -96,6 +100,14 @@ class IoThread {
       cv_.wait_for(lk, std::chrono::milliseconds(5));
     }
     return true;
+  }
+
+  // Stop() and closes the loop's handle (on the JS thread, as the source ends). Idempotent.
+  void Close() {
+    Stop();
+    if (async_ == nullptr) return;
+    uv_close(reinterpret_cast<uv_handle_t*>(async_), [](uv_handle_t* h) { delete reinterpret_cast<uv_async_t*>(h); });
+    async_ = nullptr;
   }
 
   // Ends the thread (it lets go of the work first) and joins it. Idempotent.

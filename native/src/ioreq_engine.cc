@@ -58,6 +58,8 @@ struct EngineStats {
 
 // After this many synchronous ioreqs in a row served without JS, the I/O thread takes over.
 constexpr uint32_t kNativeStreakForThread = 64;
+// What EachPendingPort reports for the buffered ring's port (vCPU numbers are below kMaxVcpus).
+constexpr uint32_t kBufferedRing = UINT32_MAX;
 
 class IoreqEngine;
 
@@ -200,12 +202,7 @@ class IoreqEngine : public Napi::ObjectWrap<IoreqEngine> {
       for (uint32_t i = 0; i < nr_vcpus_; i++) AddSource(env, loop, guest_to_server_[i], static_cast<int>(i));
       if (buf_fd_ >= 0) AddSource(env, loop, buf_fd_, -1);
     }
-    if (io_thread_) {
-      async_ = new uv_async_t;
-      uv_async_init(loop, async_, &IoreqEngine::OnThreadYield);
-      async_->data = this;
-      io_.Start([this] { ServeOnThread(); }, async_);
-    }
+    if (io_thread_) io_.Start(loop, [this] { ServeOnThread(); }, &IoreqEngine::OnThreadYield, this);
     loop_polling_ = true;
     started_ = true;
     Ref();
@@ -237,12 +234,8 @@ class IoreqEngine : public Napi::ObjectWrap<IoreqEngine> {
 
   void StopSources() {
     TakeBack();
-    io_.Stop();
+    io_.Close();
     sources_epoch_++;  // a blocking serve in progress (this is JS it called) must let go of them
-    if (async_ != nullptr) {
-      uv_close(reinterpret_cast<uv_handle_t*>(async_), [](uv_handle_t* h) { delete reinterpret_cast<uv_async_t*>(h); });
-      async_ = nullptr;
-    }
     StopIdle();
     for (auto& s : sources_) {
       if (s->poll != nullptr) {
@@ -366,22 +359,41 @@ class IoreqEngine : public Napi::ObjectWrap<IoreqEngine> {
     else ServeSlot(static_cast<uint32_t>(s.vcpu));
   }
 
+  std::vector<pollfd> SourcePollFds() const {
+    std::vector<pollfd> fds;
+    for (auto& s : sources_) fds.push_back(pollfd{s->fd, POLLIN, 0});
+    return fds;
+  }
+
   void HandleEvtchn() {
+    EachPendingPort([this](uint32_t vcpu) {
+      if (vcpu == kBufferedRing) DrainBuffered();
+      else ServeSlot(vcpu);
+      return true;
+    });
+  }
+
+  // The evtchn device: reads the pending ports and hands each one's vCPU (kBufferedRing for the
+  // buffered ring's port) to `serve` until it returns false, then unmasks them all by writing them
+  // back (the device's protocol). False if `serve` stopped.
+  template <class Serve>
+  bool EachPendingPort(Serve serve) {
     uint32_t ports[64];
     ssize_t n = ::read(evtchn_fd_, ports, sizeof ports);
-    if (n <= 0) return;
+    if (n <= 0) return true;
     size_t count = static_cast<size_t>(n) / sizeof(uint32_t);
-    for (size_t i = 0; i < count; i++) {
+    bool go_on = true;
+    for (size_t i = 0; i < count && go_on; i++) {
       if (buf_port_ >= 0 && ports[i] == static_cast<uint32_t>(buf_port_)) {
-        DrainBuffered();
+        go_on = serve(kBufferedRing);
         continue;
       }
       auto it = std::find(vcpu_ports_.begin(), vcpu_ports_.end(), ports[i]);
-      if (it != vcpu_ports_.end()) ServeSlot(static_cast<uint32_t>(it - vcpu_ports_.begin()));
+      if (it != vcpu_ports_.end()) go_on = serve(static_cast<uint32_t>(it - vcpu_ports_.begin()));
     }
-    // Writing the ports back unmasks them (the evtchn device's protocol).
     ssize_t w = ::write(evtchn_fd_, ports, count * sizeof(uint32_t));
     (void)w;
+    return go_on;
   }
 
   void DrainAll() {
@@ -546,11 +558,20 @@ class IoreqEngine : public Napi::ObjectWrap<IoreqEngine> {
   // kNativeStreakForThread synchronous ioreqs in a row served natively. JS takes it back on demand
   // (ranges, busy polling, stop) by waking the thread with a signal.
 
+  // Whether the loop watches the event sources (uv_poll); stopped, they are also out of the loop's
+  // epoll set — the I/O thread or a blocking serve polls them.
+  void WatchSources(bool on) {
+    for (auto& s : sources_) {
+      if (on) uv_poll_start(s->poll, UV_READABLE, &IoreqEngine::OnPoll);
+      else uv_poll_stop(s->poll);
+    }
+    loop_polling_ = on;
+  }
+
   void MaybeHandToThread() {
     if (!io_thread_ || !started_ || idle_ != nullptr || native_streak_ < kNativeStreakForThread || !loop_polling_) return;
     native_streak_ = 0;
-    for (auto& s : sources_) uv_poll_stop(s->poll);
-    loop_polling_ = false;
+    WatchSources(false);
     stats_.to_thread++;
     io_.HandOver();
   }
@@ -568,9 +589,8 @@ class IoreqEngine : public Napi::ObjectWrap<IoreqEngine> {
   // thread may have consumed their notifications).
   void ResumeLoop() {
     if (loop_polling_ || !started_) return;
-    loop_polling_ = true;
     stats_.to_loop++;
-    for (auto& s : sources_) uv_poll_start(s->poll, UV_READABLE, &IoreqEngine::OnPoll);
+    WatchSources(true);
     if (handoff_) {
       handoff_ = false;
       DrainBuffered();
@@ -594,8 +614,7 @@ class IoreqEngine : public Napi::ObjectWrap<IoreqEngine> {
 
   // The thread's loop; returns when the engine must go back to the JS thread.
   void ServeOnThread() {
-    std::vector<pollfd> fds;
-    for (auto& s : sources_) fds.push_back(pollfd{s->fd, POLLIN, 0});
+    std::vector<pollfd> fds = SourcePollFds();
     for (;;) {
       if (io_.YieldRequested()) return;
       int n = ::poll(fds.data(), fds.size(), -1);
@@ -623,22 +642,7 @@ class IoreqEngine : public Napi::ObjectWrap<IoreqEngine> {
   // The evtchn device on the thread: pending ports read, served, unmasked. False: back to the loop
   // (whose DrainAll then serves every slot still READY and the buffered ring).
   bool ThreadEvtchn() {
-    uint32_t ports[64];
-    ssize_t n = ::read(evtchn_fd_, ports, sizeof ports);
-    if (n <= 0) return true;
-    size_t count = static_cast<size_t>(n) / sizeof(uint32_t);
-    bool stay = true;
-    for (size_t i = 0; i < count && stay; i++) {
-      if (buf_port_ >= 0 && ports[i] == static_cast<uint32_t>(buf_port_)) {
-        stay = false;
-        continue;
-      }
-      auto it = std::find(vcpu_ports_.begin(), vcpu_ports_.end(), ports[i]);
-      if (it != vcpu_ports_.end()) stay = ThreadServeSlot(static_cast<uint32_t>(it - vcpu_ports_.begin()));
-    }
-    ssize_t w = ::write(evtchn_fd_, ports, count * sizeof(uint32_t));
-    (void)w;
-    return stay;
+    return EachPendingPort([this](uint32_t vcpu) { return vcpu != kBufferedRing && ThreadServeSlot(vcpu); });
   }
 
   // One synchronous ioreq on the thread. False: the loop must take over (the ioreq, if taken, is
@@ -697,12 +701,8 @@ class IoreqEngine : public Napi::ObjectWrap<IoreqEngine> {
   uint64_t ServeBlocking(LoopSentinel& sentinel, int timeout_ms) {
     uint64_t first = Served();
     uint64_t epoch = sources_epoch_;
-    std::vector<pollfd> fds;
-    for (auto& s : sources_) {
-      fds.push_back(pollfd{s->fd, POLLIN, 0});
-      uv_poll_stop(s->poll);  // also out of the loop's epoll set: the sentinel watches the rest
-    }
-    loop_polling_ = false;
+    std::vector<pollfd> fds = SourcePollFds();
+    WatchSources(false);  // the sentinel watches the rest of the loop
     blocking_session_ = true;
     stats_.blocking_sessions++;
     sentinel.Arm(timeout_ms);
@@ -722,8 +722,7 @@ class IoreqEngine : public Napi::ObjectWrap<IoreqEngine> {
     uint64_t served = Served() - first;
     stats_.blocking_ioreqs += served;
     if (!started_ || epoch != sources_epoch_) return served;
-    loop_polling_ = true;
-    for (auto& s : sources_) uv_poll_start(s->poll, UV_READABLE, &IoreqEngine::OnPoll);
+    WatchSources(true);
     JsEntry::Scope scope(*js_);
     try {
       DrainAll();  // what arrived between the last poll and the loop's watch
@@ -783,7 +782,6 @@ class IoreqEngine : public Napi::ObjectWrap<IoreqEngine> {
   EngineStats stats_;
   // The I/O thread (ioThread) and the hand-over between it and the loop.
   bool io_thread_ = false;
-  uv_async_t* async_ = nullptr;
   IoThread io_;
   bool loop_polling_ = false;  // the loop watches the sources (JS thread only)
   // Blocking serve (blockingServe) on the JS thread.

@@ -184,12 +184,7 @@ class VfioUserConnection : public Napi::ObjectWrap<VfioUserConnection> {
     timer_ = new uv_timer_t;
     uv_timer_init(loop, timer_);
     timer_->data = this;
-    if (io_thread_) {
-      async_ = new uv_async_t;
-      uv_async_init(loop, async_, &VfioUserConnection::OnThreadYield);
-      async_->data = this;
-      io_.Start([this] { ServeOnThread(); }, async_);
-    }
+    if (io_thread_) io_.Start(loop, [this] { ServeOnThread(); }, &VfioUserConnection::OnThreadYield, this);
     started_ = true;
     Ref();  // an active connection keeps its JS object alive until it closes
     UpdatePoll();
@@ -291,26 +286,25 @@ class VfioUserConnection : public Napi::ObjectWrap<VfioUserConnection> {
 
   // One wakeup of the socket on the loop; false if the connection ended.
   bool ServeWakeup(int status, int events) {
-    VfioUserConnection* self = this;
     // A handle scope now; a callback scope (promise jobs and nextTicks queued by JS handlers run
     // after this wakeup, as after any Node callback) only if the wakeup calls into JS.
-    JsEntry::Scope scope(*self->js_);
+    JsEntry::Scope scope(*js_);
     uint64_t messages_before = stats_.messages.get();
     try {
       if (status < 0) {
-        self->Shutdown("poll error", -status);
-        self->AfterWakeup();
+        Shutdown("poll error", -status);
+        AfterWakeup();
         return false;
       }
-      if (self->draining_) {
-        self->DrainWakeup(events);
+      if (draining_) {
+        DrainWakeup(events);
       } else {
         if (events & UV_WRITABLE) {
-          if (!self->Flush()) return false;
+          if (!Flush()) return false;
         }
-        if ((events & UV_READABLE) && self->out_.empty()) self->HandleReadable();
+        if ((events & UV_READABLE) && out_.empty()) HandleReadable();
       }
-      self->AfterWakeup();
+      AfterWakeup();
       blocking_streak_.LoopWakeup(stats_.messages.get() - messages_before, !closed_ && !draining_ && out_.empty() && pending_.empty());
       return !closed_;
     } catch (const Napi::Error& e) {
@@ -508,27 +502,36 @@ class VfioUserConnection : public Napi::ObjectWrap<VfioUserConnection> {
         out_.Consumed(static_cast<size_t>(r));
       }
       if (io_.YieldRequested()) return;
-      iovec iov;
-      // A message larger than the buffer's free space: the loop copes.
-      if (!input_->Room(false, &iov)) return;
-      ArmReceiveTimeout(input_->HasPartial());
-      int fds[kMaxFdsPerMessage];
-      int nfds = 0;
-      bool truncated = false;
-      ssize_t n = RecvWithFds(fd_, &iov, 1, fds, std::max(max_fds_, 1), &nfds, &truncated, false);
-      stats_.recv_calls++;
+      ssize_t n = ReceiveBlocking(false, nullptr);
       // An idle client may stay idle: only a timeout with part of a message buffered matters.
       if (n == -EAGAIN && !input_->HasPartial()) continue;
-      if (n <= 0) {
-        // EOF or an error: the loop reads it again and ends the connection. EINTR: asked to
-        // yield, or a timeout with a partial message the loop's patience now applies to.
-        return;
-      }
-      stats_.bytes_in += static_cast<uint64_t>(n);
-      // fds are recorded exactly as the loop does; the message is then the loop's to serve. Fds
-      // that belong to no message are closed: the loop will find the stream broken.
-      if (input_->Received(static_cast<size_t>(n), fds, nfds, truncated) != 0) return;
+      // EOF or an error: the loop reads it again and ends the connection. EINTR: asked to yield,
+      // or a timeout with a partial message the loop's patience now applies to. No room (a
+      // message larger than the buffer's free space): the loop copes. EBADMSG: fds that belong to
+      // no message were closed; the loop will find the stream broken.
+      if (n <= 0) return;
     }
+  }
+
+  // One blocking receive into the input buffer (the I/O thread's, a blocking serve's, which
+  // brackets the call for its sentinel): the receive timeout is armed only while part of a message
+  // waits. fds are recorded exactly as the loop does. Returns recvmsg's result (bytes, 0 at EOF,
+  // -errno: -EINTR also when the sentinel wants the thread first), -ENOBUFS when the buffer has no
+  // room, -EBADMSG when fds came with bytes in which no message starts.
+  ssize_t ReceiveBlocking(bool may_compact, LoopSentinel* sentinel) {
+    iovec iov;
+    if (!input_->Room(may_compact, &iov)) return -ENOBUFS;
+    ArmReceiveTimeout(input_->HasPartial());
+    if (sentinel != nullptr && !sentinel->EnterBlockingCall()) return -EINTR;
+    int fds[kMaxFdsPerMessage];
+    int nfds = 0;
+    bool truncated = false;
+    ssize_t n = RecvWithFds(fd_, &iov, 1, fds, std::max(max_fds_, 1), &nfds, &truncated, false);
+    if (sentinel != nullptr) sentinel->LeaveBlockingCall();
+    stats_.recv_calls++;
+    if (n <= 0) return n;
+    stats_.bytes_in += static_cast<uint64_t>(n);
+    return input_->Received(static_cast<size_t>(n), fds, nfds, truncated) == 0 ? n : -EBADMSG;
   }
 
   // ---- blocking serve ----------------------------------------------------------------------
@@ -597,26 +600,15 @@ class VfioUserConnection : public Napi::ObjectWrap<VfioUserConnection> {
   // must have the connection back.
   bool BlockingServeOnce(LoopSentinel& sentinel) {
     JsEntry::Scope scope(*js_);
-    iovec iov;
-    if (!input_->Room(true, &iov)) return false;
-    // A started message that is not completed in time: the loop's patience applies.
-    ArmReceiveTimeout(input_->HasPartial());
-    if (!sentinel.EnterBlockingCall()) return false;
-    int fds[kMaxFdsPerMessage];
-    int nfds = 0;
-    bool truncated = false;
-    ssize_t n = RecvWithFds(fd_, &iov, 1, fds, std::max(max_fds_, 1), &nfds, &truncated, false);
-    sentinel.LeaveBlockingCall();
-    stats_.recv_calls++;
-    // EINTR: the loop wants its thread. EOF and errors: the loop reads them again and ends the
-    // connection. EAGAIN: the receive timeout with part of a message buffered.
-    if (n <= 0) return false;
-    stats_.bytes_in += static_cast<uint64_t>(n);
-    int bad = input_->Received(static_cast<size_t>(n), fds, nfds, truncated);
-    if (bad != 0) {
-      Shutdown("receive failed", bad);
+    ssize_t n = ReceiveBlocking(true, &sentinel);
+    if (n == -EBADMSG) {
+      Shutdown("receive failed", EBADMSG);
       return false;
     }
+    // EINTR: the loop wants its thread. EOF and errors: the loop reads them again and ends the
+    // connection. EAGAIN: the receive timeout (a started message is not completed in time: the
+    // loop's patience applies). No room: the loop copes.
+    if (n <= 0) return false;
     ProcessMessages();
     if (closed_) return false;
     Flush();
@@ -1086,7 +1078,7 @@ class VfioUserConnection : public Napi::ObjectWrap<VfioUserConnection> {
 
   void Shutdown(const char* reason, int err) {
     if (closed_) return;
-    io_.Stop();
+    io_.Close();
     closed_ = true;
     close_reason_ = reason;
     close_errno_ = err;
@@ -1098,10 +1090,6 @@ class VfioUserConnection : public Napi::ObjectWrap<VfioUserConnection> {
     if (timer_ != nullptr) {
       uv_close(reinterpret_cast<uv_handle_t*>(timer_), [](uv_handle_t* h) { delete reinterpret_cast<uv_timer_t*>(h); });
       timer_ = nullptr;
-    }
-    if (async_ != nullptr) {
-      uv_close(reinterpret_cast<uv_handle_t*>(async_), [](uv_handle_t* h) { delete reinterpret_cast<uv_async_t*>(h); });
-      async_ = nullptr;
     }
     ReleaseFds();
     // Nothing more will be read: give the buffers back now rather than when the wrapper is collected.
@@ -1138,7 +1126,6 @@ class VfioUserConnection : public Napi::ObjectWrap<VfioUserConnection> {
   int twin_fd_ = -1;
   uv_poll_t* poll_ = nullptr;
   uv_timer_t* timer_ = nullptr;
-  uv_async_t* async_ = nullptr;
   bool io_thread_ = false;
   IoThread io_;
   bool blocking_serve_ = false;
