@@ -12,6 +12,8 @@
  * @module
  */
 
+import { MdevError } from './errors.js';
+
 let depth = 0;
 const deferred: (() => void)[] = [];
 let onDeferredError: (e: unknown) => void = (e) => console.error('mdevkit: deferred device hook failed:', e);
@@ -19,18 +21,31 @@ let onDeferredError: (e: unknown) => void = (e) => console.error('mdevkit: defer
 /**
  * Runs a guest access (or other device work) as a handler. Nested scopes are the accesses a
  * transport serves while an outer handler waits; hooks they defer run when the outermost scope
- * ends, before this function returns.
+ * ends, before this function returns (also when `fn` throws).
  */
 export function inHandlerScope<T>(fn: () => T): T {
-  depth++;
-  let result: T;
+  enterHandlerScope();
   try {
-    result = fn();
+    return fn();
   } finally {
-    depth--;
+    leaveHandlerScope();
   }
+}
+
+/**
+ * Opens a handler scope; {@link leaveHandlerScope} (in a `finally`) closes it. The same as
+ * {@link inHandlerScope} without a closure: for a transport's per-access path, where a closure per
+ * access would be garbage per access.
+ */
+export function enterHandlerScope(): void {
+  depth++;
+}
+
+/** Closes the scope {@link enterHandlerScope} opened; the outermost one runs the deferred hooks. */
+export function leaveHandlerScope(): void {
+  if (depth <= 0) throw new MdevError('EINVAL', 'no handler scope is open', 'leaveHandlerScope');
+  depth--;
   if (depth === 0) runDeferred();
-  return result;
 }
 
 /** True inside a handler scope nested in another (an access served while a handler waits). */

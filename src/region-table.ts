@@ -6,7 +6,7 @@
  * @module
  */
 import { errnoOf, isErrno } from './errors.js';
-import { inHandlerScope } from './handler-scope.js';
+import { enterHandlerScope, leaveHandlerScope } from './handler-scope.js';
 import { binding } from './native/binding.js';
 import { RegisterBlock } from './registers.js';
 import type { Region, RegionAccessor } from './regions.js';
@@ -132,11 +132,14 @@ export function createRegionTable(device: PciDevice, options: { maxAccess: numbe
   const views: Uint8Array[] = [];
   const jsAccess = (region: number, offset: number, count: number, write: boolean): number => {
     const data = count < 64 ? (views[count] ??= scratch.subarray(0, count)) : scratch.subarray(0, count);
+    enterHandlerScope();
     try {
-      return inHandlerScope(() => access(region, offset, data, write));
+      return access(region, offset, data, write);
     } catch (e) {
       if (!isErrno(e)) onError(e);
       return errnoFromError(e);
+    } finally {
+      leaveHandlerScope();
     }
   };
   const table = new NativeRegionTableClass(jsAccess, scratch);

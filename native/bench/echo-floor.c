@@ -4,7 +4,12 @@
  * system calls per request, recvmsg and sendmsg, both blocking. Nothing can serve a request over a
  * socket with less; a vfio-user server's cost is measured against this.
  *
- *   mdevkit-echo-floor <socket-path>    listens, serves one client to EOF, exits
+ *   mdevkit-echo-floor <socket-path> [--work-ns N]    listens, serves one client to EOF, exits
+ *
+ * --work-ns N spins N ns (CLOCK_MONOTONIC) per request before replying: a C server that does as
+ * much work per request as a given path, for telling that work's cost from what it provokes (on
+ * one CPU, a server that runs longer per request than its client changes how the scheduler
+ * switches between them).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -15,6 +20,7 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #define REQ 32
@@ -36,9 +42,24 @@ static int read_full(int fd, uint8_t *buf, size_t len) {
   return 1;
 }
 
+static int64_t now_ns(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+}
+
 int main(int argc, char **argv) {
-  if (argc != 2) {
-    fprintf(stderr, "usage: %s <socket-path>\n", argv[0]);
+  long work_ns = 0;
+  if (argc == 4 && !strcmp(argv[2], "--work-ns")) {
+    char *end;
+    errno = 0;
+    work_ns = strtol(argv[3], &end, 10);
+    if (errno || *end || end == argv[3] || work_ns < 0 || work_ns > 1000000000) {
+      fprintf(stderr, "--work-ns: must be an integer in [0, 1e9], got '%s'\n", argv[3]);
+      return 2;
+    }
+  } else if (argc != 2) {
+    fprintf(stderr, "usage: %s <socket-path> [--work-ns N]\n", argv[0]);
     return 2;
   }
   int ls = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -62,6 +83,11 @@ int main(int argc, char **argv) {
   for (;;) {
     int r = read_full(fd, in, REQ);
     if (r <= 0) break;
+    if (work_ns > 0) {
+      int64_t until = now_ns() + work_ns;
+      while (now_ns() < until) {
+      }
+    }
     /* Echo the header (the msg id) and the access descriptor, as a REGION_READ reply does. */
     memcpy(out, in, REQ);
     uint32_t size = REP;

@@ -122,6 +122,8 @@ async function addSocketFloor(placement: string, pin: Pin): Promise<void> {
 
 const SOCKET_FLOOR = 'UNIX socket ping-pong 32 B/36 B';
 const C_FLOOR = 'C floor: C client ↔ C recvmsg/sendmsg echo server';
+/** Server work per request (ns) of the calibration run: about the CPU a JS-handled access adds (README). */
+const FLOOR_WORK_NS = 400;
 
 /** The C programs of the floor (built by npm install from native/bench/). */
 const cProgram = (name: string): string => join(packageRoot(), 'build', 'Release', name);
@@ -141,11 +143,14 @@ async function cClient(pin: Pin, socket: string, args: string[], iters: number):
   return { samples: readResult<{ samples_ns: number[] }>(out).samples_ns.map((ns) => ns / 1000) };
 }
 
-/** The C floor: the echo server (two syscalls per request) and the C client, fresh each run. */
-async function cFloorRun(pin: Pin, iters: number, strace = false): Promise<CRun & { syscalls?: number }> {
+/**
+ * The C floor: the echo server (two syscalls per request) and the C client, fresh each run. With
+ * `workNs`, the server spins that long per request before replying.
+ */
+async function cFloorRun(pin: Pin, iters: number, strace = false, workNs = 0): Promise<CRun & { syscalls?: number }> {
   const dir = trackDir(mkdtempSync(join(work, 'cfloor-')));
   const sock = join(dir, 'floor.sock');
-  const server = spawnPinned(pin.server, cProgram('mdevkit-echo-floor'), [sock]);
+  const server = spawnPinned(pin.server, cProgram('mdevkit-echo-floor'), [sock, ...(workNs > 0 ? ['--work-ns', String(workNs)] : [])]);
   const served = finished(server, 'C echo floor', CHILD_TIMEOUT_MS);
   await new Promise<void>((resolve, reject) => {
     server.stdout!.once('data', () => resolve());
@@ -196,6 +201,7 @@ async function benchCFloor(placement: string, pin: Pin): Promise<void> {
   const floor: number[] = [];
   const native: number[] = [];
   const js: number[] = [];
+  const worked: number[] = [];
   const cpu = { floor: [] as number[], native: [] as number[], js: [] as number[] };
   const serveRun = async (args: string[]): Promise<CRun> => {
     const before = cpuTimeNs(server.proc.pid!);
@@ -216,9 +222,13 @@ async function benchCFloor(placement: string, pin: Pin): Promise<void> {
       const j = await serveRun(['--offset', '0', '--region', '7', '--expect', '0x11e81234']);
       js.push(...j.samples);
       cpu.js.push(j.cpuUs);
+      worked.push(...(await cFloorRun(pin, cfg.cIters, false, FLOOR_WORK_NS)).samples);
     }
     latencyFigure('vfio-user 4 B read, native register, C client', placement, native, C_FLOOR, floor, 'c-native');
     latencyFigure('vfio-user 4 B read, JS handler (config dword), C client', placement, js, C_FLOOR, floor, 'c-js');
+    // What a given amount of server work costs the round trip, with no Node in it: on one CPU the
+    // cost is not linear (see README, Performance), so a path's ratio reads against this one.
+    latencyFigure(`C echo server + ${FLOOR_WORK_NS / 1000} µs of work per request, C client`, placement, worked, C_FLOOR, floor, 'c-work');
     const med = (x: number[]): number => summarize(x).p50;
     for (const [what, v] of [['native register', cpu.native], ['JS handler', cpu.js]] as const) {
       figures.push({ name: `server CPU per request, ${what}, C client`, placement, unit: 'µs', value: med([...v]), p99: null, floorName: 'C echo server CPU per request', floor: med(cpu.floor), floorP99: null, samples: v.length });
