@@ -25,6 +25,7 @@ typedef uint16_t domid_t;
 
 #include "core/ioreq.h"
 #include "errors.h"
+#include "fd_util.h"
 #include "io_thread.h"
 #include "js_entry.h"
 #include "loop_sentinel.h"
@@ -353,7 +354,7 @@ class IoreqEngine : public Napi::ObjectWrap<IoreqEngine> {
     uint64_t counter;
     // Reset the eventfd first (one read takes the whole count; EAGAIN when it was already zero): a
     // signal that arrives while we work makes it readable again.
-    ssize_t r = ::read(s.fd, &counter, sizeof counter);
+    ssize_t r = sys::Read(s.fd, &counter, sizeof counter);
     (void)r;
     if (s.vcpu == -1) DrainBuffered();
     else ServeSlot(static_cast<uint32_t>(s.vcpu));
@@ -379,7 +380,7 @@ class IoreqEngine : public Napi::ObjectWrap<IoreqEngine> {
   template <class Serve>
   bool EachPendingPort(Serve serve) {
     uint32_t ports[64];
-    ssize_t n = ::read(evtchn_fd_, ports, sizeof ports);
+    ssize_t n = sys::Read(evtchn_fd_, ports, sizeof ports);
     if (n <= 0) return true;
     size_t count = static_cast<size_t>(n) / sizeof(uint32_t);
     bool go_on = true;
@@ -391,7 +392,7 @@ class IoreqEngine : public Napi::ObjectWrap<IoreqEngine> {
       auto it = std::find(vcpu_ports_.begin(), vcpu_ports_.end(), ports[i]);
       if (it != vcpu_ports_.end()) go_on = serve(static_cast<uint32_t>(it - vcpu_ports_.begin()));
     }
-    ssize_t w = ::write(evtchn_fd_, ports, count * sizeof(uint32_t));
+    ssize_t w = sys::Write(evtchn_fd_, ports, count * sizeof(uint32_t));
     (void)w;
     return go_on;
   }
@@ -412,7 +413,7 @@ class IoreqEngine : public Napi::ObjectWrap<IoreqEngine> {
       ::ioctl(evtchn_fd_, IOCTL_EVTCHN_NOTIFY, &n);
     } else {
       uint64_t one = 1;
-      ssize_t w = ::write(server_to_guest_[vcpu], &one, sizeof one);
+      ssize_t w = sys::Write(server_to_guest_[vcpu], &one, sizeof one);
       (void)w;
     }
   }
@@ -617,7 +618,7 @@ class IoreqEngine : public Napi::ObjectWrap<IoreqEngine> {
     std::vector<pollfd> fds = SourcePollFds();
     for (;;) {
       if (io_.YieldRequested()) return;
-      int n = ::poll(fds.data(), fds.size(), -1);
+      int n = sys::Poll(fds.data(), fds.size(), -1);
       if (n < 0) {
         if (errno == EINTR) continue;  // asked to yield (checked above), or another signal
         return;
@@ -632,7 +633,7 @@ class IoreqEngine : public Napi::ObjectWrap<IoreqEngine> {
           continue;
         }
         uint64_t counter;
-        ssize_t r = ::read(src.fd, &counter, sizeof counter);
+        ssize_t r = sys::Read(src.fd, &counter, sizeof counter);
         (void)r;
         if (!ThreadServeSlot(static_cast<uint32_t>(src.vcpu))) return;
       }
@@ -738,7 +739,7 @@ class IoreqEngine : public Napi::ObjectWrap<IoreqEngine> {
   bool BlockingServeOnce(LoopSentinel& sentinel, std::vector<pollfd>& fds, uint64_t epoch) {
     JsEntry::Scope scope(*js_);
     if (!sentinel.EnterBlockingCall()) return false;
-    int n = ::poll(fds.data(), fds.size(), -1);
+    int n = sys::Poll(fds.data(), fds.size(), -1);
     sentinel.LeaveBlockingCall();
     if (n < 0) return false;  // EINTR: the loop wants its thread
     for (size_t i = 0; i < fds.size(); i++) {

@@ -44,7 +44,7 @@ ssize_t SendWithFds(int fd, const iovec* iov, int iovcnt, const int* fds, int nf
     std::memcpy(CMSG_DATA(cmsg), fds, payload);
   }
   flags |= MSG_NOSIGNAL;
-  ssize_t n = retryEintr ? RetryEintr([&] { return ::sendmsg(fd, &msg, flags); }) : ::sendmsg(fd, &msg, flags);
+  ssize_t n = retryEintr ? RetryEintr([&] { return sys::Sendmsg(fd, &msg, flags); }) : sys::Sendmsg(fd, &msg, flags);
   return n < 0 ? -errno : n;
 }
 
@@ -63,7 +63,7 @@ ssize_t RecvWithFds(int fd, const iovec* iov, int iovcnt, int* fds, int maxFds, 
     msg.msg_controllen = CMSG_LEN(sizeof(int) * static_cast<size_t>(maxFds));
   }
   flags |= MSG_CMSG_CLOEXEC;
-  ssize_t n = retryEintr ? RetryEintr([&] { return ::recvmsg(fd, &msg, flags); }) : ::recvmsg(fd, &msg, flags);
+  ssize_t n = retryEintr ? RetryEintr([&] { return sys::Recvmsg(fd, &msg, flags); }) : sys::Recvmsg(fd, &msg, flags);
   if (n < 0) return -errno;
   *fdsTruncated = (msg.msg_flags & MSG_CTRUNC) != 0;
   if (msg.msg_controllen == 0) return n;
