@@ -147,7 +147,7 @@ async function cClient(pin: Pin, socket: string, args: string[], iters: number):
  * The C floor: the echo server (two syscalls per request) and the C client, fresh each run. With
  * `workNs`, the server spins that long per request before replying.
  */
-async function cFloorRun(pin: Pin, iters: number, strace = false, workNs = 0): Promise<CRun & { syscalls?: number }> {
+async function cFloorRun(pin: Pin, iters: number, { strace = false, workNs = 0 } = {}): Promise<CRun & { syscalls?: number }> {
   const dir = trackDir(mkdtempSync(join(work, 'cfloor-')));
   const sock = join(dir, 'floor.sock');
   const server = spawnPinned(pin.server, cProgram('mdevkit-echo-floor'), [sock, ...(workNs > 0 ? ['--work-ns', String(workNs)] : [])]);
@@ -222,7 +222,7 @@ async function benchCFloor(placement: string, pin: Pin): Promise<void> {
       const j = await serveRun(['--offset', '0', '--region', '7', '--expect', '0x11e81234']);
       js.push(...j.samples);
       cpu.js.push(j.cpuUs);
-      worked.push(...(await cFloorRun(pin, cfg.cIters, false, FLOOR_WORK_NS)).samples);
+      worked.push(...(await cFloorRun(pin, cfg.cIters, { workNs: FLOOR_WORK_NS })).samples);
     }
     latencyFigure('vfio-user 4 B read, native register, C client', placement, native, C_FLOOR, floor, 'c-native');
     latencyFigure('vfio-user 4 B read, JS handler (config dword), C client', placement, js, C_FLOOR, floor, 'c-js');
@@ -244,7 +244,7 @@ async function benchCFloor(placement: string, pin: Pin): Promise<void> {
     figures.push({ name: 'pipelined 4 B reads/s, 16 in flight (higher is better), C client', placement, unit: 'k/s', value: pipelined / 1000, p99: null, floorName: 'C floor, one request at a time', floor: floorRate / 1000, floorP99: null, samples: pr.requests });
     if (haveStrace) {
       const sc: Record<string, number> = {};
-      const fl = await cFloorRun(pin, 20_000, true);
+      const fl = await cFloorRun(pin, 20_000, { strace: true });
       sc['floor'] = fl.syscalls!;
       for (const [what, args] of [['native', ['--offset', String(EDU.ID), '--region', '0']], ['js', ['--offset', '0', '--region', '7']]] as const) {
         const t = await startStrace(server.proc.pid!);

@@ -57,10 +57,7 @@ int RegionMap::AccessNative(uint32_t region, uint64_t offset, uint8_t* buf, uint
       case RegionSegment::kJs:
         return kNeedsJs;
     }
-    // Accesses are serialized by the caller (the region table's lock): a plain increment, no
-    // locked read-modify-write; readers on other threads see a recent value.
-    std::atomic<uint64_t>& counter = write ? stats_.native_writes : stats_.native_reads;
-    counter.store(counter.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+    (write ? stats_.native_writes : stats_.native_reads).fetch_add(1, std::memory_order_relaxed);
     return 0;
   }
   return kNeedsJs;
